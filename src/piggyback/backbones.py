@@ -1,0 +1,199 @@
+"""Backbones from torchvision by name, with their ImageNet head swapped for a task head.
+
+Weights come from a torchvision enum name (``IMAGENET1K_V1``), a local file, or
+``random`` (tests). The backbone's identity is the sha256 of its tensors, so a
+re-serialised file with the same numbers keeps the same identity while a different
+release of the weights does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from piggyback.checkpoints import tensors_sha256
+
+RANDOM_WEIGHTS = "random"
+
+
+class BackboneError(ValueError):
+    """A backbone cannot be built as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One arch registry entry: the torchvision builder, its weights and its head."""
+
+    builder: str
+    weights: str = "IMAGENET1K_V1"
+    head: str | None = None
+
+
+class TaskModel(nn.Module):
+    """A shared backbone (head removed) followed by one task's linear head."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear, arch: str):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.arch = arch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def find_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Linear]:
+    """The classification head: the named module, or the model's last ``nn.Linear``."""
+    if head is not None:
+        try:
+            module = model.get_submodule(head)
+        except AttributeError as error:
+            raise BackboneError(f"head {head!r} is not a module of this model") from error
+        if not isinstance(module, nn.Linear):
+            raise BackboneError(f"head {head!r} is a {type(module).__name__}, not nn.Linear")
+        return head, module
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise BackboneError(
+            f"{type(model).__name__} has no nn.Linear classification head; "
+            "name the head module with `head:` in its arch entry, or choose another arch"
+        )
+    return linears[-1]
+
+
+def build_backbone(
+    spec: ArchSpec,
+    weights: str | Path | None = None,
+    weights_dir: Path | None = None,
+) -> tuple[nn.Module, int]:
+    """The torchvision model with its head replaced by ``nn.Identity``, and the width
+    of the features it returns.
+
+    ``weights`` overrides ``spec.weights``: an enum name, a file path, or ``random``.
+    """
+    choice = str(weights if weights is not None else spec.weights)
+    if choice == "DEFAULT":
+        raise BackboneError(
+            "weights 'DEFAULT' change meaning between torchvision releases; "
+            "name the weights explicitly, e.g. IMAGENET1K_V1"
+        )
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # so that 'random' names one reproducible backbone
+            model = torchvision.models.get_model(spec.builder, weights=None)
+    except ValueError as error:
+        raise BackboneError(
+            f"unknown torchvision model {spec.builder!r}; "
+            f"see torchvision.models.list_models() for the names"
+        ) from error
+    head_name, head = find_head(model, spec.head)
+    features = head.in_features
+    state = None if choice == RANDOM_WEIGHTS else _load_state_dict(spec.builder, choice, weights_dir)
+    _replace_module(model, head_name, nn.Identity())
+    if state is not None:
+        state = {k: v for k, v in state.items() if not k.startswith(head_name + ".")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise BackboneError(
+                f"weights {choice!r} do not fit {spec.builder}: "
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+    return model, features
+
+
+def build_task_model(
+    spec: ArchSpec,
+    num_classes: int,
+    weights: str | Path | None = None,
+    weights_dir: Path | None = None,
+    arch: str | None = None,
+) -> TaskModel:
+    backbone, features = build_backbone(spec, weights, weights_dir)
+    return TaskModel(backbone, nn.Linear(features, num_classes), arch or spec.builder)
+
+
+def weights_file_name(builder: str, enum_name: str) -> str:
+    """The file torchvision publishes for ``builder``'s ``enum_name`` weights."""
+    return Path(_weights_enum(builder, enum_name).url).name
+
+
+def weights_url(builder: str, enum_name: str) -> str:
+    return _weights_enum(builder, enum_name).url
+
+
+def backbone_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's own tensors under their plain names, masks left out."""
+    state = {}
+    for key, tensor in backbone.state_dict().items():
+        if ".parametrizations." in key:
+            if not key.endswith(".original"):
+                continue  # a mask, not a backbone tensor
+            module, _, rest = key.partition(".parametrizations.")
+            key = f"{module}.{rest.removesuffix('.original')}"
+        state[key] = tensor
+    return state
+
+
+def backbone_sha256(backbone: nn.Module) -> str:
+    return tensors_sha256(backbone_state(backbone))
+
+
+def _weights_enum(builder: str, enum_name: str):
+    try:
+        enum = torchvision.models.get_model_weights(builder)
+    except (ValueError, KeyError) as error:
+        raise BackboneError(f"torchvision has no weights for {builder!r}") from error
+    try:
+        return enum[enum_name]
+    except KeyError as error:
+        names = ", ".join(w.name for w in enum)
+        raise BackboneError(
+            f"{builder} has no weights named {enum_name!r}; choose one of: {names}, "
+            f"a file path, or {RANDOM_WEIGHTS!r}"
+        ) from error
+
+
+def _load_state_dict(builder: str, choice: str, weights_dir: Path | None) -> dict:
+    path = Path(choice)
+    if path.suffix in {".pth", ".pt", ".bin", ".safetensors"} or path.exists():
+        if not path.is_file():
+            raise BackboneError(f"weights file {path} does not exist")
+        return load_weights_file(path)
+    enum = _weights_enum(builder, choice)
+    local = (weights_dir / Path(enum.url).name) if weights_dir else None
+    if local is not None and local.is_file():
+        return load_weights_file(local)
+    return torch.hub.load_state_dict_from_url(
+        enum.url,
+        model_dir=str(weights_dir) if weights_dir else None,
+        check_hash=True,
+        weights_only=True,
+        map_location="cpu",
+    )
+
+
+def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.pth``/``.safetensors`` file, never unpickling objects."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise BackboneError(f"cannot read weights file {path}: {error}") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise BackboneError(f"weights file {path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -1,0 +1,95 @@
+"""Command-line pieces shared by the stage scripts in ``src/``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+from piggyback.backbones import ArchSpec
+
+
+def add_arch_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--arch", required=True, help="arch name in the registry, e.g. resnet50")
+    group.add_argument(
+        "--builder", help="torchvision model builder (default: the arch name), e.g. resnet50"
+    )
+    group.add_argument(
+        "--weights",
+        default="IMAGENET1K_V1",
+        help="torchvision weights enum name, a .pth/.safetensors file, or 'random' "
+        "(default: IMAGENET1K_V1; never DEFAULT, whose meaning changes between releases)",
+    )
+    group.add_argument("--head", help="dotted name of the classification head (default: last Linear)")
+    group.add_argument(
+        "--weights-dir", type=Path, help="folder holding downloaded torchvision weight files"
+    )
+
+
+def arch_spec(args: argparse.Namespace) -> ArchSpec:
+    return ArchSpec(builder=args.builder or args.arch, weights=args.weights, head=args.head)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, classes: bool = True) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", required=True, help="dataset (task) name, e.g. flowers")
+    group.add_argument(
+        "--data", type=Path, required=True, help="folder with train/<class>/ and test/<class>/"
+    )
+    group.add_argument(
+        "--transform",
+        choices=("cropped", "standard"),
+        required=True,
+        help="'cropped': resize to a square; 'standard': shorter side, random resized crop",
+    )
+    group.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
+    if classes:
+        group.add_argument("--classes", type=int, help="expected number of classes (checked)")
+    group.add_argument("--workers", type=int, default=4, help="data loader processes (default: 4)")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime")
+    group.add_argument(
+        "--device", default="auto", help="'auto' (a GPU if visible, else CPU), 'cpu', 'cuda:0'..."
+    )
+    group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    group.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stderr.isatty(),
+        help="tqdm progress bars (default: on in a terminal, off in job logs)",
+    )
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, title: str, help_of=None) -> None:
+    """One ``--field-name`` per dataclass field, default None (the method decides)."""
+    group = parser.add_argument_group(title)
+    for field in dataclasses.fields(cls):
+        kind = type(field.default)
+        group.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=kind,
+            default=None,
+            metavar=kind.__name__.upper(),
+            help=(help_of or {}).get(field.name),
+        )
+
+
+def select_device(choice: str, threads: int | None = None) -> torch.device:
+    if threads:
+        torch.set_num_threads(threads)
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def fail(message: str) -> None:
+    """Stop with a one-line error instead of a stack trace."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+

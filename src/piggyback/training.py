@@ -1,0 +1,316 @@
+"""Training one task with one method: piggyback, its ternary variant and the baselines.
+
+The loop evaluates on the test split after every epoch and keeps the best checkpoint
+by test top-1 (as the original code does). After each epoch it saves everything needed
+to continue into ``state_dir``, so a killed job resumes from its last finished epoch
+and ends exactly as an uninterrupted run would: every epoch's randomness is seeded
+from (seed, epoch), not carried over from the previous epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from piggyback.backbones import TaskModel, backbone_sha256, backbone_state
+from piggyback.checkpoints import atomic_save, load_checkpoint
+from piggyback.masks import MaskSpec, add_masks, masked_weights
+
+METHODS = ("piggyback", "piggyback_ternary", "classifier_only", "finetune")
+MASK_METHODS = {"piggyback": "binary", "piggyback_ternary": "ternary"}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, a changed frozen tensor)."""
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Everything a method's training depends on; ``for_method`` gives the paper's values.
+
+    ``lr`` is the rate of what the method trains inside the backbone: the masks for
+    piggyback, the weights for finetune (classifier_only trains none).
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    lr_head: float = 1e-4
+    lr_decay_every: int = 15
+    lr_decay_factor: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    mask_init: str = "1s"
+    mask_scale: float = 1e-2
+    threshold: float = 5e-3
+
+    @classmethod
+    def for_method(cls, method: str, **overrides: Any) -> Hyperparameters:
+        defaults = dict(_METHOD_DEFAULTS[_check_method(method)])
+        defaults.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**defaults)
+
+    def lr_at(self, base: float, epoch: int) -> float:
+        """Step decay: ``base * factor ** (epoch // every)`` for 0-based ``epoch``."""
+        return base * self.lr_decay_factor ** (epoch // self.lr_decay_every)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "piggyback": {"optimizer": "adam", "lr": 1e-4, "lr_head": 1e-4, "lr_decay_every": 15},
+    "piggyback_ternary": {"optimizer": "adam", "lr": 1e-4, "lr_head": 1e-4, "lr_decay_every": 15},
+    "classifier_only": {"optimizer": "sgd", "lr": 0.0, "lr_head": 1e-3, "lr_decay_every": 30},
+    "finetune": {"optimizer": "sgd", "lr": 1e-3, "lr_head": 1e-3, "lr_decay_every": 15},
+}
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
+    return method
+
+
+def prepare_model(model: TaskModel, method: str, hp: Hyperparameters) -> list[dict]:
+    """Freeze, mask and group the model's parameters as ``method`` needs; returns the
+    optimiser's parameter groups (backbone side first, head last)."""
+    _check_method(method)
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad_(method == "finetune")
+    groups = []
+    if method in MASK_METHODS:
+        spec = MaskSpec(MASK_METHODS[method], hp.threshold, hp.mask_init, hp.mask_scale)
+        masks = add_masks(model.backbone, spec)
+        groups.append({"params": [m.mask_real for m in masks.values()], "base_lr": hp.lr})
+    elif method == "finetune":
+        groups.append({"params": list(model.backbone.parameters()), "base_lr": hp.lr})
+    groups.append({"params": list(model.head.parameters()), "base_lr": hp.lr_head})
+    return groups
+
+
+def make_optimizer(groups: list[dict], hp: Hyperparameters) -> torch.optim.Optimizer:
+    param_groups = [{"params": g["params"], "lr": g["base_lr"]} for g in groups]
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(param_groups, weight_decay=hp.weight_decay)
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    raise ValueError(f"unknown optimizer {hp.optimizer!r}: expected 'adam' or 'sgd'")
+
+
+def set_train_mode(model: TaskModel, method: str) -> None:
+    """Train mode, except that BatchNorm stays in eval mode unless finetuning."""
+    model.train()
+    if method != "finetune":
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+    """Top-1 and top-5 error (%) and the image count."""
+    model.eval()
+    top1 = top5 = total = 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        k = min(5, logits.shape[1])
+        ranked = logits.topk(k, dim=1).indices
+        hits = ranked.eq(labels[:, None])
+        top1 += hits[:, 0].sum().item()
+        top5 += hits.any(dim=1).sum().item()
+        total += labels.numel()
+    if total == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    return {
+        "top1_error": 100.0 * (1 - top1 / total),
+        "top5_error": 100.0 * (1 - top5 / total),
+        "images": total,
+    }
+
+
+def mask_density(model: TaskModel) -> float | None:
+    """Share of mask entries that are non-zero after thresholding."""
+    masks = masked_weights(model.backbone)
+    if not masks:
+        return None
+    nonzero = sum(int(m.discrete().count_nonzero()) for m in masks.values())
+    return nonzero / sum(m.mask_real.numel() for m in masks.values())
+
+
+def trained_state(model: TaskModel, method: str) -> dict[str, Any]:
+    """What a method learns: masks (real-valued), full weights, or nothing; plus head."""
+    state: dict[str, Any] = {"head": {k: v.detach().clone() for k, v in model.head.state_dict().items()}}
+    if method in MASK_METHODS:
+        state["masks"] = {k: m.mask_real.detach().clone() for k, m in masked_weights(model.backbone).items()}
+    elif method == "finetune":
+        state["weights"] = {k: v.detach().clone() for k, v in backbone_state(model.backbone).items()}
+    return state
+
+
+def load_trained_state(model: TaskModel, state: dict[str, Any]) -> None:
+    model.head.load_state_dict(state["head"])
+    if "masks" in state:
+        masks = masked_weights(model.backbone)
+        with torch.no_grad():
+            for name, value in state["masks"].items():
+                masks[name].mask_real.copy_(value)
+    if "weights" in state:
+        model.backbone.load_state_dict(state["weights"])
+
+
+@dataclass
+class TaskRun:
+    """The identity of one training run, written into its checkpoint."""
+
+    arch: str
+    method: str
+    dataset: str
+    classes: list[str]
+    seed: int
+    hp: Hyperparameters
+
+
+def train_task(
+    model: TaskModel,
+    run: TaskRun,
+    train_loader_for: Callable[[int], Any],
+    test_loader,
+    state_dir: Path,
+    device: torch.device,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train, resuming from ``state_dir`` if it holds an unfinished run of the same
+    task; returns the best checkpoint (as saved) with the per-epoch metrics.
+
+    ``train_loader_for(epoch)`` returns that epoch's loader (seeded by the epoch).
+    """
+    hp = run.hp
+    torch.manual_seed(run.seed)
+    model.head.reset_parameters()
+    groups = prepare_model(model, run.method, hp)
+    model.to(device)
+    frozen_sha256 = backbone_sha256(model.backbone)
+    optimizer = make_optimizer(groups, hp)
+    identity = {
+        "arch": run.arch,
+        "method": run.method,
+        "dataset": run.dataset,
+        "classes": run.classes,
+        "seed": run.seed,
+        "hyperparameters": hp.as_dict(),
+        "backbone_sha256": frozen_sha256,
+    }
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    resume_path, best_path = state_dir / "resume.pt", state_dir / "best.pt"
+    start_epoch, metrics, best = 0, [], None
+    if resume_path.is_file():
+        resume = load_checkpoint(resume_path)
+        if resume["identity"] != identity:
+            raise TrainingError(
+                f"{resume_path} belongs to another run (different arch, data, seed, "
+                "hyperparameters or backbone); delete it to start afresh"
+            )
+        load_trained_state(model, resume["trained"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start_epoch, metrics = resume["epoch"], resume["metrics"]
+        best = load_checkpoint(best_path)
+        log(f"resuming {run.dataset} after epoch {start_epoch} from {resume_path}")
+
+    criterion = nn.CrossEntropyLoss()
+    for epoch in range(start_epoch, hp.epochs):
+        started = time.perf_counter()
+        lrs = [hp.lr_at(g["base_lr"], epoch) for g in groups]
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        torch.manual_seed(_epoch_seed(run.seed, epoch))
+        set_train_mode(model, run.method)
+        loss_sum, correct, seen = 0.0, 0, 0
+        batches = train_loader_for(epoch)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{hp.epochs}", disable=not progress, leave=False)
+        for batch_index, (images, labels) in enumerate(bar):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            logits = model(images)
+            loss = criterion(logits, labels)
+            if not math.isfinite(loss_value := loss.item()):
+                raise TrainingError(
+                    f"non-finite loss ({loss_value}) at epoch {epoch + 1}, batch {batch_index + 1}; "
+                    "no checkpoint was written for this epoch (lower the learning rate?)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss_value * labels.numel()
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += labels.numel()
+        test = evaluate(model, test_loader, device)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_top1_error": 100.0 * (1 - correct / max(seen, 1)),
+            "test_top1_error": test["top1_error"],
+            "test_top5_error": test["top5_error"],
+            "lr": lrs[0] if len(lrs) > 1 else 0.0,
+            "lr_head": lrs[-1],
+            "mask_density": mask_density(model),
+            "seconds": time.perf_counter() - started,
+        }
+        metrics.append(record)
+        log(
+            f"epoch {epoch + 1}/{hp.epochs}: loss {record['train_loss']:.4f}, "
+            f"test top-1 error {test['top1_error']:.2f}%"
+        )
+        if best is None or test["top1_error"] < best["test_top1_error"]:
+            best = {
+                "format": "piggyback.task",
+                "version": 1,
+                **identity,
+                "mask": _mask_meta(run.method, hp),
+                "epoch": epoch + 1,
+                "test_top1_error": test["top1_error"],
+                "test_top5_error": test["top5_error"],
+                "test_images": test["images"],
+                **trained_state(model, run.method),
+            }
+            atomic_save(best, best_path)
+        atomic_save(
+            {
+                "identity": identity,
+                "epoch": epoch + 1,
+                "metrics": metrics,
+                "trained": trained_state(model, run.method),
+                "optimizer": optimizer.state_dict(),
+            },
+            resume_path,
+        )
+
+    if run.method != "finetune":
+        after = backbone_sha256(model.backbone)
+        if after != frozen_sha256:
+            raise TrainingError("a frozen backbone tensor changed during training")
+    if best is None:
+        raise TrainingError(f"no epoch was trained (epochs = {hp.epochs})")
+    return {"checkpoint": best, "metrics": metrics}
+
+
+def _mask_meta(method: str, hp: Hyperparameters) -> dict[str, Any] | None:
+    if method not in MASK_METHODS:
+        return None
+    return {"kind": MASK_METHODS[method], "threshold": hp.threshold}
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch

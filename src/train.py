@@ -1,0 +1,91 @@
+"""Train one task (dataset) with one method and one seed on a backbone.
+
+Writes the best checkpoint by test top-1 (as the original code does) and a metrics
+TSV with one row per epoch. Killed and run again with the same arguments, it resumes
+after the last finished epoch from --state-dir and ends with the same result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from piggyback import cli
+from piggyback.backbones import BackboneError, build_task_model
+from piggyback.checkpoints import CheckpointError, atomic_save, atomic_write
+from piggyback.data import DataError, load_task_data, make_loader
+from piggyback.training import METHODS, Hyperparameters, TaskRun, TrainingError, train_task
+
+HYPERPARAMETER_HELP = {
+    "lr": "learning rate of the masks (piggyback) or weights (finetune)",
+    "lr_head": "learning rate of the task head",
+    "lr_decay_every": "multiply the learning rates by --lr-decay-factor every N epochs",
+    "optimizer": "adam or sgd",
+    "mask_init": "'1s' (every mask entry = --mask-scale) or 'uniform' in [-scale, scale]",
+    "threshold": "mask entries above it keep their weight",
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Paper defaults per method (any flag above overrides them):\n"
+        + "\n".join(f"  {m}: {Hyperparameters.for_method(m)}" for m in METHODS),
+    )
+    cli.add_arch_arguments(parser)
+    cli.add_data_arguments(parser)
+    parser.add_argument("--method", choices=METHODS, default="piggyback")
+    parser.add_argument("--seed", type=int, default=0)
+    cli.add_dataclass_arguments(parser, Hyperparameters, "hyperparameters", HYPERPARAMETER_HELP)
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--out", type=Path, required=True, help="best checkpoint (.pt)")
+    out.add_argument("--metrics", type=Path, required=True, help="per-epoch metrics (.tsv)")
+    out.add_argument(
+        "--state-dir",
+        type=Path,
+        help="resume state, kept apart from the outputs (default: <out>.state/); "
+        "removed after success",
+    )
+    cli.add_runtime_arguments(parser)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    device = cli.select_device(args.device, args.threads)
+    overrides = {f: getattr(args, f) for f in Hyperparameters.__dataclass_fields__}
+    hp = Hyperparameters.for_method(args.method, **overrides)
+    try:
+        train_data, test_data = load_task_data(args.data, args.transform, args.image_size, args.classes)
+        model = build_task_model(
+            cli.arch_spec(args), len(train_data.classes), args.weights, args.weights_dir, args.arch
+        )
+        run = TaskRun(args.arch, args.method, args.dataset, train_data.classes, args.seed, hp)
+        state_dir = args.state_dir or args.out.with_name(args.out.name + ".state")
+        result = train_task(
+            model,
+            run,
+            lambda epoch: make_loader(
+                train_data, hp.batch_size, True, args.seed * 1_000_003 + epoch, args.workers
+            ),
+            make_loader(test_data, hp.batch_size, False, 0, args.workers),
+            state_dir,
+            device,
+            progress=args.progress,
+        )
+    except (BackboneError, CheckpointError, DataError, TrainingError, ValueError) as error:
+        cli.fail(str(error))
+    metrics = pd.DataFrame(result["metrics"])
+    atomic_write(args.metrics, lambda tmp: metrics.to_csv(tmp, sep="\t", index=False))
+    atomic_save(result["checkpoint"], args.out)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    best = result["checkpoint"]
+    print(f"best test top-1 error {best['test_top1_error']:.2f}% at epoch {best['epoch']}")
+
+
+if __name__ == "__main__":
+    main()
