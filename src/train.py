@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from piggyback import cli
-from piggyback.backbones import BackboneError, build_task_model
+from piggyback.backbones import BackboneError, build_task_model, torchvision_state
 from piggyback.checkpoints import CheckpointError, atomic_save, atomic_write
 from piggyback.data import DataError, load_task_data, make_loader
 from piggyback.training import METHODS, Hyperparameters, TaskRun, TrainingError, train_task
@@ -45,6 +45,13 @@ def parse_args() -> argparse.Namespace:
     out.add_argument("--out", type=Path, required=True, help="best checkpoint (.pt)")
     out.add_argument("--metrics", type=Path, required=True, help="per-epoch metrics (.tsv)")
     out.add_argument(
+        "--export-backbone",
+        type=Path,
+        help="also write the best model as a torchvision state dict (.pth), usable as "
+        "--weights of later runs: this is how the pretrain stage makes a backbone "
+        "(with --method finetune --weights random)",
+    )
+    out.add_argument(
         "--state-dir",
         type=Path,
         help="resume state, kept apart from the outputs (default: <out>.state/); "
@@ -60,7 +67,9 @@ def main() -> None:
     overrides = {f: getattr(args, f) for f in Hyperparameters.__dataclass_fields__}
     hp = Hyperparameters.for_method(args.method, **overrides)
     try:
-        train_data, test_data = load_task_data(args.data, args.transform, args.image_size, args.classes)
+        train_data, test_data = load_task_data(
+            args.data, args.transform, args.image_size, args.classes
+        )
         model = build_task_model(
             cli.arch_spec(args), len(train_data.classes), args.weights, args.weights_dir, args.arch
         )
@@ -81,9 +90,18 @@ def main() -> None:
         cli.fail(str(error))
     metrics = pd.DataFrame(result["metrics"])
     atomic_write(args.metrics, lambda tmp: metrics.to_csv(tmp, sep="\t", index=False))
-    atomic_save(result["checkpoint"], args.out)
-    shutil.rmtree(state_dir, ignore_errors=True)
     best = result["checkpoint"]
+    if args.export_backbone:
+        if "weights" not in best:
+            cli.fail(
+                "--export-backbone needs --method finetune (the only method that trains weights)"
+            )
+        atomic_save(
+            torchvision_state(best["weights"], best["head"], best["head_name"]),
+            args.export_backbone,
+        )
+    atomic_save(best, args.out)
+    shutil.rmtree(state_dir, ignore_errors=True)
     print(f"best test top-1 error {best['test_top1_error']:.2f}% at epoch {best['epoch']}")
 
 

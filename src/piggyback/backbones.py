@@ -36,11 +36,12 @@ class ArchSpec:
 class TaskModel(nn.Module):
     """A shared backbone (head removed) followed by one task's linear head."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Linear, arch: str):
+    def __init__(self, backbone: nn.Module, head: nn.Linear, arch: str, head_name: str):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.arch = arch
+        self.head_name = head_name  # where torchvision keeps the head, for export
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -71,7 +72,7 @@ def build_backbone(
     weights_dir: Path | None = None,
 ) -> tuple[nn.Module, int]:
     """The torchvision model with its head replaced by ``nn.Identity``, and the width
-    of the features it returns.
+    of the features it returns (``backbone.head_name`` says where the head was).
 
     ``weights`` overrides ``spec.weights``: an enum name, a file path, or ``random``.
     """
@@ -92,16 +93,20 @@ def build_backbone(
         ) from error
     head_name, head = find_head(model, spec.head)
     features = head.in_features
-    state = None if choice == RANDOM_WEIGHTS else _load_state_dict(spec.builder, choice, weights_dir)
+    state = (
+        None if choice == RANDOM_WEIGHTS else _load_state_dict(spec.builder, choice, weights_dir)
+    )
     _replace_module(model, head_name, nn.Identity())
+    model.head_name = head_name
     if state is not None:
         state = {k: v for k, v in state.items() if not k.startswith(head_name + ".")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            first_lines = "; ".join(str(error).splitlines()[:3])
             raise BackboneError(
-                f"weights {choice!r} do not fit {spec.builder}: "
-                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
+                f"weights {choice!r} do not fit {spec.builder}: {first_lines}"
+            ) from error
     return model, features
 
 
@@ -113,7 +118,16 @@ def build_task_model(
     arch: str | None = None,
 ) -> TaskModel:
     backbone, features = build_backbone(spec, weights, weights_dir)
-    return TaskModel(backbone, nn.Linear(features, num_classes), arch or spec.builder)
+    head = nn.Linear(features, num_classes)
+    return TaskModel(backbone, head, arch or spec.builder, backbone.head_name)
+
+
+def torchvision_state(
+    backbone: dict[str, torch.Tensor], head: dict[str, torch.Tensor], head_name: str
+):
+    """A backbone and head as one torchvision-style state dict (the head under its
+    original name), loadable by ``build_backbone`` as a weights file."""
+    return {**backbone, **{f"{head_name}.{k}": v for k, v in head.items()}}
 
 
 def weights_file_name(builder: str, enum_name: str) -> str:

@@ -24,7 +24,9 @@ def add_arch_arguments(parser: argparse.ArgumentParser) -> None:
         help="torchvision weights enum name, a .pth/.safetensors file, or 'random' "
         "(default: IMAGENET1K_V1; never DEFAULT, whose meaning changes between releases)",
     )
-    group.add_argument("--head", help="dotted name of the classification head (default: last Linear)")
+    group.add_argument(
+        "--head", help="dotted name of the classification head (default: last Linear)"
+    )
     group.add_argument(
         "--weights-dir", type=Path, help="folder holding downloaded torchvision weight files"
     )
@@ -92,4 +94,3 @@ def fail(message: str) -> None:
     """Stop with a one-line error instead of a stack trace."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
-

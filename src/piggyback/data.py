@@ -76,9 +76,7 @@ def load_task_data(
     return train, test
 
 
-def make_loader(
-    dataset, batch_size: int, shuffle: bool, seed: int, workers: int = 0
-) -> DataLoader:
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, workers: int = 0) -> DataLoader:
     """A loader whose order and augmentation depend only on ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(

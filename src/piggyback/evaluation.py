@@ -16,8 +16,12 @@ from piggyback.training import evaluate
 
 
 def model_from_pack(
-    packed: PackedTask, manifest: dict[str, Any], arch: str, spec: ArchSpec,
-    weights: str | Path | None = None, weights_dir: Path | None = None,
+    packed: PackedTask,
+    manifest: dict[str, Any],
+    arch: str,
+    spec: ArchSpec,
+    weights: str | Path | None = None,
+    weights_dir: Path | None = None,
     pack_path: Path | None = None,
 ) -> TaskModel:
     """The plain backbone with the task's masks (or weights) and head applied.
@@ -43,7 +47,7 @@ def model_from_pack(
         backbone.load_state_dict(packed.weights)
     head = nn.Linear(features, len(packed.classes))
     head.load_state_dict(packed.head)
-    return TaskModel(backbone, head, arch)
+    return TaskModel(backbone, head, arch, backbone.head_name)
 
 
 def evaluate_packed(

@@ -138,7 +138,7 @@ def masked_weights(backbone: nn.Module) -> dict[str, WeightMask]:
 
 def remove_masks(backbone: nn.Module) -> None:
     """Detach the masks, leaving the original (unmasked) weights in place."""
-    for name, module in backbone.named_modules():
+    for module in backbone.modules():
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
 

@@ -163,7 +163,11 @@ def read_task(path: Path, task: str) -> tuple[dict[str, Any], PackedTask]:
         raise PackError(f"{path} fails its content checksum: it was truncated or edited")
     entry = manifest["tasks"][task]
     prefix = f"{task}/"
-    head = {k.removeprefix(f"{prefix}head/"): v for k, v in tensors.items() if k.startswith(f"{prefix}head/")}
+    head = {
+        k.removeprefix(f"{prefix}head/"): v
+        for k, v in tensors.items()
+        if k.startswith(f"{prefix}head/")
+    }
     packed = PackedTask(task, entry["storage"], entry["classes"], head)
     if entry["storage"] == "mask":
         packed.masks = {}

@@ -151,11 +151,17 @@ def mask_density(model: TaskModel) -> float | None:
 
 def trained_state(model: TaskModel, method: str) -> dict[str, Any]:
     """What a method learns: masks (real-valued), full weights, or nothing; plus head."""
-    state: dict[str, Any] = {"head": {k: v.detach().clone() for k, v in model.head.state_dict().items()}}
+    state: dict[str, Any] = {
+        "head": {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+    }
     if method in MASK_METHODS:
-        state["masks"] = {k: m.mask_real.detach().clone() for k, m in masked_weights(model.backbone).items()}
+        state["masks"] = {
+            k: m.mask_real.detach().clone() for k, m in masked_weights(model.backbone).items()
+        }
     elif method == "finetune":
-        state["weights"] = {k: v.detach().clone() for k, v in backbone_state(model.backbone).items()}
+        state["weights"] = {
+            k: v.detach().clone() for k, v in backbone_state(model.backbone).items()
+        }
     return state
 
 
@@ -212,6 +218,7 @@ def train_task(
         "seed": run.seed,
         "hyperparameters": hp.as_dict(),
         "backbone_sha256": frozen_sha256,
+        "head_name": model.head_name,
     }
 
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -240,15 +247,21 @@ def train_task(
         set_train_mode(model, run.method)
         loss_sum, correct, seen = 0.0, 0, 0
         batches = train_loader_for(epoch)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{hp.epochs}", disable=not progress, leave=False)
+        bar = tqdm(
+            batches, desc=f"epoch {epoch + 1}/{hp.epochs}", disable=not progress, leave=False
+        )
         for batch_index, (images, labels) in enumerate(bar):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images, labels = (
+                images.to(device, non_blocking=True),
+                labels.to(device, non_blocking=True),
+            )
             logits = model(images)
             loss = criterion(logits, labels)
             if not math.isfinite(loss_value := loss.item()):
                 raise TrainingError(
-                    f"non-finite loss ({loss_value}) at epoch {epoch + 1}, batch {batch_index + 1}; "
-                    "no checkpoint was written for this epoch (lower the learning rate?)"
+                    f"non-finite loss ({loss_value}) at epoch {epoch + 1}, "
+                    f"batch {batch_index + 1}; no checkpoint was written for this epoch "
+                    "(lower the learning rate?)"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

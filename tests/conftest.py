@@ -1,0 +1,29 @@
+"""Shared fixtures: small real image tasks from scikit-learn's digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from piggyback.digits import write_digits_task
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits_source(tmp_path_factory):
+    """Digits 0-4, the 'source task' a backbone is first trained on."""
+    root = tmp_path_factory.mktemp("digits_source")
+    write_digits_task(root, [0, 1, 2, 3, 4], per_class=120)
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_target(tmp_path_factory):
+    """Digits 5-9, mirrored: a new task for the backbone."""
+    root = tmp_path_factory.mktemp("digits_target")
+    write_digits_task(root, [5, 6, 7, 8, 9], view="mirrored", per_class=60)
+    return root
