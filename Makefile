@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set up the
+# virtual environment first (python3 -m venv + pip install -e '.[test]').
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CORES ?= 2
+
+.PHONY: setup demo test lint format bench clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 --configfile config/demo.yaml
+
+test: $(STAMP) lint
+	$(PYTHON) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/snakefmt --check Snakefile workflow
+	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/snakefmt Snakefile workflow
+
+clean-demo:
+	rm -rf results/demo

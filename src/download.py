@@ -1,0 +1,85 @@
+"""Fetch and verify every file one dataset's source route needs, then write a marker.
+
+Routes (the `source` entry of the dataset in the config, passed as JSON):
+  authors   the authors' prepared archive (default <dataset>.zip). Box links are not
+            plain file URLs: download it in a browser into --downloads, or give `url:`
+            of your own mirror. Without a url this only checks the file is there.
+  original  the dataset's own archives, each from `files.<name>.url`, checked by md5.
+  digits    nothing to fetch (scikit-learn ships the images).
+
+A file already present that verifies is not downloaded again; an interrupted download
+resumes. The --done marker (JSON: each file's size, md5 and sha256) is written last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from piggyback import cli
+from piggyback.checkpoints import atomic_write_json
+from piggyback.downloads import DownloadError
+from piggyback.sources import SourceError, fetch_source, source_from_json
+
+EXAMPLE = """example:
+  python src/download.py --dataset cubs_cropped --downloads downloads \\
+    --source-json '{"route": "original", "kind": "cub200", "files": {"CUB_200_2011.tgz":
+      {"url": "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
+       "md5": "97eceeb196236b17998738112f37df78"}}}' \\
+    --done downloads/cubs_cropped.downloaded
+"""
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="dataset name, e.g. cubs_cropped")
+    parser.add_argument(
+        "--source-json",
+        required=True,
+        help="the dataset's `source` entry from the config, as a JSON object "
+        "(see workflow/schemas/source.schema.yaml)",
+    )
+    parser.add_argument(
+        "--downloads", type=Path, required=True, help="folder holding the downloaded files"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stderr.isatty(),
+        help="progress bars (default: on in a terminal, off in job logs)",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLE,
+    )
+    add_source_arguments(parser)
+    parser.add_argument(
+        "--done", type=Path, required=True, help="marker written when all files verify (.json)"
+    )
+    args = parser.parse_args()
+    try:
+        source = source_from_json(args.source_json)
+        fetched = fetch_source(args.dataset, source, args.downloads, progress=args.progress)
+    except (SourceError, DownloadError) as error:
+        cli.fail(str(error))
+    atomic_write_json(
+        {
+            "dataset": args.dataset,
+            "route": source["route"],
+            "files": [f.as_record() for f in fetched],
+        },
+        args.done,
+    )
+    downloaded = sum(f.downloaded for f in fetched)
+    print(
+        f"{args.dataset}: {len(fetched)} file(s) verified in {args.downloads} "
+        f"({downloaded} downloaded now)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Prepare one dataset as <out>/train/<class>/<image> and <out>/test/<class>/<image>.
+
+Reads the files download.py fetched into --downloads and, by the source route:
+  authors   unpacks the authors' archive (train/ and test/ found even one folder down);
+  original  unpacks the dataset's own archives and applies the official split, cropping
+            CUB and Cars to their boxes (Flowers: train = train + val; Sketch: every
+            5th sketch of each class, by number, is a test one);
+  digits    writes the scikit-learn digits task.
+The class count is checked against --classes. Everything is written to a temporary
+folder beside --out and renamed at the end; <out>/prepared.json (counts per split) is
+written last and marks a complete dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from piggyback import cli
+from piggyback.archives import ArchiveError
+from piggyback.sources import SourceError, prepare_dataset, source_from_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", required=True, help="dataset name, e.g. cubs_cropped")
+    parser.add_argument(
+        "--source-json",
+        required=True,
+        help="the dataset's `source` entry from the config, as a JSON object "
+        "(see workflow/schemas/source.schema.yaml)",
+    )
+    parser.add_argument(
+        "--downloads", type=Path, required=True, help="folder holding the downloaded files"
+    )
+    parser.add_argument(
+        "--classes", type=int, help="expected number of classes (the registry's `classes`)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder, e.g. data/NAME")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stderr.isatty(),
+        help="progress bars (default: on in a terminal, off in job logs)",
+    )
+    args = parser.parse_args()
+    try:
+        source = source_from_json(args.source_json)
+        summary = prepare_dataset(
+            args.dataset, source, args.downloads, args.out, args.classes, progress=args.progress
+        )
+    except (SourceError, ArchiveError) as error:
+        cli.fail(str(error))
+    images = summary["images"]
+    print(
+        f"{args.dataset}: {summary['classes']} classes, {images['train']} train and "
+        f"{images['test']} test images in {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from piggyback.backbones import ArchSpec, build_task_model
+from piggyback.checkpoints import atomic_save
+from piggyback.data import load_task_data, make_loader
+from piggyback.evaluation import evaluate_packed
+from piggyback.packing import (
+    PackError,
+    discrete_masks,
+    pack_bits,
+    pack_tasks,
+    read_manifest,
+    read_task,
+    unpack_bits,
+)
+from piggyback.training import Hyperparameters, TaskRun, train_task
+
+
+@pytest.fixture(scope="module")
+def trained(digits_target, tmp_path_factory):
+    """One short training per method on the digits task, saved as checkpoints."""
+    root = tmp_path_factory.mktemp("trained")
+    train, test = load_task_data(digits_target, "cropped", 32)
+    paths = {}
+    for method in ("piggyback", "piggyback_ternary", "finetune", "classifier_only"):
+        model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
+        hp = Hyperparameters.for_method(method, epochs=1, mask_init="uniform", lr=1e-3)
+        run = TaskRun("resnet18", method, "digits", train.classes, 0, hp)
+        result = train_task(
+            model,
+            run,
+            lambda e: make_loader(train, 32, True, e),
+            make_loader(test, 64, False, 0),
+            root / f"{method}.state",
+            torch.device("cpu"),
+            progress=False,
+            log=lambda _: None,
+        )
+        paths[method] = root / f"{method}.pt"
+        atomic_save(result["checkpoint"], paths[method])
+    return paths
+
+
+def test_bits_round_trip_and_use_numpy_order():
+    keep = torch.rand(3, 5, 7) > 0.5
+    packed = pack_bits(keep)
+    assert packed.dtype == torch.uint8 and packed.numel() == (105 + 7) // 8
+    assert np.array_equal(packed.numpy(), np.packbits(keep.numpy().ravel()))
+    assert torch.equal(unpack_bits(packed, keep.shape), keep)
+
+
+@pytest.mark.parametrize("method", ["piggyback", "piggyback_ternary"])
+def test_pack_then_unpack_is_bit_exact(trained, tmp_path, method):
+    checkpoint = torch.load(trained[method], weights_only=True)
+    out = tmp_path / "pack.safetensors"
+    pack_tasks([trained[method]], out, tmp_path / "stats.tsv")
+    _, task = read_task(out, "digits")
+    expected = discrete_masks(checkpoint)
+    if method == "piggyback_ternary":
+        assert any((m < 0).any() for m in expected.values()), "test needs some -1 entries"
+    assert expected.keys() == task.masks.keys()
+    for name, mask in expected.items():
+        assert torch.equal(mask, task.masks[name]), name
+    assert torch.equal(task.head["weight"], checkpoint["head"]["weight"])
+
+
+def test_packed_masks_cost_one_bit_per_weight(trained, tmp_path):
+    out = tmp_path / "pack.safetensors"
+    manifest = pack_tasks([trained["piggyback"]], out, tmp_path / "stats.tsv")
+    weights = sum(int(np.prod(s)) for s in manifest["tasks"]["digits"]["layers"].values())
+    head_bytes = 4 * (512 * 5 + 5)
+    header = 20_000
+    assert out.stat().st_size <= weights / 8 + head_bytes + header
+    stats = (tmp_path / "stats.tsv").read_text().splitlines()
+    assert stats[0].split("\t") == [
+        "task",
+        "layer",
+        "weights",
+        "zero_pct",
+        "minus_one_pct",
+        "bits_per_weight",
+    ]
+    assert stats[-1].startswith("digits\tTOTAL\t" + str(weights))
+
+
+@pytest.mark.parametrize(
+    "method", ["piggyback", "piggyback_ternary", "finetune", "classifier_only"]
+)
+def test_packed_evaluation_equals_end_of_training_evaluation(
+    trained, digits_target, tmp_path, method
+):
+    checkpoint = torch.load(trained[method], weights_only=True)
+    out = tmp_path / "pack.safetensors"
+    pack_tasks([trained[method]], out)
+    result = evaluate_packed(
+        out,
+        "digits",
+        "resnet18",
+        ArchSpec("resnet18"),
+        digits_target,
+        "cropped",
+        32,
+        weights="random",
+    )
+    assert result["top1_error"] == checkpoint["test_top1_error"]
+    assert result["top5_error"] == checkpoint["test_top5_error"]
+    assert result["images"] == checkpoint["test_images"]
+
+
+def test_evaluation_refuses_other_backbone_weights(trained, digits_target, tmp_path):
+    out = tmp_path / "pack.safetensors"
+    pack_tasks([trained["piggyback"]], out)
+    other = build_task_model(ArchSpec("resnet18"), 5, weights="random")
+    torch.nn.init.zeros_(other.backbone.conv1.weight)
+    torch.save(other.backbone.state_dict(), tmp_path / "other.pth")
+    with pytest.raises(PackError, match="sha256"):
+        evaluate_packed(
+            out,
+            "digits",
+            "resnet18",
+            ArchSpec("resnet18"),
+            digits_target,
+            "cropped",
+            32,
+            weights=tmp_path / "other.pth",
+        )
+
+
+def test_evaluation_refuses_another_arch_or_a_missing_task(trained, digits_target, tmp_path):
+    out = tmp_path / "pack.safetensors"
+    pack_tasks([trained["piggyback"]], out)
+    with pytest.raises(PackError, match="packed for arch 'resnet18', not 'resnet34'"):
+        evaluate_packed(
+            out,
+            "digits",
+            "resnet34",
+            ArchSpec("resnet34"),
+            digits_target,
+            "cropped",
+            32,
+            weights="random",
+        )
+    with pytest.raises(PackError, match="holds no task 'flowers'"):
+        read_task(out, "flowers")
+
+
+def test_packing_refuses_mixed_methods(trained, tmp_path):
+    with pytest.raises(PackError, match="one packed file holds one arch, method"):
+        pack_tasks([trained["piggyback"], trained["finetune"]], tmp_path / "p.safetensors")
+
+
+def test_edited_packed_file_is_detected(trained, tmp_path):
+    out = tmp_path / "pack.safetensors"
+    pack_tasks([trained["piggyback"]], out)
+    data = bytearray(out.read_bytes())
+    data[-10] ^= 0xFF
+    out.write_bytes(bytes(data))
+    with pytest.raises(PackError, match="checksum"):
+        read_task(out, "digits")
+
+
+def test_manifest_is_plain_json_in_the_safetensors_header(trained, tmp_path):
+    out = tmp_path / "pack.safetensors"
+    pack_tasks([trained["piggyback"]], out)
+    raw = out.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    manifest = json.loads(header["__metadata__"]["piggyback"])
+    assert manifest == read_manifest(out)
+    assert manifest["mask"] == {"kind": "binary", "threshold": 5e-3}
+    entry = header["digits/mask/conv1.weight"]
+    assert entry["dtype"] == "U8" and entry["shape"] == [(64 * 3 * 7 * 7 + 7) // 8]

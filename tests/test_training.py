@@ -1,0 +1,143 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from piggyback.backbones import ArchSpec, backbone_state, build_task_model
+from piggyback.checkpoints import load_checkpoint
+from piggyback.data import load_task_data, make_loader
+from piggyback.training import Hyperparameters, TaskRun, TrainingError, train_task
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _train(data_root, state_dir, method="piggyback", epochs=2, arch="resnet18", fail_at=None, **hp):
+    train, test = load_task_data(data_root, "cropped", 32)
+    model = build_task_model(ArchSpec(arch), len(train.classes), weights="random")
+    hp = Hyperparameters.for_method(method, epochs=epochs, batch_size=32, **hp)
+    run = TaskRun(arch, method, "digits", train.classes, seed=1, hp=hp)
+
+    def loader_for(epoch):
+        if fail_at is not None and epoch == fail_at:
+            raise KeyboardInterrupt("killed")
+        return make_loader(train, hp.batch_size, True, 100 + epoch)
+
+    result = train_task(
+        model,
+        run,
+        loader_for,
+        make_loader(test, 64, False, 0),
+        state_dir,
+        torch.device("cpu"),
+        progress=False,
+        log=lambda _: None,
+    )
+    return model, result
+
+
+@pytest.mark.parametrize("method", ["piggyback", "piggyback_ternary", "classifier_only"])
+def test_frozen_backbone_tensors_stay_bit_identical(digits_target, tmp_path, method):
+    train, _ = load_task_data(digits_target, "cropped", 32)
+    reference = build_task_model(ArchSpec("resnet18"), 5, weights="random")
+    before = {k: v.clone() for k, v in backbone_state(reference.backbone).items()}
+    model, result = _train(digits_target, tmp_path, method, epochs=1, lr=1e-2, lr_head=1e-2)
+    after = backbone_state(model.backbone)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    if method != "classifier_only":
+        masks = result["checkpoint"]["masks"]
+        assert any(not torch.all(m == 1e-2) for m in masks.values()), "masks never moved"
+
+
+def test_finetune_changes_the_backbone(digits_target, tmp_path):
+    reference = build_task_model(ArchSpec("resnet18"), 5, weights="random")
+    model, _ = _train(digits_target, tmp_path, "finetune", epochs=1)
+    before, after = backbone_state(reference.backbone), backbone_state(model.backbone)
+    assert not torch.equal(before["conv1.weight"], after["conv1.weight"])
+
+
+def test_interrupted_training_resumes_to_the_same_result(digits_target, tmp_path):
+    _, uninterrupted = _train(digits_target, tmp_path / "a", epochs=3, lr=1e-3)
+    with pytest.raises(KeyboardInterrupt):
+        _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3, fail_at=2)
+    assert load_checkpoint(tmp_path / "b" / "resume.pt")["epoch"] == 2
+    _, resumed = _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3)
+    a, b = uninterrupted["checkpoint"], resumed["checkpoint"]
+    assert a["epoch"] == b["epoch"]
+    for name in a["masks"]:
+        assert torch.equal(a["masks"][name], b["masks"][name]), name
+    assert torch.equal(a["head"]["weight"], b["head"]["weight"])
+    assert [m["test_top1_error"] for m in uninterrupted["metrics"]] == [
+        m["test_top1_error"] for m in resumed["metrics"]
+    ]
+
+
+def test_state_of_another_run_is_not_resumed(digits_target, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _train(digits_target, tmp_path, epochs=2, fail_at=1)
+    with pytest.raises(TrainingError, match="belongs to another run"):
+        _train(digits_target, tmp_path, epochs=2, lr=5e-4)
+
+
+def test_non_finite_loss_stops_with_epoch_and_batch(digits_target, tmp_path):
+    with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 1, batch \d+"):
+        _train(digits_target, tmp_path, "finetune", epochs=1, lr=1e12, lr_head=1e12)
+    assert not (tmp_path / "best.pt").exists()
+
+
+def _train_command(data, out, epochs):
+    return [
+        sys.executable,
+        str(SRC / "train.py"),
+        "--arch",
+        "resnet18",
+        "--weights",
+        "random",
+        "--dataset",
+        "digits",
+        "--data",
+        str(data),
+        "--transform",
+        "cropped",
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        "--epochs",
+        str(epochs),
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+        "--out",
+        str(out / "task.pt"),
+        "--metrics",
+        str(out / "metrics.tsv"),
+    ]
+
+
+def test_sigkilled_training_job_resumes_to_the_same_masks(digits_target, tmp_path):
+    """A real SIGKILL mid-run, then the same command again."""
+    subprocess.run(_train_command(digits_target, tmp_path / "a", 3), check=True)
+    killed = tmp_path / "b"
+    job = subprocess.Popen(_train_command(digits_target, killed, 3))
+    resume = killed / "task.pt.state" / "resume.pt"
+    deadline = time.time() + 120
+    while not resume.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not (killed / "task.pt").exists(), "the job finished before it could be killed"
+    subprocess.run(_train_command(digits_target, killed, 3), check=True)
+    a, b = load_checkpoint(tmp_path / "a" / "task.pt"), load_checkpoint(killed / "task.pt")
+    assert all(torch.equal(a["masks"][k], b["masks"][k]) for k in a["masks"])
+    assert not (killed / "task.pt.state").exists(), "resume state is removed after success"
