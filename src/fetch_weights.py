@@ -35,10 +35,13 @@ def main() -> None:
     parser.add_argument(
         "--out",
         type=Path,
+        metavar="FILE",
         required=True,
         help="where to put the file; its name must be torchvision's (e.g. resnet50-0676ba61.pth)",
     )
-    parser.add_argument("--url", help="fetch from this mirror URL (or local path) instead")
+    parser.add_argument(
+        "--url", metavar="URL", help="fetch from this mirror URL (or local path) instead"
+    )
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
