@@ -35,12 +35,17 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset name, e.g. cubs_cropped")
     parser.add_argument(
         "--source-json",
+        metavar="JSON",
         required=True,
         help="the dataset's `source` entry from the config, as a JSON object "
         "(see workflow/schemas/source.schema.yaml)",
     )
     parser.add_argument(
-        "--downloads", type=Path, required=True, help="folder holding the downloaded files"
+        "--downloads",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder holding the downloaded files",
     )
     parser.add_argument(
         "--progress",
@@ -58,7 +63,11 @@ def main() -> None:
     )
     add_source_arguments(parser)
     parser.add_argument(
-        "--done", type=Path, required=True, help="marker written when all files verify (.json)"
+        "--done",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="marker written when all files verify (.json)",
     )
     args = parser.parse_args()
     try:

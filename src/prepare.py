@@ -29,17 +29,27 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, help="dataset name, e.g. cubs_cropped")
     parser.add_argument(
         "--source-json",
+        metavar="JSON",
         required=True,
         help="the dataset's `source` entry from the config, as a JSON object "
         "(see workflow/schemas/source.schema.yaml)",
     )
     parser.add_argument(
-        "--downloads", type=Path, required=True, help="folder holding the downloaded files"
+        "--downloads",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder holding the downloaded files",
     )
     parser.add_argument(
-        "--classes", type=int, help="expected number of classes (the registry's `classes`)"
+        "--classes",
+        type=int,
+        metavar="N",
+        help="expected number of classes (the registry's `classes`)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder, e.g. data/NAME")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="dataset folder, e.g. data/NAME"
+    )
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
