@@ -30,7 +30,8 @@ from piggyback.sources import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "source.schema.yaml").read_text())
+SCHEMA_FILE = ROOT / "workflow" / "schemas" / "source.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_FILE.read_text())
 
 
 @pytest.fixture
@@ -389,6 +390,12 @@ def test_wrong_class_count_names_the_folder_and_both_numbers(tmp_path):
     assert list((tmp_path / "data").iterdir()) == []  # nothing half-prepared is left
 
 
+def test_digits_entry_with_an_unknown_view_is_refused_by_name(tmp_path):
+    source = {"route": "digits", "digits": [1, 2], "view": "upside-down"}
+    with pytest.raises(SourceError, match="unknown digits view 'upside-down'"):
+        prepare_dataset("digits", source, tmp_path, tmp_path / "data" / "digits")
+
+
 def test_failed_rerun_keeps_the_earlier_complete_dataset(tmp_path):
     out = tmp_path / "data" / "digits"
     prepare_dataset("digits", {"route": "digits", "digits": [1, 2], "per_class": 5}, tmp_path, out)
@@ -483,12 +490,18 @@ SCHEMA_EXAMPLES = [
     },
     {"route": "digits", "digits": [5, 6, 7, 8, 9], "view": "mirrored", "per_class": 60}
     | {"test_fraction": 0.3, "seed": 0},
+    {"route": "digits", "digits": [0, 1]},
 ]
 
 
 @pytest.mark.parametrize("source", SCHEMA_EXAMPLES)
-def test_schema_accepts_the_documented_entries(source):
-    jsonschema.validate(source, SCHEMA)
+def test_schema_accepts_the_documented_entries_and_leaves_them_unchanged(source):
+    from snakemake.utils import validate
+
+    jsonschema.Draft202012Validator(SCHEMA).validate(source)
+    entry = json.loads(json.dumps(source))
+    validate(entry, str(SCHEMA_FILE))  # as the workflow does, which fills in defaults
+    assert entry == source
 
 
 @pytest.mark.parametrize(
@@ -502,4 +515,4 @@ def test_schema_accepts_the_documented_entries(source):
 )
 def test_schema_refuses_bad_entries(source, tmp_path):
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(source, SCHEMA)
+        jsonschema.Draft202012Validator(SCHEMA).validate(source)
