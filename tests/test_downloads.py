@@ -126,10 +126,11 @@ def test_complete_part_from_an_earlier_run_is_verified_not_fetched_again(server,
     assert server.requests_for("data.tgz") == [f"bytes={len(PAYLOAD)}-"]
 
 
-def test_missing_file_on_the_server_names_the_url(server, tmp_path):
-    with pytest.raises(DownloadError, match="404"):
+def test_missing_file_on_the_server_names_the_url_and_is_not_retried(server, tmp_path):
+    with pytest.raises(DownloadError, match="nope.tgz answered HTTP 404"):
         download(server.url("nope.tgz"), tmp_path / "nope.tgz", progress=False)
     assert list(tmp_path.iterdir()) == []
+    assert len(server.requests) == 1
 
 
 def test_unreachable_host_says_to_put_the_file_in_place(tmp_path):

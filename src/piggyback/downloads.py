@@ -36,6 +36,11 @@ class ChecksumError(DownloadError):
     """A file's bytes are not the ones expected; the message gives both checksums."""
 
 
+class TransferBroken(DownloadError):
+    """The connection ended before the whole file arrived; what did arrive is kept in
+    ``<dest>.part`` and the next attempt resumes from it."""
+
+
 @dataclass(frozen=True)
 class Checksum:
     """An expected digest. A sha256 may be given as a leading prefix (at least 8 hex
@@ -136,7 +141,8 @@ def download(
 
     ``url`` may be a local path (a mirror on disk). With no checksum the file is still
     checked to be as long as the server said. An existing ``dest`` that does not verify
-    is left alone and reported: it may be a file the user put there by hand.
+    is left alone and reported: it may be a file the user put there by hand. A transfer
+    that breaks midway is resumed up to ``attempts`` times; an HTTP error is not retried.
     """
     dest = Path(dest)
     checksum = checksum_from(md5, sha256)
@@ -157,7 +163,7 @@ def download(
         try:
             _fetch_to_part(source, part, progress, timeout)
             break
-        except DownloadError:
+        except TransferBroken:
             if attempt == attempts:
                 raise
     try:
@@ -232,11 +238,11 @@ def _fetch_to_part(url: str, part: Path, progress: bool, timeout: float) -> None
                     received += len(chunk)
                     bar.update(len(chunk))
             except (http.client.HTTPException, OSError) as error:
-                raise DownloadError(
+                raise TransferBroken(
                     f"{url}: transfer broke after {received} bytes ({error}); run again to resume"
                 ) from None
     if expected_total is not None and received < expected_total:
-        raise DownloadError(
+        raise TransferBroken(
             f"{url}: connection closed after {received} of {expected_total} bytes; "
             "run again to resume"
         )
