@@ -1,5 +1,5 @@
-"""Fetch one torchvision ImageNet weight file and verify it by the sha256 prefix in its
-name (resnet50-0676ba61.pth: the file's sha256 starts with 0676ba61).
+"""Fetch one torchvision ImageNet weight file and verify it by the sha256 prefix in
+torchvision's name for it (resnet50-0676ba61.pth: the sha256 starts with 0676ba61).
 
 A file already at --out that verifies is kept and nothing is downloaded, so weights can
 be copied in by hand on a machine without internet; --url fetches from a mirror.
@@ -37,7 +37,7 @@ def main() -> None:
         type=Path,
         metavar="FILE",
         required=True,
-        help="where to put the file; its name must be torchvision's (e.g. resnet50-0676ba61.pth)",
+        help="where to put the file, e.g. resources/weights/resnet50-0676ba61.pth",
     )
     parser.add_argument(
         "--url", metavar="URL", help="fetch from this mirror URL (or local path) instead"

@@ -181,9 +181,12 @@ def test_weights_that_do_not_match_their_name_are_refused(server, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_weights_file_must_keep_torchvision_name(tmp_path):
-    with pytest.raises(DownloadError, match="resnet50-0676ba61.pth"):
-        fetch_backbone_weights("resnet50", "IMAGENET1K_V1", tmp_path / "resnet50.pth")
+def test_weights_under_another_name_are_checked_by_torchvision_name(server, tmp_path):
+    out = tmp_path / "resnet50.IMAGENET1K_V1.pth"  # the name a workflow may choose
+    out.write_bytes(b"not the weights")
+    with pytest.raises(ChecksumError, match="expected sha256 0676ba61"):
+        fetch_backbone_weights("resnet50", "IMAGENET1K_V1", out)
+    assert out.read_bytes() == b"not the weights" and server.requests == []
 
 
 def test_fetch_weights_cli_verifies_a_pre_staged_file(tmp_path, monkeypatch, capsys):
