@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from piggyback import cli
-from piggyback.checkpoints import atomic_write_json
+from piggyback.atomic import atomic_write_json
 from piggyback.downloads import DownloadError
 from piggyback.sources import SourceError, fetch_source, source_from_json
 

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from piggyback import cli
+from piggyback.atomic import atomic_write_json
 from piggyback.backbones import BackboneError
-from piggyback.checkpoints import atomic_write_json
 from piggyback.data import DataError
 from piggyback.evaluation import evaluate_packed
 from piggyback.packing import PackError
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="result (.json)")
     cli.add_runtime_arguments(parser)
     args = parser.parse_args()
-    device = cli.select_device(args.device, args.threads)
+    device = cli.select_device(args)
     try:
         result = evaluate_packed(
             args.pack,

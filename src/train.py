@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from piggyback import cli
+from piggyback.atomic import atomic_move, atomic_write
 from piggyback.backbones import BackboneError, build_task_model, torchvision_state
-from piggyback.checkpoints import CheckpointError, atomic_save, atomic_write
+from piggyback.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from piggyback.data import DataError, load_task_data, make_loader
 from piggyback.training import METHODS, Hyperparameters, TaskRun, TrainingError, train_task
 
@@ -63,7 +64,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    device = cli.select_device(args.device, args.threads)
+    device = cli.select_device(args)
     overrides = {f: getattr(args, f) for f in Hyperparameters.__dataclass_fields__}
     hp = Hyperparameters.for_method(args.method, **overrides)
     try:
@@ -90,8 +91,8 @@ def main() -> None:
         cli.fail(str(error))
     metrics = pd.DataFrame(result["metrics"])
     atomic_write(args.metrics, lambda tmp: metrics.to_csv(tmp, sep="\t", index=False))
-    best = result["checkpoint"]
     if args.export_backbone:
+        best = load_checkpoint(result["best_path"])
         if "weights" not in best:
             cli.fail(
                 "--export-backbone needs --method finetune (the only method that trains weights)"
@@ -100,8 +101,9 @@ def main() -> None:
             torchvision_state(best["weights"], best["head"], best["head_name"]),
             args.export_backbone,
         )
-    atomic_save(best, args.out)
+    atomic_move(result["best_path"], args.out)
     shutil.rmtree(state_dir, ignore_errors=True)
+    best = result["best"]
     print(f"best test top-1 error {best['test_top1_error']:.2f}% at epoch {best['epoch']}")
 
 

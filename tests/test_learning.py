@@ -4,6 +4,7 @@ mirrored digits 5-9 (real images from scikit-learn), gets far below chance error
 import torch
 
 from piggyback.backbones import ArchSpec, build_task_model, torchvision_state
+from piggyback.checkpoints import load_checkpoint
 from piggyback.data import load_task_data, make_loader
 from piggyback.training import Hyperparameters, TaskRun, train_task
 
@@ -39,7 +40,8 @@ def test_piggyback_on_a_pretrained_backbone_learns_a_new_task(
         optimizer="adam",
         lr=1e-3,
         lr_head=1e-3,
-    )["checkpoint"]
+    )["best_path"]
+    pretrain = load_checkpoint(pretrain)
     assert pretrain["test_top1_error"] < 25.0
     weights = tmp_path / "pretrained.pth"
     torch.save(

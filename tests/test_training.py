@@ -50,7 +50,7 @@ def test_frozen_backbone_tensors_stay_bit_identical(digits_target, tmp_path, met
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     if method != "classifier_only":
-        masks = result["checkpoint"]["masks"]
+        masks = load_checkpoint(result["best_path"])["masks"]
         assert any(not torch.all(m == 1e-2) for m in masks.values()), "masks never moved"
 
 
@@ -67,7 +67,7 @@ def test_interrupted_training_resumes_to_the_same_result(digits_target, tmp_path
         _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3, fail_at=2)
     assert load_checkpoint(tmp_path / "b" / "resume.pt")["epoch"] == 2
     _, resumed = _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3)
-    a, b = uninterrupted["checkpoint"], resumed["checkpoint"]
+    a, b = load_checkpoint(uninterrupted["best_path"]), load_checkpoint(resumed["best_path"])
     assert a["epoch"] == b["epoch"]
     for name in a["masks"]:
         assert torch.equal(a["masks"][name], b["masks"][name]), name

@@ -82,31 +82,33 @@ def build_backbone(
             "weights 'DEFAULT' change meaning between torchvision releases; "
             "name the weights explicitly, e.g. IMAGENET1K_V1"
         )
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # so that 'random' names one reproducible backbone
-            model = torchvision.models.get_model(spec.builder, weights=None)
-    except ValueError as error:
-        raise BackboneError(
-            f"unknown torchvision model {spec.builder!r}; "
-            f"see torchvision.models.list_models() for the names"
-        ) from error
-    head_name, head = find_head(model, spec.head)
-    features = head.in_features
     state = (
         None if choice == RANDOM_WEIGHTS else _load_state_dict(spec.builder, choice, weights_dir)
     )
+    # With weights to load, build on the meta device: initialising VGG-16's 138M
+    # parameters only to overwrite them costs seconds per job.
+    model = _construct(spec.builder, meta=state is not None)
+    head_name, head = find_head(model, spec.head)
+    features = head.in_features
     _replace_module(model, head_name, nn.Identity())
     model.head_name = head_name
     if state is not None:
         state = {k: v for k, v in state.items() if not k.startswith(head_name + ".")}
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(state, assign=True)
         except RuntimeError as error:
             first_lines = "; ".join(str(error).splitlines()[:3])
             raise BackboneError(
                 f"weights {choice!r} do not fit {spec.builder}: {first_lines}"
             ) from error
+        left_on_meta = [
+            n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta
+        ]
+        if left_on_meta:
+            raise BackboneError(
+                f"{spec.builder} has tensors that are not in its state dict "
+                f"({left_on_meta[:3]}); this builder cannot be loaded from weights"
+            )
     return model, features
 
 
@@ -128,6 +130,21 @@ def torchvision_state(
     """A backbone and head as one torchvision-style state dict (the head under its
     original name), loadable by ``build_backbone`` as a weights file."""
     return {**backbone, **{f"{head_name}.{k}": v for k, v in head.items()}}
+
+
+def _construct(builder: str, meta: bool) -> nn.Module:
+    try:
+        if meta:
+            with torch.device("meta"):
+                return torchvision.models.get_model(builder, weights=None)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # so that 'random' names one reproducible backbone
+            return torchvision.models.get_model(builder, weights=None)
+    except ValueError as error:
+        raise BackboneError(
+            f"unknown torchvision model {builder!r}; "
+            "see torchvision.models.list_models() for the names"
+        ) from error
 
 
 def weights_file_name(builder: str, enum_name: str) -> str:

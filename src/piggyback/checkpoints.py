@@ -1,47 +1,22 @@
-"""Writing files atomically and reading checkpoints without running pickled code."""
+"""Saving and loading checkpoints: atomically, and without running pickled code."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from piggyback.atomic import atomic_write
 
 
 class CheckpointError(ValueError):
     """A file cannot be read as the checkpoint it should be; the message names it."""
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over
-    ``path``: readers see the old file or the whole new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def atomic_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def atomic_write_json(obj: Any, path: Path) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -67,5 +42,5 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     for key in sorted(tensors):
         tensor = tensors[key].detach().cpu().contiguous()
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy())
     return digest.hexdigest()

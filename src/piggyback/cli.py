@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the stage scripts that need no torch should not pay for its import
+    import torch
 
-from piggyback.backbones import ArchSpec
+    from piggyback.backbones import ArchSpec
+
+DEFAULT_GPU_LOCK_DIR = Path(tempfile.gettempdir()) / "piggyback-gpu-locks"
 
 
 def add_arch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +38,8 @@ def add_arch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def arch_spec(args: argparse.Namespace) -> ArchSpec:
+    from piggyback.backbones import ArchSpec
+
     return ArchSpec(builder=args.builder or args.arch, weights=args.weights, head=args.head)
 
 
@@ -57,7 +64,15 @@ def add_data_arguments(parser: argparse.ArgumentParser, classes: bool = True) ->
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("runtime")
     group.add_argument(
-        "--device", default="auto", help="'auto' (a GPU if visible, else CPU), 'cpu', 'cuda:0'..."
+        "--device",
+        default="auto",
+        help="'auto' (lease a free visible GPU, else the CPU), 'cpu', 'cuda:1'...",
+    )
+    group.add_argument(
+        "--gpu-lock-dir",
+        type=Path,
+        default=DEFAULT_GPU_LOCK_DIR,
+        help="where jobs on this machine lease GPUs (default: %(default)s)",
     )
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     group.add_argument(
@@ -82,12 +97,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, title: str, he
         )
 
 
-def select_device(choice: str, threads: int | None = None) -> torch.device:
-    if threads:
-        torch.set_num_threads(threads)
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+def select_device(args: argparse.Namespace) -> torch.device:
+    import torch
+
+    from piggyback import devices
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return devices.select_device(args.device, args.gpu_lock_dir)
 
 
 def fail(message: str) -> None:

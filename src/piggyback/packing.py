@@ -19,7 +19,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from piggyback.checkpoints import atomic_write, load_checkpoint, tensors_sha256
+from piggyback.atomic import atomic_write
+from piggyback.checkpoints import load_checkpoint, tensors_sha256
 from piggyback.masks import threshold_mask
 
 PACK_FORMAT = "piggyback-pack"

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from piggyback.archives import extract_archive, replace_folder
-from piggyback.checkpoints import atomic_write_json
+from piggyback.atomic import atomic_write_json
 from piggyback.digits import write_digits_task
 from piggyback.downloads import FetchedFile, checksum_from, download, verify_file
 

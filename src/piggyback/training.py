@@ -150,18 +150,13 @@ def mask_density(model: TaskModel) -> float | None:
 
 
 def trained_state(model: TaskModel, method: str) -> dict[str, Any]:
-    """What a method learns: masks (real-valued), full weights, or nothing; plus head."""
-    state: dict[str, Any] = {
-        "head": {k: v.detach().clone() for k, v in model.head.state_dict().items()}
-    }
+    """What a method learns: masks (real-valued), full weights, or nothing; plus head.
+    The tensors are the live ones (no copy): save them before the next step."""
+    state: dict[str, Any] = {"head": model.head.state_dict()}
     if method in MASK_METHODS:
-        state["masks"] = {
-            k: m.mask_real.detach().clone() for k, m in masked_weights(model.backbone).items()
-        }
+        state["masks"] = {k: m.mask_real for k, m in masked_weights(model.backbone).items()}
     elif method == "finetune":
-        state["weights"] = {
-            k: v.detach().clone() for k, v in backbone_state(model.backbone).items()
-        }
+        state["weights"] = backbone_state(model.backbone)
     return state
 
 
@@ -199,7 +194,8 @@ def train_task(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train, resuming from ``state_dir`` if it holds an unfinished run of the same
-    task; returns the best checkpoint (as saved) with the per-epoch metrics.
+    task; returns where the best checkpoint is (``best_path``, in ``state_dir``), its
+    summary (``best``) and the per-epoch metrics.
 
     ``train_loader_for(epoch)`` returns that epoch's loader (seeded by the epoch).
     """
@@ -231,10 +227,10 @@ def train_task(
                 f"{resume_path} belongs to another run (different arch, data, seed, "
                 "hyperparameters or backbone); delete it to start afresh"
             )
-        load_trained_state(model, resume["trained"])
-        optimizer.load_state_dict(resume["optimizer"])
-        start_epoch, metrics = resume["epoch"], resume["metrics"]
-        best = load_checkpoint(best_path)
+        if "trained" in resume:  # absent once the last epoch is done
+            load_trained_state(model, resume["trained"])
+            optimizer.load_state_dict(resume["optimizer"])
+        start_epoch, metrics, best = resume["epoch"], resume["metrics"], resume["best"]
         log(f"resuming {run.dataset} after epoch {start_epoch} from {resume_path}")
 
     criterion = nn.CrossEntropyLoss()
@@ -288,27 +284,25 @@ def train_task(
         )
         if best is None or test["top1_error"] < best["test_top1_error"]:
             best = {
-                "format": "piggyback.task",
-                "version": 1,
-                **identity,
-                "mask": _mask_meta(run.method, hp),
                 "epoch": epoch + 1,
                 "test_top1_error": test["top1_error"],
                 "test_top5_error": test["top5_error"],
                 "test_images": test["images"],
+            }
+            checkpoint = {
+                "format": "piggyback.task",
+                "version": 1,
+                **identity,
+                "mask": _mask_meta(run.method, hp),
+                **best,
                 **trained_state(model, run.method),
             }
-            atomic_save(best, best_path)
-        atomic_save(
-            {
-                "identity": identity,
-                "epoch": epoch + 1,
-                "metrics": metrics,
-                "trained": trained_state(model, run.method),
-                "optimizer": optimizer.state_dict(),
-            },
-            resume_path,
-        )
+            atomic_save(checkpoint, best_path)
+        resume = {"identity": identity, "epoch": epoch + 1, "metrics": metrics, "best": best}
+        if epoch + 1 < hp.epochs:  # after the last epoch, best.pt holds all that is left
+            resume["trained"] = trained_state(model, run.method)
+            resume["optimizer"] = optimizer.state_dict()
+        atomic_save(resume, resume_path)
 
     if run.method != "finetune":
         after = backbone_sha256(model.backbone)
@@ -316,7 +310,7 @@ def train_task(
             raise TrainingError("a frozen backbone tensor changed during training")
     if best is None:
         raise TrainingError(f"no epoch was trained (epochs = {hp.epochs})")
-    return {"checkpoint": best, "metrics": metrics}
+    return {"best_path": best_path, "best": best, "metrics": metrics}
 
 
 def _mask_meta(method: str, hp: Hyperparameters) -> dict[str, Any] | None:

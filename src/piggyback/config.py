@@ -1,0 +1,53 @@
+"""Checks of the pipeline config that a JSON schema cannot express (references
+between its sections), with messages that name the offending key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRETRAIN_WEIGHTS = "pretrain"
+
+
+class ConfigError(ValueError):
+    """The config is inconsistent; the message names the key and what to change."""
+
+
+def check_config(config: dict[str, Any]) -> None:
+    experiment = config["experiment"]
+    _check_known(experiment["archs"], config["archs"], "experiment.archs", "archs")
+    _check_known(experiment["orderings"], config["orderings"], "experiment.orderings", "orderings")
+    for name, ordering in config["orderings"].items():
+        _check_known(ordering, config["datasets"], f"orderings.{name}", "datasets")
+        seen = set()
+        for dataset in ordering:
+            if dataset in seen:
+                raise ConfigError(
+                    f"orderings.{name} lists {dataset!r} twice: an ordering adds each task once"
+                )
+            seen.add(dataset)
+    pretrain = config.get("pretrain")
+    if pretrain is not None:
+        _check_known([pretrain["dataset"]], config["datasets"], "pretrain.dataset", "datasets")
+    for arch in experiment["archs"]:
+        if config["archs"][arch]["weights"] == PRETRAIN_WEIGHTS and pretrain is None:
+            raise ConfigError(
+                f"archs.{arch}.weights is {PRETRAIN_WEIGHTS!r}, but the config has no "
+                "`pretrain:` section saying which dataset to pretrain on"
+            )
+
+
+def experiment_datasets(config: dict[str, Any]) -> list[str]:
+    """Every dataset of the experiment's orderings, in order of first appearance."""
+    datasets: list[str] = []
+    for ordering in config["experiment"]["orderings"]:
+        datasets += [d for d in config["orderings"][ordering] if d not in datasets]
+    return datasets
+
+
+def _check_known(names: list[str], registry: dict, key: str, registry_key: str) -> None:
+    for index, name in enumerate(names):
+        if name not in registry:
+            raise ConfigError(
+                f"{key}[{index}] is {name!r}, which is not in `{registry_key}:` "
+                f"(known: {', '.join(registry)}); add it there or fix the name"
+            )

@@ -1,0 +1,27 @@
+rule evaluate:
+    """One task from a packed file, on the plain backbone with its mask baked in."""
+    input:
+        packed=f"{RESULTS}/packed/{{arch}}/{{method}}/{{ordering}}/run{{run}}.safetensors",
+        data=prepared("{dataset}"),
+        weights=lambda wildcards: weights_file(wildcards.arch),
+    output:
+        f"{RESULTS}/eval/{{arch}}/{{method}}/{{ordering}}/run{{run}}/{{dataset}}.json",
+    params:
+        arch=lambda wildcards: arch_flags(wildcards.arch),
+        data=lambda wildcards: data_flags(wildcards.dataset),
+        batch_size=config.get("eval_batch_size", 64),
+    log:
+        f"{RESULTS}/logs/evaluate/{{arch}}/{{method}}/{{ordering}}/run{{run}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{arch}}/{{method}}/{{ordering}}/run{{run}}/{{dataset}}.tsv"
+    threads: compute("evaluate", "threads", 4)
+    resources:
+        gpu=compute("evaluate", "gpus", 1),
+        mem_mb=compute("evaluate", "mem_mb", 8000),
+        runtime=compute("evaluate", "runtime", 60),
+    conda:
+        "../../environment.yml"
+    shell:
+        "{PYTHON} {SCRIPTS[evaluate]} {input.packed} {params.arch} {params.data} "
+        "--batch-size {params.batch_size} --out {output} --threads {threads} "
+        "> {log} 2>&1"

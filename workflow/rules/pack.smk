@@ -1,0 +1,18 @@
+rule pack:
+    """Every task of one ordering into one file: 1 bit per mask weight."""
+    input:
+        ordering_checkpoints,
+    output:
+        packed=f"{RESULTS}/packed/{{arch}}/{{method}}/{{ordering}}/run{{run}}.safetensors",
+        stats=f"{RESULTS}/packed/{{arch}}/{{method}}/{{ordering}}/run{{run}}.stats.tsv",
+    log:
+        f"{RESULTS}/logs/pack/{{arch}}/{{method}}/{{ordering}}/run{{run}}.log",
+    threads: compute("pack", "threads", 1)
+    resources:
+        mem_mb=compute("pack", "mem_mb", 8000),
+        runtime=compute("pack", "runtime", 30),
+    conda:
+        "../../environment.yml"
+    shell:
+        "{PYTHON} {SCRIPTS[pack]} {input} --out {output.packed} --stats {output.stats} "
+        "> {log} 2>&1"
