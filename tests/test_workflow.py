@@ -117,3 +117,55 @@ def test_environment_yml_names_the_same_dependencies_as_pyproject():
 
 def _name(requirement: str) -> str:
     return re.split(r"[<>=!~ ]", requirement, maxsplit=1)[0].lower()
+
+
+def shrunk_demo_config(tmp_path) -> Path:
+    """config/demo.yaml cut to one arch, two methods and few images: the same stages
+    and file layout, in about a minute."""
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config["experiment"].update(archs=["densenet121"], methods=["piggyback", "finetune"])
+    for entry in config["datasets"].values():
+        entry["source"]["per_class"] = 12
+    config["pretrain"]["hyperparameters"]["epochs"] = 2
+    for method in config["methods"].values():
+        method["epochs"] = 1
+    path = tmp_path / "demo-small.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_the_demo_runs_end_to_end(tmp_path):
+    config = shrunk_demo_config(tmp_path)
+    result = snakemake("--cores", "2", "--configfile", str(config), workdir=tmp_path)
+    out = result.stdout + result.stderr
+    assert "piggyback: mean error" in out, "the verdict is printed"
+    table = (tmp_path / "results" / "demo" / "table.tsv").read_text().splitlines()
+    header = table[0].split("\t")
+    assert header[:6] == ["method", "arch", "dataset", "error", "std", "n"]
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in table[1:]]
+    assert {(r["method"], r["dataset"]) for r in rows} == {
+        (m, d)
+        for m in ("piggyback", "finetune")
+        for d in ("digits_5to9", "digits_5to9_mirrored", "digits_5to9_rotated")
+    }
+    assert all(r["n"] == "2" for r in rows), "each cell averages the two orderings"
+    assert all(r["reference"] == "" for r in rows), "the demo has no reference numbers"
+    markdown = (tmp_path / "results" / "demo" / "table.md").read_text()
+    assert "## piggyback" in markdown and "no reference" in markdown
+    packed = tmp_path / "results" / "demo" / "packed" / "densenet121" / "piggyback"
+    assert {p.name for p in packed.iterdir()} == {"forward", "reverse"}
+    again = snakemake("--cores", "2", "--configfile", str(config), workdir=tmp_path)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_snakemake_lint_and_snakefmt_are_clean(tmp_path):
+    lint = snakemake("--lint", "--configfile", str(ROOT / "config" / "demo.yaml"), workdir=tmp_path)
+    assert "Congratulations" in lint.stdout + lint.stderr or not (lint.stdout + lint.stderr).strip()
+    snakefmt = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert snakefmt.returncode == 0, snakefmt.stderr

@@ -28,6 +28,8 @@ def check_config(config: dict[str, Any]) -> None:
     pretrain = config.get("pretrain")
     if pretrain is not None:
         _check_known([pretrain["dataset"]], config["datasets"], "pretrain.dataset", "datasets")
+        arch_overrides = list(pretrain.get("arch_hyperparameters", {}))
+        _check_known(arch_overrides, config["archs"], "pretrain.arch_hyperparameters", "archs")
     for arch in experiment["archs"]:
         if config["archs"][arch]["weights"] == PRETRAIN_WEIGHTS and pretrain is None:
             raise ConfigError(

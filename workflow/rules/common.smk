@@ -3,8 +3,14 @@ config into file names and command-line flags."""
 
 import json
 import sys
+from pathlib import Path
 
-from piggyback.config import PRETRAIN_WEIGHTS, ConfigError, check_config, experiment_datasets
+from piggyback.config import (
+    PRETRAIN_WEIGHTS,
+    ConfigError,
+    check_config,
+    experiment_datasets,
+)
 
 try:
     check_config(config)
@@ -25,9 +31,20 @@ RUNS = list(range(EXPERIMENT["runs"]))
 DATASETS = experiment_datasets(config)
 WORKERS = config["compute"]["workers"]
 
+# The stage scripts by absolute path, so jobs find them whatever the working directory.
+# (workflow.source_path would hand back a per-run cache copy whose path changes on every
+# invocation, which Snakemake's params trigger would take for a change and rerun all.)
 SCRIPTS = {
-    name: workflow.source_path(f"../../src/{name}.py")
-    for name in ("download", "prepare", "fetch_weights", "train", "pack", "evaluate", "aggregate")
+    name: str(Path(workflow.basedir) / "src" / f"{name}.py")
+    for name in (
+        "download",
+        "prepare",
+        "fetch_weights",
+        "train",
+        "pack",
+        "evaluate",
+        "aggregate",
+    )
 }
 
 
@@ -85,12 +102,20 @@ def data_flags(dataset):
 
 def hyperparameter_flags(hyperparameters):
     return " ".join(
-        f"--{key.replace('_', '-')} {value}" for key, value in sorted(hyperparameters.items())
+        f"--{key.replace('_', '-')} {value}"
+        for key, value in sorted(hyperparameters.items())
     )
 
 
+def pretrain_flags(arch):
+    pretrain = config["pretrain"]
+    overrides = pretrain.get("arch_hyperparameters", {}).get(arch, {})
+    return hyperparameter_flags({**pretrain.get("hyperparameters", {}), **overrides})
+
+
 def method_flags(method):
-    return f"--method {method} " + hyperparameter_flags(config["methods"].get(method, {}))
+    hyperparameters = hyperparameter_flags(config["methods"].get(method, {}))
+    return f"--method {method} {hyperparameters}"
 
 
 def train_checkpoint(arch, method, run, dataset):

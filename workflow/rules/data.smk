@@ -8,15 +8,18 @@ rule download:
     runs on the submitting host, so compute nodes never need the internet."""
     output:
         f"{DOWNLOADS}/{{dataset}}.downloaded",
-    params:
-        source=source_json,
     log:
         f"{RESULTS}/logs/download/{{dataset}}.log",
     conda:
         "../../environment.yml"
+    params:
+        python=PYTHON,
+        script=SCRIPTS["download"],
+        downloads=lambda wildcards, output: Path(output[0]).parent,
+        source=source_json,
     shell:
-        "{PYTHON} {SCRIPTS[download]} --dataset {wildcards.dataset} "
-        "--source-json {params.source:q} --downloads {DOWNLOADS} --done {output} "
+        "{params.python} {params.script} --dataset {wildcards.dataset} "
+        "--source-json {params.source:q} --downloads {params.downloads} --done {output} "
         "> {log} 2>&1"
 
 
@@ -26,24 +29,34 @@ rule prepare:
         f"{DOWNLOADS}/{{dataset}}.downloaded",
     output:
         prepared("{dataset}"),
-    params:
-        source=source_json,
-        classes=lambda wildcards: dataset_entry(wildcards.dataset)["classes"],
     log:
         f"{RESULTS}/logs/prepare/{{dataset}}.log",
     conda:
         "../../environment.yml"
+    params:
+        python=PYTHON,
+        script=SCRIPTS["prepare"],
+        downloads=lambda wildcards, input: Path(input[0]).parent,
+        out=lambda wildcards: f"{DATA}/{wildcards.dataset}",
+        source=source_json,
+        classes=lambda wildcards: dataset_entry(wildcards.dataset)["classes"],
     shell:
-        "{PYTHON} {SCRIPTS[prepare]} --dataset {wildcards.dataset} "
-        "--source-json {params.source:q} --downloads {DOWNLOADS} "
-        "--classes {params.classes} --out {DATA}/{wildcards.dataset} > {log} 2>&1"
+        "{params.python} {params.script} --dataset {wildcards.dataset} "
+        "--source-json {params.source:q} --downloads {params.downloads} "
+        "--classes {params.classes} --out {params.out} > {log} 2>&1"
 
 
 rule fetch_weights:
     """Fetch torchvision weights into the resources folder, sha256 verified."""
     output:
         f"{RESOURCES}/weights/{{builder}}.{{weights}}.pth",
+    log:
+        f"{RESULTS}/logs/fetch_weights/{{builder}}.{{weights}}.log",
+    conda:
+        "../../environment.yml"
     params:
+        python=PYTHON,
+        script=SCRIPTS["fetch_weights"],
         url=lambda wildcards: next(
             (
                 f"--url {entry['weights_url']}"
@@ -52,10 +65,6 @@ rule fetch_weights:
             ),
             "",
         ),
-    log:
-        f"{RESULTS}/logs/fetch_weights/{{builder}}.{{weights}}.log",
-    conda:
-        "../../environment.yml"
     shell:
-        "{PYTHON} {SCRIPTS[fetch_weights]} --builder {wildcards.builder} "
+        "{params.python} {params.script} --builder {wildcards.builder} "
         "--weights {wildcards.weights} --out {output} {params.url} > {log} 2>&1"

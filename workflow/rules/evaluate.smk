@@ -6,22 +6,24 @@ rule evaluate:
         weights=lambda wildcards: weights_file(wildcards.arch),
     output:
         f"{RESULTS}/eval/{{arch}}/{{method}}/{{ordering}}/run{{run}}/{{dataset}}.json",
-    params:
-        arch=lambda wildcards: arch_flags(wildcards.arch),
-        data=lambda wildcards: data_flags(wildcards.dataset),
-        batch_size=config.get("eval_batch_size", 64),
     log:
         f"{RESULTS}/logs/evaluate/{{arch}}/{{method}}/{{ordering}}/run{{run}}/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{arch}}/{{method}}/{{ordering}}/run{{run}}/{{dataset}}.tsv"
+    conda:
+        "../../environment.yml"
     threads: compute("evaluate", "threads", 4)
     resources:
         gpu=compute("evaluate", "gpus", 1),
         mem_mb=compute("evaluate", "mem_mb", 8000),
         runtime=compute("evaluate", "runtime", 60),
-    conda:
-        "../../environment.yml"
+    params:
+        python=PYTHON,
+        script=SCRIPTS["evaluate"],
+        arch=lambda wildcards: arch_flags(wildcards.arch),
+        data=lambda wildcards: data_flags(wildcards.dataset),
+        batch_size=config.get("eval_batch_size", 64),
     shell:
-        "{PYTHON} {SCRIPTS[evaluate]} {input.packed} {params.arch} {params.data} "
+        "{params.python} {params.script} {input.packed} {params.arch} {params.data} "
         "--batch-size {params.batch_size} --out {output} --threads {threads} "
         "> {log} 2>&1"

@@ -7,12 +7,15 @@ rule pack:
         stats=f"{RESULTS}/packed/{{arch}}/{{method}}/{{ordering}}/run{{run}}.stats.tsv",
     log:
         f"{RESULTS}/logs/pack/{{arch}}/{{method}}/{{ordering}}/run{{run}}.log",
+    conda:
+        "../../environment.yml"
     threads: compute("pack", "threads", 1)
     resources:
         mem_mb=compute("pack", "mem_mb", 8000),
         runtime=compute("pack", "runtime", 30),
-    conda:
-        "../../environment.yml"
+    params:
+        python=PYTHON,
+        script=SCRIPTS["pack"],
     shell:
-        "{PYTHON} {SCRIPTS[pack]} {input} --out {output.packed} --stats {output.stats} "
+        "{params.python} {params.script} {input} --out {output.packed} --stats {output.stats} "
         "> {log} 2>&1"

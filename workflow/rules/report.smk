@@ -6,18 +6,20 @@ rule aggregate:
     output:
         markdown=report(f"{RESULTS}/table.md", caption="../report/table.rst"),
         tsv=f"{RESULTS}/table.tsv",
+    log:
+        f"{RESULTS}/logs/aggregate.log",
+    conda:
+        "../../environment.yml"
     params:
+        python=PYTHON,
+        script=SCRIPTS["aggregate"],
         reference=reference_flags(),
         classes=classes_json(),
         archs=ARCHS,
         datasets=DATASETS,
         methods=METHODS,
-    log:
-        f"{RESULTS}/logs/aggregate.log",
-    conda:
-        "../../environment.yml"
     shell:
-        "{PYTHON} {SCRIPTS[aggregate]} {input.results} {params.reference} "
+        "{params.python} {params.script} {input.results} {params.reference} "
         "--classes {params.classes:q} --archs {params.archs} --datasets {params.datasets} "
         "--methods {params.methods} --markdown {output.markdown} --tsv {output.tsv} "
         "2> {log} | tee -a {log}"

@@ -7,24 +7,26 @@ rule pretrain:
         weights=f"{RESULTS}/pretrain/{{arch}}.pth",
         checkpoint=f"{RESULTS}/pretrain/{{arch}}.pt",
         metrics=f"{RESULTS}/pretrain/{{arch}}.metrics.tsv",
-    params:
-        builder=lambda wildcards: config["archs"][wildcards.arch]["builder"],
-        data=lambda wildcards: data_flags(config["pretrain"]["dataset"]),
-        hyperparameters=hyperparameter_flags(config.get("pretrain", {}).get("hyperparameters", {})),
-        state=f"{RESULTS}/state/pretrain/{{arch}}",
     log:
         f"{RESULTS}/logs/pretrain/{{arch}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/pretrain/{{arch}}.tsv"
+    conda:
+        "../../environment.yml"
     threads: compute("train", "threads", 4)
     resources:
         gpu=compute("train", "gpus", 1),
         mem_mb=compute("train", "mem_mb", 16000),
         runtime=compute("train", "runtime", 720),
-    conda:
-        "../../environment.yml"
+    params:
+        python=PYTHON,
+        script=SCRIPTS["train"],
+        builder=lambda wildcards: config["archs"][wildcards.arch]["builder"],
+        data=lambda wildcards: data_flags(config["pretrain"]["dataset"]),
+        hyperparameters=lambda wildcards: pretrain_flags(wildcards.arch),
+        state=f"{RESULTS}/state/pretrain/{{arch}}",
     shell:
-        "{PYTHON} {SCRIPTS[train]} --arch {wildcards.arch} --builder {params.builder} "
+        "{params.python} {params.script} --arch {wildcards.arch} --builder {params.builder} "
         "--weights random --method finetune {params.hyperparameters} {params.data} "
         "--seed 0 --out {output.checkpoint} --metrics {output.metrics} "
         "--export-backbone {output.weights} --state-dir {params.state} "
@@ -40,25 +42,27 @@ rule train:
     output:
         checkpoint=f"{RESULTS}/train/{{arch}}/{{method}}/run{{run}}/{{dataset}}.pt",
         metrics=f"{RESULTS}/train/{{arch}}/{{method}}/run{{run}}/{{dataset}}.metrics.tsv",
-    params:
-        arch=lambda wildcards: arch_flags(wildcards.arch),
-        data=lambda wildcards: data_flags(wildcards.dataset),
-        classes=lambda wildcards: dataset_entry(wildcards.dataset)["classes"],
-        method=lambda wildcards: method_flags(wildcards.method),
-        state=f"{RESULTS}/state/train/{{arch}}/{{method}}/run{{run}}/{{dataset}}",
     log:
         f"{RESULTS}/logs/train/{{arch}}/{{method}}/run{{run}}/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{arch}}/{{method}}/run{{run}}/{{dataset}}.tsv"
+    conda:
+        "../../environment.yml"
     threads: compute("train", "threads", 4)
     resources:
         gpu=compute("train", "gpus", 1),
         mem_mb=compute("train", "mem_mb", 16000),
         runtime=compute("train", "runtime", 720),
-    conda:
-        "../../environment.yml"
+    params:
+        python=PYTHON,
+        script=SCRIPTS["train"],
+        arch=lambda wildcards: arch_flags(wildcards.arch),
+        data=lambda wildcards: data_flags(wildcards.dataset),
+        classes=lambda wildcards: dataset_entry(wildcards.dataset)["classes"],
+        method=lambda wildcards: method_flags(wildcards.method),
+        state=f"{RESULTS}/state/train/{{arch}}/{{method}}/run{{run}}/{{dataset}}",
     shell:
-        "{PYTHON} {SCRIPTS[train]} {params.arch} {params.method} {params.data} "
+        "{params.python} {params.script} {params.arch} {params.method} {params.data} "
         "--classes {params.classes} --seed {wildcards.run} "
         "--out {output.checkpoint} --metrics {output.metrics} --state-dir {params.state} "
         "--threads {threads} --no-progress > {log} 2>&1"

@@ -1,0 +1,95 @@
+"""The workflow's download and prepare stages from nothing, against archives in each
+source's real layout served on 127.0.0.1 (no real host is reachable here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from loopback import LoopbackServer
+from test_sources import authors_zip, cars_files, cub_archive, flowers_files, serve_all
+from test_workflow import ROOT, job_counts, snakemake
+
+
+@pytest.fixture
+def server():
+    with LoopbackServer() as running:
+        yield running
+
+
+def data_config(server, tmp_path) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["name"] = "loopback"
+    config["datasets"] = {
+        "cubs_cropped": {
+            "classes": 3,
+            "transform": "cropped",
+            "source": {
+                "route": "original",
+                "kind": "cub200",
+                "files": serve_all(server, {"CUB_200_2011.tgz": cub_archive()}),
+            },
+        },
+        "stanford_cars_cropped": {
+            "classes": 3,
+            "transform": "cropped",
+            "source": {
+                "route": "original",
+                "kind": "stanford_cars",
+                "files": serve_all(server, cars_files()),
+            },
+        },
+        "flowers": {
+            "classes": 3,
+            "transform": "standard",
+            "source": {
+                "route": "original",
+                "kind": "flowers102",
+                "files": serve_all(server, flowers_files()),
+            },
+        },
+        "wikiart": {
+            "classes": 2,
+            "transform": "standard",
+            "source": {
+                "route": "authors",
+                "url": server.serve("wikiart.zip", authors_zip("wikiart")),
+            },
+        },
+    }
+    config["orderings"] = {"forward": list(config["datasets"])}
+    config["experiment"]["orderings"] = ["forward"]
+    path = tmp_path / "loopback.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_download_and_prepare_from_nothing_then_nothing_again(server, tmp_path):
+    config = data_config(server, tmp_path)
+    targets = [
+        f"data/{d}/prepared.json"
+        for d in ("cubs_cropped", "stanford_cars_cropped", "flowers", "wikiart")
+    ]
+    first = snakemake(*targets, "--cores", "2", "--configfile", str(config), workdir=tmp_path)
+    assert job_counts(first.stdout + first.stderr) == {"download": 4, "prepare": 4, "total": 8}
+    for dataset in ("cubs_cropped", "stanford_cars_cropped", "flowers"):
+        prepared = json.loads((tmp_path / "data" / dataset / "prepared.json").read_text())
+        assert prepared["classes"] == 3
+        assert sorted(p.name for p in (tmp_path / "data" / dataset / "train").iterdir())
+    assert (tmp_path / "data" / "wikiart" / "test" / "002.Laysan_Albatross").is_dir()
+    requests = len(server.requests)
+    again = snakemake(*targets, "--cores", "2", "--configfile", str(config), workdir=tmp_path)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert len(server.requests) == requests, "a re-run after success downloaded again"
+
+
+def test_weights_are_fetched_by_a_local_rule(tmp_path):
+    result = snakemake(
+        "-n", "--cores", "2", "resources/weights/resnet50.IMAGENET1K_V1.pth", workdir=tmp_path
+    )
+    assert job_counts(result.stdout) == {"fetch_weights": 1, "total": 1}
+    assert (
+        "fetch_weights"
+        in (ROOT / "workflow" / "rules" / "data.smk").read_text().split("rule download")[0]
+    )
