@@ -76,6 +76,39 @@ _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Switches that change how fast the method runs, not what it computes.
+
+    ``None`` means the sensible default for the device: channels_last and fused
+    optimisers on CUDA, off on the CPU. bf16 autocast is off by default because it
+    changes rounding (the masks are still thresholded in fp32: the mask's forward runs
+    outside autocast's op lists); turn it on for speed on GPUs.
+    """
+
+    amp: str = "off"
+    channels_last: bool | None = None
+    compile: bool = False
+    fused_optimizer: bool | None = None
+
+    def resolve(self, device: torch.device) -> SpeedOptions:
+        if self.amp not in ("off", "bf16"):
+            raise ValueError(f"unknown amp {self.amp!r}: expected 'off' or 'bf16'")
+        on_cuda = device.type == "cuda"
+        return SpeedOptions(
+            amp=self.amp,
+            channels_last=on_cuda if self.channels_last is None else self.channels_last,
+            compile=self.compile,
+            fused_optimizer=on_cuda if self.fused_optimizer is None else self.fused_optimizer,
+        )
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def _check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
@@ -99,12 +132,19 @@ def prepare_model(model: TaskModel, method: str, hp: Hyperparameters) -> list[di
     return groups
 
 
-def make_optimizer(groups: list[dict], hp: Hyperparameters) -> torch.optim.Optimizer:
+def make_optimizer(
+    groups: list[dict], hp: Hyperparameters, fused: bool = False
+) -> torch.optim.Optimizer:
+    """Adam or SGD over the groups; ``fused`` runs each step as one kernel (the same
+    update, computed in one pass instead of one per tensor)."""
     param_groups = [{"params": g["params"], "lr": g["base_lr"]} for g in groups]
+    kernel = {"fused": True} if fused else {}
     if hp.optimizer == "adam":
-        return torch.optim.Adam(param_groups, weight_decay=hp.weight_decay)
+        return torch.optim.Adam(param_groups, weight_decay=hp.weight_decay, **kernel)
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        return torch.optim.SGD(
+            param_groups, momentum=hp.momentum, weight_decay=hp.weight_decay, **kernel
+        )
     raise ValueError(f"unknown optimizer {hp.optimizer!r}: expected 'adam' or 'sgd'")
 
 
@@ -118,13 +158,19 @@ def set_train_mode(model: TaskModel, method: str) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader, device: torch.device, speed: SpeedOptions | None = None
+) -> dict[str, float]:
     """Top-1 and top-5 error (%) and the image count."""
+    speed = (speed or SpeedOptions()).resolve(device)
+    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
     model.eval()
     top1 = top5 = total = 0
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        with speed.autocast(device):
+            logits = model(images).float()
         k = min(5, logits.shape[1])
         ranked = logits.topk(k, dim=1).indices
         hits = ranked.eq(labels[:, None])
@@ -192,6 +238,7 @@ def train_task(
     device: torch.device,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    speed: SpeedOptions | None = None,
 ) -> dict[str, Any]:
     """Train, resuming from ``state_dir`` if it holds an unfinished run of the same
     task; returns where the best checkpoint is (``best_path``, in ``state_dir``), its
@@ -202,10 +249,13 @@ def train_task(
     hp = run.hp
     torch.manual_seed(run.seed)
     model.head.reset_parameters()
+    speed = (speed or SpeedOptions()).resolve(device)
     groups = prepare_model(model, run.method, hp)
-    model.to(device)
+    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    forward = torch.compile(model) if speed.compile else model
     frozen_sha256 = backbone_sha256(model.backbone)
-    optimizer = make_optimizer(groups, hp)
+    optimizer = make_optimizer(groups, hp, fused=speed.fused_optimizer)
     identity = {
         "arch": run.arch,
         "method": run.method,
@@ -215,6 +265,7 @@ def train_task(
         "hyperparameters": hp.as_dict(),
         "backbone_sha256": frozen_sha256,
         "head_name": model.head_name,
+        "speed": speed.as_dict(),
     }
 
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -247,12 +298,11 @@ def train_task(
             batches, desc=f"epoch {epoch + 1}/{hp.epochs}", disable=not progress, leave=False
         )
         for batch_index, (images, labels) in enumerate(bar):
-            images, labels = (
-                images.to(device, non_blocking=True),
-                labels.to(device, non_blocking=True),
-            )
-            logits = model(images)
-            loss = criterion(logits, labels)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            labels = labels.to(device, non_blocking=True)
+            with speed.autocast(device):
+                logits = forward(images)
+                loss = criterion(logits.float(), labels)
             if not math.isfinite(loss_value := loss.item()):
                 raise TrainingError(
                     f"non-finite loss ({loss_value}) at epoch {epoch + 1}, "
@@ -265,7 +315,7 @@ def train_task(
             loss_sum += loss_value * labels.numel()
             correct += (logits.argmax(1) == labels).sum().item()
             seen += labels.numel()
-        test = evaluate(model, test_loader, device)
+        test = evaluate(model, test_loader, device, speed)
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
@@ -276,6 +326,7 @@ def train_task(
             "lr_head": lrs[-1],
             "mask_density": mask_density(model),
             "seconds": time.perf_counter() - started,
+            **{f"speed_{k}": v for k, v in speed.as_dict().items()},
         }
         metrics.append(record)
         log(

@@ -1,0 +1,97 @@
+"""The speed switches change how fast, not what, the method computes."""
+
+import torch
+
+from piggyback.backbones import ArchSpec, build_task_model
+from piggyback.checkpoints import load_checkpoint
+from piggyback.data import load_task_data, make_loader
+from piggyback.masks import MaskSpec, add_masks, masked_weights, threshold_mask
+from piggyback.training import (
+    Hyperparameters,
+    SpeedOptions,
+    TaskRun,
+    make_optimizer,
+    prepare_model,
+    train_task,
+)
+
+
+def _masked_model(memory_format=torch.contiguous_format):
+    model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
+    add_masks(model.backbone, MaskSpec())
+    for mask in masked_weights(model.backbone).values():
+        torch.nn.init.uniform_(mask.mask_real, 0.0, 0.01)  # a mask with zeros in it
+    return model.to(memory_format=memory_format)
+
+
+def test_channels_last_gives_the_same_mask_gradients():
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8) % 5
+    grads = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        model = _masked_model(memory_format)
+        model.eval()
+        loss = torch.nn.functional.cross_entropy(model(x.to(memory_format=memory_format)), y)
+        loss.backward()
+        grads.append({k: m.mask_real.grad for k, m in masked_weights(model.backbone).items()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-3, atol=1e-6)
+
+
+def test_fused_optimizer_takes_the_same_step():
+    steps = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
+        hp = Hyperparameters.for_method("piggyback")
+        groups = prepare_model(model, "piggyback", hp)
+        optimizer = make_optimizer(groups, hp, fused=fused)
+        torch.manual_seed(1)
+        for parameter in optimizer.param_groups[0]["params"]:
+            parameter.grad = torch.randn_like(parameter)
+        optimizer.step()
+        steps.append([p.detach().clone() for p in optimizer.param_groups[0]["params"]])
+    for plain, fused in zip(*steps, strict=True):
+        torch.testing.assert_close(fused, plain, rtol=0, atol=1e-9)
+
+
+def test_speed_switches_are_recorded_in_the_checkpoint_and_metrics(digits_target, tmp_path):
+    train, test = load_task_data(digits_target, "cropped", 32)
+    model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
+    hp = Hyperparameters.for_method("piggyback", epochs=1)
+    run = TaskRun("resnet18", "piggyback", "digits", train.classes, 0, hp)
+    speed = SpeedOptions(channels_last=True, fused_optimizer=True)
+    result = train_task(
+        model,
+        run,
+        lambda e: make_loader(train, 32, True, e),
+        make_loader(test, 64, False, 0),
+        tmp_path,
+        torch.device("cpu"),
+        progress=False,
+        log=lambda _: None,
+        speed=speed,
+    )
+    recorded = {"amp": "off", "channels_last": True, "compile": False, "fused_optimizer": True}
+    assert load_checkpoint(result["best_path"])["speed"] == recorded
+    assert result["metrics"][0]["speed_channels_last"] is True
+
+
+def test_bf16_autocast_thresholds_in_fp32_and_keeps_the_logits_close():
+    model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
+    add_masks(model.backbone, MaskSpec())
+    model.eval()
+    mask = masked_weights(model.backbone)["conv1.weight"]
+    torch.nn.init.uniform_(mask.mask_real, 0.0, 0.01)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        with SpeedOptions(amp="bf16").autocast(torch.device("cpu")):
+            effective = model.backbone.conv1.weight
+            logits = model(x)
+    assert effective.dtype == torch.float32
+    original = model.backbone.conv1.parametrizations.weight.original
+    assert torch.equal(effective, threshold_mask(mask.mask_real, "binary", 5e-3) * original)
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), reference, rtol=0.1, atol=0.1)
