@@ -27,6 +27,9 @@ lint: $(STAMP)
 	$(VENV)/bin/snakefmt --check Snakefile workflow
 	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml
 
+bench: $(STAMP)
+	$(PYTHON) src/bench.py
+
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests
 	$(VENV)/bin/snakefmt Snakefile workflow
