@@ -14,7 +14,6 @@ resumes. The --done marker (JSON: each file's size, md5 and sha256) is written l
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from piggyback import cli
@@ -31,37 +30,13 @@ EXAMPLE = """example:
 """
 
 
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="dataset name, e.g. cubs_cropped")
-    parser.add_argument(
-        "--source-json",
-        metavar="JSON",
-        required=True,
-        help="the dataset's `source` entry from the config, as a JSON object "
-        "(see workflow/schemas/source.schema.yaml)",
-    )
-    parser.add_argument(
-        "--downloads",
-        type=Path,
-        required=True,
-        metavar="DIR",
-        help="folder holding the downloaded files",
-    )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=sys.stderr.isatty(),
-        help="progress bars (default: on in a terminal, off in job logs)",
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLE,
     )
-    add_source_arguments(parser)
+    cli.add_source_arguments(parser)
     parser.add_argument(
         "--done",
         type=Path,

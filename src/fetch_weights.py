@@ -8,7 +8,6 @@ be copied in by hand on a machine without internet; --url fetches from a mirror.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from piggyback import cli
@@ -42,12 +41,7 @@ def main() -> None:
     parser.add_argument(
         "--url", metavar="URL", help="fetch from this mirror URL (or local path) instead"
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=sys.stderr.isatty(),
-        help="progress bar (default: on in a terminal, off in job logs)",
-    )
+    cli.add_progress_argument(parser)
     args = parser.parse_args()
     if args.weights == "DEFAULT":
         cli.fail("weights 'DEFAULT' change meaning between torchvision releases; name them")

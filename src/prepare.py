@@ -14,7 +14,6 @@ written last and marks a complete dataset.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from piggyback import cli
@@ -26,21 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dataset", required=True, help="dataset name, e.g. cubs_cropped")
-    parser.add_argument(
-        "--source-json",
-        metavar="JSON",
-        required=True,
-        help="the dataset's `source` entry from the config, as a JSON object "
-        "(see workflow/schemas/source.schema.yaml)",
-    )
-    parser.add_argument(
-        "--downloads",
-        type=Path,
-        required=True,
-        metavar="DIR",
-        help="folder holding the downloaded files",
-    )
+    cli.add_source_arguments(parser)
     parser.add_argument(
         "--classes",
         type=int,
@@ -49,12 +34,6 @@ def main() -> None:
     )
     parser.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="dataset folder, e.g. data/NAME"
-    )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=sys.stderr.isatty(),
-        help="progress bars (default: on in a terminal, off in job logs)",
     )
     args = parser.parse_args()
     try:

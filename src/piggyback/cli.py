@@ -75,12 +75,36 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         help="where jobs on this machine lease GPUs (default: %(default)s)",
     )
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
-    group.add_argument(
+    add_progress_argument(group)
+
+
+def add_progress_argument(parser) -> None:
+    parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=sys.stderr.isatty(),
-        help="tqdm progress bars (default: on in a terminal, off in job logs)",
+        help="progress bars (default: on in a terminal, off in job logs)",
     )
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dataset and its `source` entry, for the download and prepare stages."""
+    parser.add_argument("--dataset", required=True, help="dataset name, e.g. cubs_cropped")
+    parser.add_argument(
+        "--source-json",
+        metavar="JSON",
+        required=True,
+        help="the dataset's `source` entry from the config, as a JSON object "
+        "(see workflow/schemas/source.schema.yaml)",
+    )
+    parser.add_argument(
+        "--downloads",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder holding the downloaded files",
+    )
+    add_progress_argument(parser)
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, title: str, help_of=None) -> None:
