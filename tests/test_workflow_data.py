@@ -93,3 +93,10 @@ def test_weights_are_fetched_by_a_local_rule(tmp_path):
         "fetch_weights"
         in (ROOT / "workflow" / "rules" / "data.smk").read_text().split("rule download")[0]
     )
+
+
+def test_original_sources_layer_over_the_paper_config(tmp_path):
+    configs = [str(ROOT / "config" / "config.yaml"), str(ROOT / "config" / "original-sources.yaml")]
+    result = snakemake("-n", "-p", "--cores", "2", "--configfile", *configs, workdir=tmp_path)
+    assert job_counts(result.stdout)["download"] == 5
+    assert "CUB_200_2011.tgz" in result.stdout, "the original route's files are fetched"
