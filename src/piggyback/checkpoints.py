@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +22,38 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only."""
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only,
+    so a file carrying pickled code is refused, never run."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
+    except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated, or it holds objects "
-            f"other than tensors and plain containers): {error}"
+            f"{path} holds objects other than tensors and plain containers "
+            f"({refusal_reason(error)}): refused, since unpickling them could run code "
+            "(checkpoints written by this project hold none)"
+        ) from error
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint, truncated or corrupt "
+            f"({type(error).__name__}: {first_line}); delete it and rerun the step "
+            "that writes it"
         ) from error
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a dict")
     return obj
+
+
+def refusal_reason(error: pickle.UnpicklingError) -> str:
+    """The one line of torch's ``weights_only`` refusal that says what was refused (its
+    full message also suggests ``weights_only=False``, which this project never uses)."""
+    text = str(error)
+    match = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = match[1] if match else (text.strip().splitlines() or [""])[0]
+    return reason.split(". Please use")[0].strip().rstrip(".")
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
