@@ -1,0 +1,49 @@
+"""Decode a prepared dataset once into a uint8 cache: both splits, after the
+deterministic part of their transforms (resize, and for `standard` test images the
+centre crop), in one safetensors file that train.py and evaluate.py read with --cache.
+Augmentation then runs on the device (docs/data-pipeline.md). Prints a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from piggyback import cli
+from piggyback.data import DataError, error_message
+from piggyback.fastdata import write_cache
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="folder with train/<class>/ and test/<class>/"
+    )
+    parser.add_argument(
+        "--transform",
+        choices=("cropped", "standard"),
+        required=True,
+        help="the dataset's transform style (as given to train.py)",
+    )
+    parser.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
+    parser.add_argument("--out", type=Path, required=True, help="cache file (.safetensors)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="decoding threads (default: %(default)s)",
+    )
+    args = parser.parse_args()
+    try:
+        summary = write_cache(args.data, args.transform, args.image_size, args.out, args.workers)
+    except (DataError, OSError) as error:
+        cli.fail(error_message(error))
+    print(json.dumps({key: summary[key] for key in ("style", "image_size", "images")}))
+
+
+if __name__ == "__main__":
+    main()
