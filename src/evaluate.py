@@ -16,6 +16,7 @@ from piggyback.atomic import atomic_write_json
 from piggyback.backbones import BackboneError
 from piggyback.data import DataError
 from piggyback.evaluation import evaluate_packed
+from piggyback.fastdata import add_cache_argument
 from piggyback.packing import PackError
 
 
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("pack", type=Path, help="packed file from pack.py")
     cli.add_arch_arguments(parser)
     cli.add_data_arguments(parser, classes=False)
+    add_cache_argument(parser)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, required=True, help="result (.json)")
     cli.add_runtime_arguments(parser)
@@ -45,6 +47,7 @@ def main() -> None:
             args.weights_dir,
             device,
             args.workers,
+            args.cache,
         )
     except (BackboneError, DataError, PackError) as error:
         cli.fail(str(error))

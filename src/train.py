@@ -18,6 +18,7 @@ from piggyback.atomic import atomic_move, atomic_write
 from piggyback.backbones import BackboneError, build_task_model, torchvision_state
 from piggyback.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from piggyback.data import DataError, load_task_data, make_loader
+from piggyback.fastdata import add_cache_argument, cached_batches, load_task_cache
 from piggyback.training import METHODS, Hyperparameters, TaskRun, TrainingError, train_task
 
 HYPERPARAMETER_HELP = {
@@ -39,6 +40,7 @@ def parse_args() -> argparse.Namespace:
     )
     cli.add_arch_arguments(parser)
     cli.add_data_arguments(parser)
+    add_cache_argument(parser)
     parser.add_argument("--method", choices=METHODS, default="piggyback")
     parser.add_argument("--seed", type=int, default=0)
     cli.add_dataclass_arguments(parser, Hyperparameters, "hyperparameters", HYPERPARAMETER_HELP)
@@ -68,21 +70,17 @@ def main() -> None:
     overrides = {f: getattr(args, f) for f in Hyperparameters.__dataclass_fields__}
     hp = Hyperparameters.for_method(args.method, **overrides)
     try:
-        train_data, test_data = load_task_data(
-            args.data, args.transform, args.image_size, args.classes
-        )
+        classes, train_batches_for, test_batches = task_batches(args, hp, device)
         model = build_task_model(
-            cli.arch_spec(args), len(train_data.classes), args.weights, args.weights_dir, args.arch
+            cli.arch_spec(args), len(classes), args.weights, args.weights_dir, args.arch
         )
-        run = TaskRun(args.arch, args.method, args.dataset, train_data.classes, args.seed, hp)
+        run = TaskRun(args.arch, args.method, args.dataset, classes, args.seed, hp)
         state_dir = args.state_dir or args.out.with_name(args.out.name + ".state")
         result = train_task(
             model,
             run,
-            lambda epoch: make_loader(
-                train_data, hp.batch_size, True, args.seed * 1_000_003 + epoch, args.workers
-            ),
-            make_loader(test_data, hp.batch_size, False, 0, args.workers),
+            train_batches_for,
+            test_batches,
             state_dir,
             device,
             progress=args.progress,
@@ -105,6 +103,30 @@ def main() -> None:
     shutil.rmtree(state_dir, ignore_errors=True)
     best = result["best"]
     print(f"best test top-1 error {best['test_top1_error']:.2f}% at epoch {best['epoch']}")
+
+
+def task_batches(args: argparse.Namespace, hp: Hyperparameters, device):
+    """The task's classes, its train batches for an epoch, and its test batches: from
+    the data folder through DataLoaders, or with --cache from the decoded cache,
+    augmented on the device. Either way an epoch's randomness depends only on
+    (seed, epoch), which resuming relies on."""
+    if args.cache:
+        cache = load_task_cache(args.cache, args.transform, args.image_size, args.classes, device)
+        return (
+            cache.classes,
+            lambda epoch: cached_batches(
+                cache, hp.batch_size, True, args.seed * 1_000_003 + epoch, device
+            ),
+            cached_batches(cache, hp.batch_size, False, 0, device),
+        )
+    train_data, test_data = load_task_data(args.data, args.transform, args.image_size, args.classes)
+    return (
+        train_data.classes,
+        lambda epoch: make_loader(
+            train_data, hp.batch_size, True, args.seed * 1_000_003 + epoch, args.workers
+        ),
+        make_loader(test_data, hp.batch_size, False, 0, args.workers),
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from torch import nn
 
 from piggyback.backbones import ArchSpec, TaskModel, backbone_sha256, build_backbone
 from piggyback.data import DataError, TransformStyle, load_split, make_loader
+from piggyback.fastdata import cached_batches, load_task_cache
 from piggyback.masks import bake_masks
 from piggyback.packing import PackedTask, PackError, read_task
 from piggyback.training import evaluate
@@ -63,19 +64,26 @@ def evaluate_packed(
     weights_dir: Path | None = None,
     device: torch.device | None = None,
     workers: int = 0,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
-    """Top-1/top-5 error of ``task`` from ``pack_path`` on ``data_root``'s test split."""
+    """Top-1/top-5 error of ``task`` from ``pack_path`` on ``data_root``'s test split,
+    read from ``cache`` (its decoded test split: the same tensors) when given."""
     device = device or torch.device("cpu")
     manifest, packed = read_task(pack_path, task)
     model = model_from_pack(packed, manifest, arch, spec, weights, weights_dir, pack_path)
-    test = load_split(data_root, "test", style, image_size, train=False)
-    if test.classes != packed.classes:
+    if cache is None:
+        test = load_split(data_root, "test", style, image_size, train=False)
+        classes, batches = test.classes, make_loader(test, batch_size, False, 0, workers)
+    else:
+        cached = load_task_cache(cache, style, image_size, None, device, splits=("test",))
+        classes, batches = cached.classes, cached_batches(cached, batch_size, False, 0, device)
+    if classes != packed.classes:
         raise DataError(
-            f"{data_root}/test has classes {test.classes[:5]}..., but task {task!r} in "
-            f"{pack_path} was trained on {packed.classes[:5]}...: wrong dataset folder?"
+            f"{cache or f'{data_root}/test'} has classes {classes[:5]}..., but task {task!r} "
+            f"in {pack_path} was trained on {packed.classes[:5]}...: wrong dataset folder?"
         )
     model.to(device)
-    result = evaluate(model, make_loader(test, batch_size, False, 0, workers), device)
+    result = evaluate(model, batches, device)
     return {
         "arch": arch,
         "method": manifest["method"],
