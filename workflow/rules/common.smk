@@ -30,6 +30,9 @@ ORDERINGS = EXPERIMENT["orderings"]
 RUNS = list(range(EXPERIMENT["runs"]))
 DATASETS = experiment_datasets(config)
 WORKERS = config["compute"]["workers"]
+# `cached`: train and evaluate read a decoded, pre-resized cache of each dataset and
+# augment on the device (docs/data-pipeline.md); `dataloader`: DataLoader workers.
+DATA_PIPELINE = config["compute"].get("data_pipeline", "dataloader")
 
 # The stage scripts by absolute path, so jobs find them whatever the working directory.
 # (workflow.source_path would hand back a per-run cache copy whose path changes on every
@@ -39,6 +42,7 @@ SCRIPTS = {
     for name in (
         "download",
         "prepare",
+        "cache",
         "fetch_weights",
         "train",
         "pack",
@@ -54,6 +58,7 @@ wildcard_constraints:
     method="|".join(["piggyback", "piggyback_ternary", "classifier_only", "finetune"]),
     ordering="|".join(config["orderings"]),
     run=r"\d+",
+    size=r"\d+",
 
 
 def compute(stage, key, default):
@@ -72,6 +77,21 @@ def source_json(wildcards):
 def prepared(dataset):
     """The marker prepare.py writes last, once the dataset folder is complete."""
     return f"{DATA}/{dataset}/prepared.json"
+
+
+def cache_file(dataset):
+    """The decoded, pre-resized cache of a prepared dataset (rule `cache`)."""
+    return f"{DATA}/{dataset}/cache-{IMAGE_SIZE}.safetensors"
+
+
+def cached(dataset):
+    """Input: the dataset's cache when `compute: {data_pipeline: cached}`, else none."""
+    return cache_file(dataset) if DATA_PIPELINE == "cached" else []
+
+
+def cache_flag(wildcards, input):
+    """Param: `--cache FILE` for the rule's `cache` input, if it has one."""
+    return f"--cache {input.cache}" if input.cache else ""
 
 
 def weights_file(arch):

@@ -46,6 +46,32 @@ rule prepare:
         "--classes {params.classes} --out {params.out} > {log} 2>&1"
 
 
+rule cache:
+    """Decode a prepared dataset once, resized as its transforms do before their
+    random steps, for `compute: {data_pipeline: cached}` (then augmented on the GPU)."""
+    input:
+        prepared("{dataset}"),
+    output:
+        f"{DATA}/{{dataset}}/cache-{{size}}.safetensors",
+    log:
+        f"{RESULTS}/logs/cache/{{dataset}}-{{size}}.log",
+    conda:
+        "../../environment.yml"
+    threads: compute("cache", "threads", 4)
+    resources:
+        mem_mb=compute("cache", "mem_mb", 32000),
+        runtime=compute("cache", "runtime", 120),
+    params:
+        python=PYTHON,
+        script=SCRIPTS["cache"],
+        data=lambda wildcards: f"{DATA}/{wildcards.dataset}",
+        transform=lambda wildcards: dataset_entry(wildcards.dataset)["transform"],
+    shell:
+        "{params.python} {params.script} --data {params.data} "
+        "--transform {params.transform} --image-size {wildcards.size} --out {output} "
+        "--workers {threads} > {log} 2>&1"
+
+
 rule fetch_weights:
     """Fetch torchvision weights into the resources folder, sha256 verified."""
     output:

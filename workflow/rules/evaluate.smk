@@ -3,6 +3,7 @@ rule evaluate:
     input:
         packed=f"{RESULTS}/packed/{{arch}}/{{method}}/{{ordering}}/run{{run}}.safetensors",
         data=prepared("{dataset}"),
+        cache=cached("{dataset}"),
         weights=lambda wildcards: weights_file(wildcards.arch),
     output:
         f"{RESULTS}/eval/{{arch}}/{{method}}/{{ordering}}/run{{run}}/{{dataset}}.json",
@@ -22,8 +23,9 @@ rule evaluate:
         script=SCRIPTS["evaluate"],
         arch=lambda wildcards: arch_flags(wildcards.arch),
         data=lambda wildcards: data_flags(wildcards.dataset),
+        cache=cache_flag,
         batch_size=config.get("eval_batch_size", 64),
     shell:
         "{params.python} {params.script} {input.packed} {params.arch} {params.data} "
-        "--batch-size {params.batch_size} --out {output} --threads {threads} "
+        "{params.cache} --batch-size {params.batch_size} --out {output} --threads {threads} "
         "> {log} 2>&1"

@@ -3,6 +3,7 @@ rule pretrain:
     backbones that cannot be downloaded (the demo) or that a user brings."""
     input:
         data=prepared(config["pretrain"]["dataset"]) if "pretrain" in config else [],
+        cache=cached(config["pretrain"]["dataset"]) if "pretrain" in config else [],
     output:
         weights=f"{RESULTS}/pretrain/{{arch}}.pth",
         checkpoint=f"{RESULTS}/pretrain/{{arch}}.pt",
@@ -23,12 +24,13 @@ rule pretrain:
         script=SCRIPTS["train"],
         builder=lambda wildcards: config["archs"][wildcards.arch]["builder"],
         data=lambda wildcards: data_flags(config["pretrain"]["dataset"]),
+        cache=cache_flag,
         hyperparameters=lambda wildcards: pretrain_flags(wildcards.arch),
         state=f"{RESULTS}/state/pretrain/{{arch}}",
     shell:
         "{params.python} {params.script} --arch {wildcards.arch} --builder {params.builder} "
         "--weights random --method finetune {params.hyperparameters} {params.data} "
-        "--seed 0 --out {output.checkpoint} --metrics {output.metrics} "
+        "{params.cache} --seed 0 --out {output.checkpoint} --metrics {output.metrics} "
         "--export-backbone {output.weights} --state-dir {params.state} "
         "--threads {threads} --no-progress > {log} 2>&1"
 
@@ -38,6 +40,7 @@ rule train:
     Resume state lives outside the outputs, so a killed job continues where it was."""
     input:
         data=prepared("{dataset}"),
+        cache=cached("{dataset}"),
         weights=lambda wildcards: weights_file(wildcards.arch),
     output:
         checkpoint=f"{RESULTS}/train/{{arch}}/{{method}}/run{{run}}/{{dataset}}.pt",
@@ -58,11 +61,12 @@ rule train:
         script=SCRIPTS["train"],
         arch=lambda wildcards: arch_flags(wildcards.arch),
         data=lambda wildcards: data_flags(wildcards.dataset),
+        cache=cache_flag,
         classes=lambda wildcards: dataset_entry(wildcards.dataset)["classes"],
         method=lambda wildcards: method_flags(wildcards.method),
         state=f"{RESULTS}/state/train/{{arch}}/{{method}}/run{{run}}/{{dataset}}",
     shell:
         "{params.python} {params.script} {params.arch} {params.method} {params.data} "
-        "--classes {params.classes} --seed {wildcards.run} "
+        "{params.cache} --classes {params.classes} --seed {wildcards.run} "
         "--out {output.checkpoint} --metrics {output.metrics} --state-dir {params.state} "
         "--threads {threads} --no-progress > {log} 2>&1"
