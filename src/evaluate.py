@@ -2,7 +2,9 @@
 bake the task's mask into them once, attach the task's head, and write the top-1 and
 top-5 test error with the image count as JSON.
 
-A packed file whose backbone sha256 differs from the weights given is refused.
+A packed file for another arch, without this task, failing its content checksum, or
+whose backbone sha256 differs from the weights given is refused, as is a data folder
+whose test classes are not the task's: each with a one-line `error: ...`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import argparse
 import json
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from piggyback import cli
 from piggyback.atomic import atomic_write_json
 from piggyback.backbones import BackboneError
-from piggyback.data import DataError
+from piggyback.data import DataError, error_message
 from piggyback.evaluation import evaluate_packed
 from piggyback.fastdata import add_cache_argument
 from piggyback.packing import PackError
@@ -49,9 +53,11 @@ def main() -> None:
             args.workers,
             args.cache,
         )
-    except (BackboneError, DataError, PackError) as error:
-        cli.fail(str(error))
-    atomic_write_json(result, args.out)
+        atomic_write_json(result, args.out)
+    except SafetensorError as error:
+        cli.fail(f"weights file {args.weights} is not a readable safetensors file: {error}")
+    except (BackboneError, DataError, PackError, OSError) as error:
+        cli.fail(error_message(error))
     print(json.dumps(result))
 
 

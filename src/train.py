@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+from safetensors import SafetensorError
 
 from piggyback import cli
 from piggyback.atomic import atomic_move, atomic_write
 from piggyback.backbones import BackboneError, build_task_model, torchvision_state
 from piggyback.checkpoints import CheckpointError, atomic_save, load_checkpoint
-from piggyback.data import DataError, load_task_data, make_loader
+from piggyback.data import DataError, error_message, load_task_data, make_loader
 from piggyback.fastdata import add_cache_argument, cached_batches, load_task_cache
 from piggyback.training import METHODS, Hyperparameters, TaskRun, TrainingError, train_task
 
@@ -85,21 +86,13 @@ def main() -> None:
             device,
             progress=args.progress,
         )
+        write_outputs(args, result)
+    except SafetensorError as error:
+        cli.fail(f"weights file {args.weights} is not a readable safetensors file: {error}")
     except (BackboneError, CheckpointError, DataError, TrainingError, ValueError) as error:
-        cli.fail(str(error))
-    metrics = pd.DataFrame(result["metrics"])
-    atomic_write(args.metrics, lambda tmp: metrics.to_csv(tmp, sep="\t", index=False))
-    if args.export_backbone:
-        best = load_checkpoint(result["best_path"])
-        if "weights" not in best:
-            cli.fail(
-                "--export-backbone needs --method finetune (the only method that trains weights)"
-            )
-        atomic_save(
-            torchvision_state(best["weights"], best["head"], best["head_name"]),
-            args.export_backbone,
-        )
-    atomic_move(result["best_path"], args.out)
+        cli.fail(error_message(error))
+    except OSError as error:  # a full disk or a read-only folder, while writing
+        cli.fail(error_message(error))
     shutil.rmtree(state_dir, ignore_errors=True)
     best = result["best"]
     print(f"best test top-1 error {best['test_top1_error']:.2f}% at epoch {best['epoch']}")
@@ -127,6 +120,24 @@ def task_batches(args: argparse.Namespace, hp: Hyperparameters, device):
         ),
         make_loader(test_data, hp.batch_size, False, 0, args.workers),
     )
+
+
+def write_outputs(args: argparse.Namespace, result: dict) -> None:
+    """Metrics, the exported backbone if asked, and last the checkpoint (moved out of
+    the state folder): each written atomically, so a failure leaves the previous one."""
+    metrics = pd.DataFrame(result["metrics"])
+    atomic_write(args.metrics, lambda tmp: metrics.to_csv(tmp, sep="\t", index=False))
+    if args.export_backbone:
+        best = load_checkpoint(result["best_path"])
+        if "weights" not in best:
+            cli.fail(
+                "--export-backbone needs --method finetune (the only method that trains weights)"
+            )
+        atomic_save(
+            torchvision_state(best["weights"], best["head"], best["head_name"]),
+            args.export_backbone,
+        )
+    atomic_move(result["best_path"], args.out)
 
 
 if __name__ == "__main__":
