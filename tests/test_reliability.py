@@ -687,6 +687,17 @@ def test_packed_file_reader_refuses_a_planted_pickle(tmp_path):
     assert not marker.exists()
 
 
+def test_dataset_cache_reader_refuses_a_planted_pickle(tmp_path):
+    from piggyback.fastdata import CacheError, load_cache
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "digits.cache.safetensors"
+    path.write_bytes(plant(tmp_path / "evil.pt", marker).read_bytes())
+    with pytest.raises(CacheError, match="not a readable dataset cache"):
+        load_cache(path)
+    assert not marker.exists()
+
+
 def test_train_script_refuses_planted_resume_state(task, tmp_path, monkeypatch, capsys):
     marker = tmp_path / "code-ran"
     state = tmp_path / "state"
