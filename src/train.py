@@ -20,7 +20,14 @@ from piggyback.backbones import BackboneError, build_task_model, torchvision_sta
 from piggyback.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from piggyback.data import DataError, error_message, load_task_data, make_loader
 from piggyback.fastdata import add_cache_argument, cached_batches, load_task_cache
-from piggyback.training import METHODS, Hyperparameters, TaskRun, TrainingError, train_task
+from piggyback.training import (
+    METHODS,
+    Hyperparameters,
+    SpeedOptions,
+    TaskRun,
+    TrainingError,
+    train_task,
+)
 
 HYPERPARAMETER_HELP = {
     "lr": "learning rate of the masks (piggyback) or weights (finetune)",
@@ -45,6 +52,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--method", choices=METHODS, default="piggyback")
     parser.add_argument("--seed", type=int, default=0)
     cli.add_dataclass_arguments(parser, Hyperparameters, "hyperparameters", HYPERPARAMETER_HELP)
+    speed = parser.add_argument_group("speed (how fast, not what, is computed)")
+    speed.add_argument(
+        "--amp", choices=("off", "bf16"), default="off", help="bf16 autocast (default: off)"
+    )
+    for flag, what in (
+        ("channels-last", "channels_last memory format"),
+        ("fused-optimizer", "one-kernel optimiser steps"),
+    ):
+        speed.add_argument(
+            f"--{flag}", action=argparse.BooleanOptionalAction, help=f"{what} (default: on CUDA)"
+        )
+    speed.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile"
+    )
     out = parser.add_argument_group("outputs")
     out.add_argument("--out", type=Path, required=True, help="best checkpoint (.pt)")
     out.add_argument("--metrics", type=Path, required=True, help="per-epoch metrics (.tsv)")
@@ -85,6 +106,7 @@ def main() -> None:
             state_dir,
             device,
             progress=args.progress,
+            speed=SpeedOptions(args.amp, args.channels_last, args.compile, args.fused_optimizer),
         )
         write_outputs(args, result)
     except SafetensorError as error:
