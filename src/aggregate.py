@@ -34,6 +34,13 @@ def main() -> None:
         reference = load_reference(args.reference) if args.reference else None
     except (OSError, ValueError) as error:
         cli.fail(f"cannot read the reference numbers: {error}")
+    try:
+        write_table(args, reference)
+    except OSError as error:  # a full disk or a read-only folder
+        cli.fail(f"cannot write the table: {error}")
+
+
+def write_table(args: argparse.Namespace, reference) -> None:
     table = summarize(
         load_results(args.results), reference, args.tolerance, json.loads(args.classes)
     )

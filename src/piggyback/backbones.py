@@ -210,9 +210,15 @@ def _load_state_dict(builder: str, choice: str, weights_dir: Path | None) -> dic
 def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.pth``/``.safetensors`` file, never unpickling objects."""
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as error:
+            raise BackboneError(
+                f"weights file {path} is not a readable safetensors file: {error}"
+            ) from error
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
