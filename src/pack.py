@@ -1,8 +1,10 @@
 """Pack the trained tasks of one arch and method, in a given order, into one file.
 
 Masks are stored at 1 bit per weight (ternary: 2), keyed by parameter name, with each
-task's head, class names, the arch, the backbone's sha256 and the threshold. The file
-is safetensors (see docs/pack-format.md); per-layer statistics go to --stats.
+task's head, class names, the arch, the backbone's sha256 and the threshold. With
+``--encoding entropy`` each mask plane is entropy-coded instead (format version 2), close
+to its empirical entropy: well below 1 bit per weight when most weights are kept. The
+file is safetensors (see docs/pack-format.md); per-layer statistics go to --stats.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from piggyback import cli
 from piggyback.checkpoints import CheckpointError
-from piggyback.packing import PackError, pack_tasks
+from piggyback.packing import ENCODINGS, PackError, pack
 
 
 def main() -> None:
@@ -21,14 +23,33 @@ def main() -> None:
         "checkpoints", type=Path, nargs="+", help="task checkpoints from train.py, in task order"
     )
     parser.add_argument("--out", type=Path, required=True, help="packed file (.safetensors)")
-    parser.add_argument("--stats", type=Path, help="per-layer share of 0 and -1 (.tsv)")
+    parser.add_argument(
+        "--stats",
+        type=Path,
+        help="per-layer share of 0 and -1, and (entropy encoding) entropy and stored bits "
+        "per weight (.tsv)",
+    )
+    parser.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="bits",
+        help="mask planes as plain bits, 1 per weight (format version 1, the default), or "
+        "entropy-coded (version 2)",
+    )
     args = parser.parse_args()
     try:
-        manifest = pack_tasks(args.checkpoints, args.out, args.stats)
+        result = pack(args.checkpoints, args.out, args.stats, args.encoding)
     except (CheckpointError, PackError) as error:
         cli.fail(str(error))
+    manifest = result.manifest
     size = args.out.stat().st_size
     print(f"packed {', '.join(manifest['ordering'])} into {args.out} ({size / 2**20:.2f} MiB)")
+    for task, bits in result.task_bits().items():
+        print(
+            f"  {task}: masks stored at {bits['stored_bits_per_weight']:.4f} bits per weight "
+            f"({args.encoding}), empirical entropy {bits['entropy_bits_per_weight']:.4f} "
+            f"bits per weight, {bits['weights']} masked weights"
+        )
 
 
 if __name__ == "__main__":
