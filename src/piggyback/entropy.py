@@ -1,7 +1,7 @@
 """Entropy coding of one bit plane, exactly invertible and vectorised with numpy.
 
 A plane (a flat boolean array whose length the reader knows) is coded one of four ways;
-the first byte says which. The encoder tries RAW; by the share of the rarer bit, RANS (at
+its header varint says which. The encoder tries RAW; by the share of the rarer bit, RANS (at
 least 15%) or GOLOMB (less); ENUM when there are at most 255 rare bits; and keeps the
 shortest. ``docs/pack-format.md`` ("Entropy-coded masks (version 2)") specifies the bytes
 so that another program can decode them.
