@@ -1,6 +1,7 @@
 """Entropy-coded mask planes (format version 2): exact round trips, size near the
 empirical entropy, and packed files that decode to the same masks as the 1-bit format."""
 
+import hashlib
 import json
 import time
 
@@ -275,7 +276,9 @@ def test_unknown_versions_and_encodings_are_refused(checkpoints, tmp_path):
     tensors = load_file(str(out))
     for change, message in [({"version": 3}, "version 3"), ({"encodings": {"x": "zstd"}}, "zstd")]:
         edited = tmp_path / "edited.safetensors"
-        save_file(tensors, str(edited), metadata={"piggyback": json.dumps(manifest | change)})
+        text = json.dumps(manifest | change)  # as a later writer would write it, checksum too
+        checksum = hashlib.sha256(text.encode()).hexdigest()
+        save_file(tensors, str(edited), metadata={"piggyback": text, "piggyback_sha256": checksum})
         with pytest.raises(PackError, match=message):
             read_manifest(edited)
     with pytest.raises(PackError, match="unknown mask encoding"):

@@ -12,6 +12,7 @@ kept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -170,7 +171,9 @@ def pack(
     }
     if encodings:
         manifest["encodings"] = encodings
-    metadata = {"piggyback": json.dumps(manifest, sort_keys=True)}
+    text = json.dumps(manifest, sort_keys=True)
+    # The manifest's own checksum: with content_sha256 inside it, this covers the file.
+    metadata = {"piggyback": text, "piggyback_sha256": hashlib.sha256(text.encode()).hexdigest()}
     atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     if stats_out is not None:
         _write_stats(stats_rows, stats_out, with_entropy=encoding != "bits")
@@ -218,9 +221,12 @@ def read_manifest(path: Path) -> dict[str, Any]:
     except Exception as error:
         raise PackError(f"{path} is not a readable packed file: {error}") from error
     try:
-        manifest = json.loads(metadata["piggyback"])
+        text = metadata["piggyback"]
+        manifest = json.loads(text)
     except (KeyError, json.JSONDecodeError) as error:
         raise PackError(f"{path} has no piggyback manifest: not written by pack.py") from error
+    if hashlib.sha256(text.encode()).hexdigest() != metadata.get("piggyback_sha256"):
+        raise PackError(f"{path} fails its manifest checksum: it was edited or damaged")
     if manifest.get("format") != PACK_FORMAT or manifest.get("version") not in READ_VERSIONS:
         raise PackError(
             f"{path} is format {manifest.get('format')!r} version {manifest.get('version')!r}; "

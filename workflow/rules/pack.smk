@@ -1,5 +1,6 @@
 rule pack:
-    """Every task of one ordering into one file: 1 bit per mask weight."""
+    """Every task of one ordering into one file: 1 bit per mask weight, or less with
+    `pack_encoding: entropy`."""
     input:
         ordering_checkpoints,
     output:
@@ -16,6 +17,7 @@ rule pack:
     params:
         python=PYTHON,
         script=SCRIPTS["pack"],
+        encoding=config.get("pack_encoding", "bits"),
     shell:
         "{params.python} {params.script} {input} --out {output.packed} --stats {output.stats} "
-        "> {log} 2>&1"
+        "--encoding {params.encoding} > {log} 2>&1"
