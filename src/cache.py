@@ -20,16 +20,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--data", type=Path, required=True, help="folder with train/<class>/ and test/<class>/"
-    )
-    parser.add_argument(
-        "--transform",
-        choices=("cropped", "standard"),
-        required=True,
-        help="the dataset's transform style (as given to train.py)",
-    )
-    parser.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
+    cli.add_image_folder_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="cache file (.safetensors)")
     parser.add_argument(
         "--workers",

@@ -46,19 +46,24 @@ def arch_spec(args: argparse.Namespace) -> ArchSpec:
 def add_data_arguments(parser: argparse.ArgumentParser, classes: bool = True) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", required=True, help="dataset (task) name, e.g. flowers")
-    group.add_argument(
+    add_image_folder_arguments(group)
+    if classes:
+        group.add_argument("--classes", type=int, help="expected number of classes (checked)")
+    group.add_argument("--workers", type=int, default=4, help="data loader processes (default: 4)")
+
+
+def add_image_folder_arguments(parser) -> None:
+    """Where a dataset's images are and how they are transformed."""
+    parser.add_argument(
         "--data", type=Path, required=True, help="folder with train/<class>/ and test/<class>/"
     )
-    group.add_argument(
+    parser.add_argument(
         "--transform",
         choices=("cropped", "standard"),
         required=True,
         help="'cropped': resize to a square; 'standard': shorter side, random resized crop",
     )
-    group.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
-    if classes:
-        group.add_argument("--classes", type=int, help="expected number of classes (checked)")
-    group.add_argument("--workers", type=int, default=4, help="data loader processes (default: 4)")
+    parser.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

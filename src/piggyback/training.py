@@ -292,7 +292,8 @@ def train_task(
             group["lr"] = lr
         torch.manual_seed(_epoch_seed(run.seed, epoch))
         set_train_mode(model, run.method)
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, seen = 0.0, 0
+        correct = torch.zeros((), dtype=torch.long, device=device)  # read once per epoch
         batches = train_loader_for(epoch)
         bar = tqdm(
             batches, desc=f"epoch {epoch + 1}/{hp.epochs}", disable=not progress, leave=False
@@ -313,13 +314,13 @@ def train_task(
             loss.backward()
             optimizer.step()
             loss_sum += loss_value * labels.numel()
-            correct += (logits.argmax(1) == labels).sum().item()
+            correct += (logits.argmax(1) == labels).sum()
             seen += labels.numel()
         test = evaluate(model, test_loader, device, speed)
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
-            "train_top1_error": 100.0 * (1 - correct / max(seen, 1)),
+            "train_top1_error": 100.0 * (1 - correct.item() / max(seen, 1)),
             "test_top1_error": test["top1_error"],
             "test_top5_error": test["top5_error"],
             "lr": lrs[0] if len(lrs) > 1 else 0.0,
