@@ -8,10 +8,10 @@ after the last finished epoch from --state-dir and ends with the same result.
 from __future__ import annotations
 
 import argparse
+import csv
 import shutil
 from pathlib import Path
 
-import pandas as pd
 from safetensors import SafetensorError
 
 from piggyback import cli
@@ -57,12 +57,10 @@ def parse_args() -> argparse.Namespace:
         "--amp", choices=("off", "bf16"), default="off", help="bf16 autocast (default: off)"
     )
     for flag, what in (
-        ("channels-last", "channels_last memory format"),
-        ("fused-optimizer", "one-kernel optimiser steps"),
+        ("channels-last", "channels_last memory format (default: on CUDA)"),
+        ("fused-optimizer", "one-kernel optimiser steps (default: on)"),
     ):
-        speed.add_argument(
-            f"--{flag}", action=argparse.BooleanOptionalAction, help=f"{what} (default: on CUDA)"
-        )
+        speed.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, help=what)
     speed.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile"
     )
@@ -147,8 +145,7 @@ def task_batches(args: argparse.Namespace, hp: Hyperparameters, device):
 def write_outputs(args: argparse.Namespace, result: dict) -> None:
     """Metrics, the exported backbone if asked, and last the checkpoint (moved out of
     the state folder): each written atomically, so a failure leaves the previous one."""
-    metrics = pd.DataFrame(result["metrics"])
-    atomic_write(args.metrics, lambda tmp: metrics.to_csv(tmp, sep="\t", index=False))
+    atomic_write(args.metrics, lambda tmp: write_tsv(result["metrics"], tmp))
     if args.export_backbone:
         best = load_checkpoint(result["best_path"])
         if "weights" not in best:
@@ -160,6 +157,13 @@ def write_outputs(args: argparse.Namespace, result: dict) -> None:
             args.export_backbone,
         )
     atomic_move(result["best_path"], args.out)
+
+
+def write_tsv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 if __name__ == "__main__":

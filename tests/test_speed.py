@@ -1,5 +1,8 @@
 """The speed switches change how fast, not what, the method computes."""
 
+import platform
+
+import pytest
 import torch
 
 from piggyback.backbones import ArchSpec, build_task_model
@@ -95,3 +98,24 @@ def test_bf16_autocast_thresholds_in_fp32_and_keeps_the_logits_close():
     assert torch.equal(effective, threshold_mask(mask.mask_real, "binary", 5e-3) * original)
     assert logits.dtype == torch.bfloat16
     torch.testing.assert_close(logits.float(), reference, rtol=0.1, atol=0.1)
+
+
+def test_cpu_defaults_fuse_the_optimiser_and_keep_freed_memory(monkeypatch):
+    import argparse
+
+    from piggyback import cli, memory
+
+    resolved = SpeedOptions().resolve(torch.device("cpu"))
+    assert resolved.fused_optimizer and not resolved.channels_last
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(True) or True)
+    args = argparse.Namespace(threads=None, device="cpu", gpu_lock_dir=None)
+    assert cli.select_device(args).type == "cpu"
+    assert calls == [True]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc setting")
+def test_keeping_freed_memory_is_accepted_by_glibc():
+    from piggyback.memory import keep_freed_memory
+
+    assert keep_freed_memory() is True

@@ -130,10 +130,14 @@ def select_device(args: argparse.Namespace) -> torch.device:
     import torch
 
     from piggyback import devices
+    from piggyback.memory import keep_freed_memory
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return devices.select_device(args.device, args.gpu_lock_dir)
+    device = devices.select_device(args.device, args.gpu_lock_dir)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
 
 
 def fail(message: str) -> None:

@@ -80,8 +80,9 @@ _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 class SpeedOptions:
     """Switches that change how fast the method runs, not what it computes.
 
-    ``None`` means the sensible default for the device: channels_last and fused
-    optimisers on CUDA, off on the CPU. bf16 autocast is off by default because it
+    ``None`` means the sensible default for the device: channels_last on CUDA, off
+    on the CPU; fused optimiser steps everywhere (on the CPU they cut VGG-16's Adam
+    step over 138M mask entries from about 1 s to 0.1 s). bf16 autocast is off by default because it
     changes rounding (the masks are still thresholded in fp32: the mask's forward runs
     outside autocast's op lists); turn it on for speed on GPUs.
     """
@@ -99,7 +100,7 @@ class SpeedOptions:
             amp=self.amp,
             channels_last=on_cuda if self.channels_last is None else self.channels_last,
             compile=self.compile,
-            fused_optimizer=on_cuda if self.fused_optimizer is None else self.fused_optimizer,
+            fused_optimizer=True if self.fused_optimizer is None else self.fused_optimizer,
         )
 
     def autocast(self, device: torch.device):
