@@ -80,6 +80,15 @@ def parse_args() -> argparse.Namespace:
         help="resume state, kept apart from the outputs (default: <out>.state/); "
         "removed after success",
     )
+    out.add_argument(
+        "--resume-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="write the resume state (and the best checkpoint) after an epoch only when "
+        "this long has passed since the last write, and after the last epoch "
+        "(default 0: after every epoch)",
+    )
     cli.add_runtime_arguments(parser)
     return parser.parse_args()
 
@@ -105,6 +114,7 @@ def main() -> None:
             device,
             progress=args.progress,
             speed=SpeedOptions(args.amp, args.channels_last, args.compile, args.fused_optimizer),
+            resume_every=args.resume_every,
         )
         write_outputs(args, result)
     except SafetensorError as error:

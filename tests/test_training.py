@@ -16,7 +16,16 @@ from piggyback.training import Hyperparameters, TaskRun, TrainingError, train_ta
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def _train(data_root, state_dir, method="piggyback", epochs=2, arch="resnet18", fail_at=None, **hp):
+def _train(
+    data_root,
+    state_dir,
+    method="piggyback",
+    epochs=2,
+    arch="resnet18",
+    fail_at=None,
+    resume_every=0.0,
+    **hp,
+):
     train, test = load_task_data(data_root, "cropped", 32)
     model = build_task_model(ArchSpec(arch), len(train.classes), weights="random")
     hp = Hyperparameters.for_method(method, epochs=epochs, batch_size=32, **hp)
@@ -36,6 +45,7 @@ def _train(data_root, state_dir, method="piggyback", epochs=2, arch="resnet18", 
         torch.device("cpu"),
         progress=False,
         log=lambda _: None,
+        resume_every=resume_every,
     )
     return model, result
 
@@ -74,6 +84,43 @@ def test_interrupted_training_resumes_to_the_same_result(digits_target, tmp_path
     assert torch.equal(a["head"]["weight"], b["head"]["weight"])
     assert [m["test_top1_error"] for m in uninterrupted["metrics"]] == [
         m["test_top1_error"] for m in resumed["metrics"]
+    ]
+
+
+def test_deferred_writes_keep_the_best_epoch_and_resume_to_the_same_result(
+    digits_target, tmp_path, monkeypatch
+):
+    """With writes deferred, the best epoch (here the second of three) is kept as it
+    was, not as the tensors are later; a run killed before any write starts afresh."""
+    import piggyback.training as training
+
+    plain_evaluate = training.evaluate
+    evaluations = []
+
+    def scripted_evaluate(*args, **kwargs):  # test errors 50, 40, 60 for epochs 1-3
+        evaluations.append(None)
+        return {
+            **plain_evaluate(*args, **kwargs),
+            "top1_error": [50.0, 40.0, 60.0][len(evaluations) - 1],
+        }
+
+    monkeypatch.setattr(training, "evaluate", scripted_evaluate)
+    _, every_epoch = _train(digits_target, tmp_path / "a", epochs=3, lr=1e-2)
+    evaluations.clear()
+    with pytest.raises(KeyboardInterrupt):
+        _train(digits_target, tmp_path / "b", epochs=3, lr=1e-2, fail_at=2, resume_every=3600)
+    assert not (tmp_path / "b" / "resume.pt").exists()
+    assert not (tmp_path / "b" / "best.pt").exists()
+    evaluations.clear()
+    _, deferred = _train(digits_target, tmp_path / "b", epochs=3, lr=1e-2, resume_every=3600)
+    a, b = load_checkpoint(every_epoch["best_path"]), load_checkpoint(deferred["best_path"])
+    assert a["epoch"] == b["epoch"] == 2
+    for name in a["masks"]:
+        assert torch.equal(a["masks"][name], b["masks"][name]), name
+    assert torch.equal(a["head"]["weight"], b["head"]["weight"])
+    assert every_epoch["metrics"] == [
+        {**m, "seconds": e["seconds"]}
+        for m, e in zip(deferred["metrics"], every_epoch["metrics"], strict=True)
     ]
 
 

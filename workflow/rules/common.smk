@@ -30,6 +30,7 @@ ORDERINGS = EXPERIMENT["orderings"]
 RUNS = list(range(EXPERIMENT["runs"]))
 DATASETS = experiment_datasets(config)
 WORKERS = config["compute"]["workers"]
+RESUME_EVERY = config["compute"].get("resume_every", 0)
 # `cached`: train and evaluate read a decoded, pre-resized cache of each dataset and
 # augment on the device (docs/data-pipeline.md); `dataloader`: DataLoader workers.
 DATA_PIPELINE = config["compute"].get("data_pipeline", "dataloader")

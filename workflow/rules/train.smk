@@ -27,12 +27,14 @@ rule pretrain:
         cache=cache_flag,
         hyperparameters=lambda wildcards: pretrain_flags(wildcards.arch),
         state=f"{RESULTS}/state/pretrain/{{arch}}",
+        resume_every=RESUME_EVERY,
     shell:
         "{params.python} {params.script} --arch {wildcards.arch} --builder {params.builder} "
         "--weights random --method finetune {params.hyperparameters} {params.data} "
         "{params.cache} --seed 0 --out {output.checkpoint} --metrics {output.metrics} "
         "--export-backbone {output.weights} --state-dir {params.state} "
-        "--threads {threads} --no-progress > {log} 2>&1"
+        "--resume-every {params.resume_every} --threads {threads} --no-progress "
+        "> {log} 2>&1"
 
 
 rule train:
@@ -65,8 +67,10 @@ rule train:
         classes=lambda wildcards: dataset_entry(wildcards.dataset)["classes"],
         method=lambda wildcards: method_flags(wildcards.method),
         state=f"{RESULTS}/state/train/{{arch}}/{{method}}/run{{run}}/{{dataset}}",
+        resume_every=RESUME_EVERY,
     shell:
         "{params.python} {params.script} {params.arch} {params.method} {params.data} "
         "{params.cache} --classes {params.classes} --seed {wildcards.run} "
         "--out {output.checkpoint} --metrics {output.metrics} --state-dir {params.state} "
-        "--threads {threads} --no-progress > {log} 2>&1"
+        "--resume-every {params.resume_every} --threads {threads} --no-progress "
+        "> {log} 2>&1"
