@@ -82,9 +82,9 @@ class SpeedOptions:
 
     ``None`` means the sensible default for the device: channels_last on CUDA, off
     on the CPU; fused optimiser steps everywhere (on the CPU they cut VGG-16's Adam
-    step over 138M mask entries from about 1 s to 0.1 s). bf16 autocast is off by default because it
-    changes rounding (the masks are still thresholded in fp32: the mask's forward runs
-    outside autocast's op lists); turn it on for speed on GPUs.
+    step over 138M mask entries from about 1 s to 0.1 s). bf16 autocast is off by
+    default because it changes rounding (the masks are still thresholded in fp32: the
+    mask's forward runs outside autocast's op lists); turn it on for speed on GPUs.
     """
 
     amp: str = "off"
