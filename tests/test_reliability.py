@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from script_args import digits_task_args
 
 from piggyback.atomic import WriteError, atomic_write, atomic_write_text
 from piggyback.backbones import ArchSpec, BackboneError, build_backbone, build_task_model
@@ -102,20 +103,7 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
 
 def train_args(data: Path, out: Path, *extra) -> list:
     return [
-        "--arch",
-        "resnet18",
-        "--weights",
-        "random",
-        "--dataset",
-        "digits",
-        "--data",
-        data,
-        "--transform",
-        "cropped",
-        "--image-size",
-        "32",
-        "--workers",
-        "0",
+        *digits_task_args(data),
         "--epochs",
         "1",
         "--batch-size",
@@ -134,20 +122,7 @@ def train_args(data: Path, out: Path, *extra) -> list:
 def evaluate_args(pack: Path, data: Path, out: Path, *extra, arch="resnet18") -> list:
     return [
         pack,
-        "--arch",
-        arch,
-        "--weights",
-        "random",
-        "--dataset",
-        "digits",
-        "--data",
-        data,
-        "--transform",
-        "cropped",
-        "--image-size",
-        "32",
-        "--workers",
-        "0",
+        *digits_task_args(data, arch),
         "--device",
         "cpu",
         "--no-progress",

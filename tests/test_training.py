@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_args import digits_task_args
 
 from piggyback.backbones import ArchSpec, backbone_state, build_task_model
 from piggyback.checkpoints import load_checkpoint
@@ -141,20 +142,7 @@ def _train_command(data, out, epochs):
     return [
         sys.executable,
         str(SRC / "train.py"),
-        "--arch",
-        "resnet18",
-        "--weights",
-        "random",
-        "--dataset",
-        "digits",
-        "--data",
-        str(data),
-        "--transform",
-        "cropped",
-        "--image-size",
-        "32",
-        "--workers",
-        "0",
+        *digits_task_args(data),
         "--epochs",
         str(epochs),
         "--lr",
