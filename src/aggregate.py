@@ -1,8 +1,8 @@
 """Aggregate evaluation results into the paper's table and compare with the reference.
 
-Writes table.md (datasets x archs, one block per method, mean ± std over runs and
-orderings, reference and difference beside each cell) and table.tsv (long format),
-and prints a short verdict.
+Writes table.md (datasets x archs, one block per method and, for a sequential method,
+per ordering; mean ± std over runs, reference and difference beside each cell) and
+table.tsv (long format), and prints a short verdict.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", required=True, help="column order")
     parser.add_argument("--datasets", nargs="+", required=True, help="row order")
     parser.add_argument("--methods", nargs="+", required=True, help="block order")
+    parser.add_argument(
+        "--orderings", default="{}", help="JSON {ordering: [datasets]}, for sequential methods"
+    )
     parser.add_argument("--markdown", type=Path, required=True)
     parser.add_argument("--tsv", type=Path, required=True)
     args = parser.parse_args()
@@ -47,7 +50,9 @@ def write_table(args: argparse.Namespace, reference) -> None:
     atomic_write(
         args.tsv, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
     )
-    markdown = to_markdown(table, args.archs, args.datasets, args.methods, args.tolerance)
+    markdown = to_markdown(
+        table, args.archs, args.datasets, args.methods, json.loads(args.orderings), args.tolerance
+    )
     atomic_write_text(markdown, args.markdown)
     print(f"wrote {args.markdown} and {args.tsv}")
     print("\n".join(verdict(table, args.tolerance)))

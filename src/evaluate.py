@@ -1,10 +1,11 @@
-"""Evaluate one task of a packed file: build the plain backbone from its weights,
-bake the task's mask into them once, attach the task's head, and write the top-1 and
-top-5 test error with the image count as JSON.
+"""Evaluate every task of a packed file: build the plain backbone from its weights once,
+and for each task apply what the method stored (bake the mask in, PackNet's owners, a
+fine-tuned network), attach the task's head, and measure the top-1 and top-5 test error;
+all tasks' results go to one JSON file.
 
-A packed file for another arch, without this task, failing its content checksum, or
-whose backbone sha256 differs from the weights given is refused, as is a data folder
-whose test classes are not the task's: each with a one-line `error: ...`.
+A packed file for another arch, failing its checksums, or whose backbone sha256 differs
+from the weights given is refused, as is a data folder whose test classes are not the
+task's: each with a one-line `error: ...`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from piggyback import cli
 from piggyback.atomic import atomic_write_json
 from piggyback.backbones import BackboneError
 from piggyback.data import DataError, error_message
-from piggyback.evaluation import evaluate_packed
-from piggyback.fastdata import add_cache_argument
+from piggyback.evaluation import TaskData, evaluate_pack
 from piggyback.packing import PackError
 
 
@@ -30,35 +30,51 @@ def main() -> None:
     )
     parser.add_argument("pack", type=Path, help="packed file from pack.py")
     cli.add_arch_arguments(parser)
-    cli.add_data_arguments(parser, classes=False)
-    add_cache_argument(parser)
+    parser.add_argument(
+        "--tasks-json",
+        metavar="JSON",
+        required=True,
+        help='each task\'s test data: {"<task>": {"data": DIR, "transform": "cropped" or '
+        '"standard", "cache": FILE or null}}',
+    )
+    parser.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", type=Path, required=True, help="result (.json)")
+    parser.add_argument("--workers", type=int, default=4, help="data loader processes")
+    parser.add_argument("--out", type=Path, required=True, help="results (.json)")
     cli.add_runtime_arguments(parser)
     args = parser.parse_args()
+    try:
+        tasks = {
+            name: TaskData(Path(entry["data"]), entry["transform"], _path(entry.get("cache")))
+            for name, entry in json.loads(args.tasks_json).items()
+        }
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
+        cli.fail(f"--tasks-json is not a JSON object of {{task: {{data, transform}}}}: {error}")
     device = cli.select_device(args)
     try:
-        result = evaluate_packed(
+        result = evaluate_pack(
             args.pack,
-            args.dataset,
+            tasks,
             args.arch,
             cli.arch_spec(args),
-            args.data,
-            args.transform,
             args.image_size,
             args.batch_size,
             args.weights,
             args.weights_dir,
             device,
             args.workers,
-            args.cache,
         )
         atomic_write_json(result, args.out)
     except SafetensorError as error:
         cli.fail(f"weights file {args.weights} is not a readable safetensors file: {error}")
     except (BackboneError, DataError, PackError, OSError) as error:
         cli.fail(error_message(error))
-    print(json.dumps(result))
+    for task in result["tasks"]:
+        print(f"{task['dataset']}: top-1 error {task['top1_error']:.2f}% ({task['images']} images)")
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 if __name__ == "__main__":

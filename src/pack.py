@@ -1,10 +1,12 @@
-"""Pack the trained tasks of one arch and method, in a given order, into one file.
+"""Pack the trained tasks of one arch and method (and ordering, for a sequential method),
+in the order given, into one file; the method decides what a task stores.
 
-Masks are stored at 1 bit per weight (ternary: 2), keyed by parameter name, with each
-task's head, class names, the arch, the backbone's sha256 and the threshold. With
-``--encoding entropy`` each mask plane is entropy-coded instead (format version 2), close
-to its empirical entropy: well below 1 bit per weight when most weights are kept. The
-file is safetensors (see docs/pack-format.md); per-layer statistics go to --stats.
+Piggyback's masks are stored at 1 bit per weight (ternary: 2), keyed by parameter name;
+PackNet's network once, with each weight's owner in a few bits; finetune's whole network
+per task; every task's head and class names, the arch and the backbone's sha256 beside.
+With ``--encoding entropy`` each bit plane is entropy-coded instead (format version 2),
+close to its empirical entropy: well below 1 bit per weight when most weights are kept.
+The file is safetensors (see docs/pack-format.md); per-layer statistics go to --stats.
 """
 
 from __future__ import annotations
@@ -30,15 +32,18 @@ def main() -> None:
         "per weight (.tsv)",
     )
     parser.add_argument(
+        "--ordering", help="the ordering's name, for a sequential method's chain of tasks"
+    )
+    parser.add_argument(
         "--encoding",
         choices=ENCODINGS,
         default="bits",
-        help="mask planes as plain bits, 1 per weight (format version 1, the default), or "
+        help="bit planes as plain bits, 1 per weight (format version 1, the default), or "
         "entropy-coded (version 2)",
     )
     args = parser.parse_args()
     try:
-        result = pack(args.checkpoints, args.out, args.stats, args.encoding)
+        result = pack(args.checkpoints, args.out, args.stats, args.encoding, args.ordering)
     except (CheckpointError, PackError) as error:
         cli.fail(str(error))
     manifest = result.manifest

@@ -2,7 +2,11 @@
 
 Writes the best checkpoint by test top-1 (as the original code does) and a metrics
 TSV with one row per epoch. Killed and run again with the same arguments, it resumes
-after the last finished epoch from --state-dir and ends with the same result.
+after the last written epoch from --state-dir and ends with the same result.
+
+Sequential methods (PackNet) chain their tasks: --start writes the state the first task
+starts from (PackNet: the backbone pruned, and retrained on --data if given), and each
+task names its predecessor's checkpoint with --previous.
 """
 
 from __future__ import annotations
@@ -16,42 +20,56 @@ from safetensors import SafetensorError
 
 from piggyback import cli
 from piggyback.atomic import atomic_move, atomic_write
-from piggyback.backbones import BackboneError, build_task_model, torchvision_state
+from piggyback.backbones import (
+    BackboneError,
+    build_source_model,
+    build_task_model,
+    torchvision_state,
+)
 from piggyback.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from piggyback.data import DataError, error_message, load_task_data, make_loader
 from piggyback.fastdata import add_cache_argument, cached_batches, load_task_cache
-from piggyback.training import (
-    METHODS,
-    Hyperparameters,
-    SpeedOptions,
-    TaskRun,
-    TrainingError,
-    train_task,
-)
-
-HYPERPARAMETER_HELP = {
-    "lr": "learning rate of the masks (piggyback) or weights (finetune)",
-    "lr_head": "learning rate of the task head",
-    "lr_decay_every": "multiply the learning rates by --lr-decay-factor every N epochs",
-    "optimizer": "adam or sgd",
-    "mask_init": "'1s' (every mask entry = --mask-scale) or 'uniform' in [-scale, scale]",
-    "threshold": "mask entries above it keep their weight",
-}
+from piggyback.methods.registry import METHODS, Hyperparameters, MethodError
+from piggyback.training import SpeedOptions, TaskRun, TrainingError, train_task
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Paper defaults per method (any flag above overrides them):\n"
-        + "\n".join(f"  {m}: {Hyperparameters.for_method(m)}" for m in METHODS),
+        epilog="Paper defaults per method (flags above override them):\n"
+        + "\n".join(
+            f"  {name} ({'sequential' if entry.sequential else 'independent'}): "
+            f"{Hyperparameters.for_method(name)}"
+            for name, entry in METHODS.items()
+        ),
     )
     cli.add_arch_arguments(parser)
-    cli.add_data_arguments(parser)
+    cli.add_data_arguments(parser, required=False)
     add_cache_argument(parser)
-    parser.add_argument("--method", choices=METHODS, default="piggyback")
+    parser.add_argument("--method", choices=list(METHODS), default="piggyback")
     parser.add_argument("--seed", type=int, default=0)
-    cli.add_dataclass_arguments(parser, Hyperparameters, "hyperparameters", HYPERPARAMETER_HELP)
+    chain = parser.add_argument_group("sequential methods (a chain of tasks)")
+    chain.add_argument(
+        "--start",
+        action="store_true",
+        help="write the start of a chain instead of a task; --data, if given, is the "
+        "source task to retrain on",
+    )
+    chain.add_argument("--previous", type=Path, help="the previous task's (or the start's) .pt")
+    chain.add_argument(
+        "--last-in-ordering", action="store_true", help="the ordering's last task (not pruned)"
+    )
+    hyperparameters = parser.add_argument_group("hyperparameters (default: the method's)")
+    for name, knob in _all_knobs().items():
+        hyperparameters.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=knob.kind,
+            choices=knob.choices,
+            default=None,
+            metavar=knob.kind.__name__.upper() if knob.choices is None else None,
+            help=knob.help,
+        )
     speed = parser.add_argument_group("speed (how fast, not what, is computed)")
     speed.add_argument(
         "--amp", choices=("off", "bf16"), default="off", help="bf16 autocast (default: off)"
@@ -86,25 +104,51 @@ def parse_args() -> argparse.Namespace:
         default=0.0,
         metavar="SECONDS",
         help="write the resume state (and the best checkpoint) after an epoch only when "
-        "this long has passed since the last write, and after the last epoch "
+        "this long has passed since the last write, and at the end of each phase "
         "(default 0: after every epoch)",
     )
     cli.add_runtime_arguments(parser)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.data is None and not args.start:
+        parser.error("--dataset, --data and --transform are required (except with --start)")
+    return args
+
+
+def _all_knobs() -> dict:
+    knobs = {}
+    for entry in METHODS.values():
+        for name, knob in entry.all_knobs().items():
+            knobs.setdefault(name, knob)
+    return knobs
 
 
 def main() -> None:
     args = parse_args()
     device = cli.select_device(args)
-    overrides = {f: getattr(args, f) for f in Hyperparameters.__dataclass_fields__}
-    hp = Hyperparameters.for_method(args.method, **overrides)
+    state_dir = args.state_dir or args.out.with_name(args.out.name + ".state")
     try:
-        classes, train_batches_for, test_batches = task_batches(args, hp, device)
-        model = build_task_model(
-            cli.arch_spec(args), len(classes), args.weights, args.weights_dir, args.arch
+        overrides = {name: getattr(args, name) for name in _all_knobs()}
+        hp = Hyperparameters.for_method(args.method, **overrides)
+        classes, train_batches_for, test_batches = task_batches(args, hp.batch_size, device)
+        previous = load_checkpoint(args.previous) if args.previous else None
+        spec = cli.arch_spec(args)
+        if args.start and args.data is not None:
+            model = build_source_model(spec, args.weights, args.weights_dir, args.arch)
+        else:  # a start without source data trains nothing: its head is a placeholder
+            model = build_task_model(
+                spec, len(classes) or 1, args.weights, args.weights_dir, args.arch
+            )
+        run = TaskRun(
+            args.arch,
+            args.method,
+            args.dataset if args.data is not None else None,
+            classes,
+            args.seed,
+            hp,
+            role="start" if args.start else "task",
+            previous=previous,
+            last_in_ordering=args.last_in_ordering,
         )
-        run = TaskRun(args.arch, args.method, args.dataset, classes, args.seed, hp)
-        state_dir = args.state_dir or args.out.with_name(args.out.name + ".state")
         result = train_task(
             model,
             run,
@@ -119,36 +163,41 @@ def main() -> None:
         write_outputs(args, result)
     except SafetensorError as error:
         cli.fail(f"weights file {args.weights} is not a readable safetensors file: {error}")
-    except (BackboneError, CheckpointError, DataError, TrainingError, ValueError) as error:
+    except (BackboneError, CheckpointError, DataError, MethodError, TrainingError) as error:
         cli.fail(error_message(error))
-    except OSError as error:  # a full disk or a read-only folder, while writing
+    except (ValueError, OSError) as error:  # e.g. a full disk or a read-only folder
         cli.fail(error_message(error))
     shutil.rmtree(state_dir, ignore_errors=True)
     best = result["best"]
-    print(f"best test top-1 error {best['test_top1_error']:.2f}% at epoch {best['epoch']}")
+    if best["test_top1_error"] is None:
+        print(f"wrote {args.out} (no epoch trained)")
+    else:
+        print(f"best test top-1 error {best['test_top1_error']:.2f}% at epoch {best['epoch']}")
 
 
-def task_batches(args: argparse.Namespace, hp: Hyperparameters, device):
+def task_batches(args: argparse.Namespace, batch_size: int, device):
     """The task's classes, its train batches for an epoch, and its test batches: from
     the data folder through DataLoaders, or with --cache from the decoded cache,
-    augmented on the device. Either way an epoch's randomness depends only on
-    (seed, epoch), which resuming relies on."""
+    augmented on the device (none for a start without source data). Either way an
+    epoch's randomness depends only on (seed, epoch), which resuming relies on."""
+    if args.data is None:
+        return [], None, None
     if args.cache:
         cache = load_task_cache(args.cache, args.transform, args.image_size, args.classes, device)
         return (
             cache.classes,
             lambda epoch: cached_batches(
-                cache, hp.batch_size, True, args.seed * 1_000_003 + epoch, device
+                cache, batch_size, True, args.seed * 1_000_003 + epoch, device
             ),
-            cached_batches(cache, hp.batch_size, False, 0, device),
+            cached_batches(cache, batch_size, False, 0, device),
         )
     train_data, test_data = load_task_data(args.data, args.transform, args.image_size, args.classes)
     return (
         train_data.classes,
         lambda epoch: make_loader(
-            train_data, hp.batch_size, True, args.seed * 1_000_003 + epoch, args.workers
+            train_data, batch_size, True, args.seed * 1_000_003 + epoch, args.workers
         ),
-        make_loader(test_data, hp.batch_size, False, 0, args.workers),
+        make_loader(test_data, batch_size, False, 0, args.workers),
     )
 
 
@@ -159,9 +208,7 @@ def write_outputs(args: argparse.Namespace, result: dict) -> None:
     if args.export_backbone:
         best = load_checkpoint(result["best_path"])
         if "weights" not in best:
-            cli.fail(
-                "--export-backbone needs --method finetune (the only method that trains weights)"
-            )
+            cli.fail("--export-backbone needs a method that trains the backbone's weights")
         atomic_save(
             torchvision_state(best["weights"], best["head"], best["head_name"]),
             args.export_backbone,
@@ -170,8 +217,11 @@ def write_outputs(args: argparse.Namespace, result: dict) -> None:
 
 
 def write_tsv(rows: list[dict], path: Path) -> None:
+    """One row per epoch; columns in order of first appearance (a phase's baseline row
+    has no training columns)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
+        writer = csv.DictWriter(handle, fieldnames=columns, delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)
 

@@ -1,8 +1,9 @@
-"""The command-line arguments every stage script takes for the test digits task: a
+"""The command-line arguments the stage scripts take for the test digits task: a
 random-initialised backbone, the task's folder, small images, no loader workers."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -22,4 +23,13 @@ def digits_task_args(data: Path, arch: str = "resnet18") -> list[str]:
         "32",
         "--workers",
         "0",
+    ]
+
+
+def digits_evaluate_args(data: Path, arch: str = "resnet18", task: str = "digits") -> list[str]:
+    """evaluate.py's arguments for a packed file holding the digits task as ``task``."""
+    tasks = {task: {"data": str(data), "transform": "cropped"}}
+    return [
+        *("--arch", arch, "--weights", "random", "--tasks-json", json.dumps(tasks)),
+        *("--image-size", "32", "--workers", "0"),
     ]

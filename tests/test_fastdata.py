@@ -24,7 +24,7 @@ from piggyback import fastdata
 from piggyback.backbones import ArchSpec
 from piggyback.checkpoints import load_checkpoint
 from piggyback.data import load_task_data
-from piggyback.evaluation import evaluate_packed
+from piggyback.evaluation import TaskData, evaluate_pack
 from piggyback.packing import pack_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,10 +252,13 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
     assert (out / "metrics.tsv").read_text().count("\n") == 2
     assert checkpoint["test_images"] == 90 and checkpoint["classes"][0] == "digit_5"
     pack_tasks([out / "task.pt"], tmp_path / "pack.safetensors")
-    arguments = (tmp_path / "pack.safetensors", "digits", "resnet18", ArchSpec("resnet18"))
-    arguments += (digits_target, "cropped", 32, 16, "random")
-    from_folder = evaluate_packed(*arguments)
-    from_cache = evaluate_packed(*arguments, cache=cache)
+
+    def evaluated(cache):
+        tasks = {"digits": TaskData(digits_target, "cropped", cache)}
+        arguments = (tmp_path / "pack.safetensors", tasks, "resnet18", ArchSpec("resnet18"))
+        return evaluate_pack(*arguments, 32, 16, "random")["tasks"][0]
+
+    from_folder, from_cache = evaluated(None), evaluated(cache)
     assert from_cache == from_folder
     assert from_cache["top1_error"] == checkpoint["test_top1_error"]
 

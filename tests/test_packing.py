@@ -7,14 +7,14 @@ import torch
 
 from piggyback.backbones import ArchSpec, build_task_model
 from piggyback.data import load_task_data, make_loader
-from piggyback.evaluation import evaluate_packed
+from piggyback.evaluation import TaskData, evaluate_pack
+from piggyback.methods.piggyback import discrete_masks, task_masks
 from piggyback.packing import (
     PackError,
-    discrete_masks,
     pack_bits,
     pack_tasks,
     read_manifest,
-    read_task,
+    read_pack,
     unpack_bits,
 )
 from piggyback.training import Hyperparameters, TaskRun, train_task
@@ -28,7 +28,8 @@ def trained(digits_target, tmp_path_factory):
     paths = {}
     for method in ("piggyback", "piggyback_ternary", "finetune", "classifier_only"):
         model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
-        hp = Hyperparameters.for_method(method, epochs=1, mask_init="uniform", lr=1e-3)
+        masked = {"mask_init": "uniform"} if method.startswith("piggyback") else {}
+        hp = Hyperparameters.for_method(method, epochs=1, lr=1e-3, **masked)
         run = TaskRun("resnet18", method, "digits", train.classes, 0, hp)
         result = train_task(
             model,
@@ -45,6 +46,11 @@ def trained(digits_target, tmp_path_factory):
     return paths
 
 
+def evaluate(pack, data, arch="resnet18", task="digits", weights="random"):
+    tasks = {task: TaskData(data, "cropped")}
+    return evaluate_pack(pack, tasks, arch, ArchSpec(arch), 32, weights=weights)
+
+
 def test_bits_round_trip_and_use_numpy_order():
     keep = torch.rand(3, 5, 7) > 0.5
     packed = pack_bits(keep)
@@ -58,14 +64,15 @@ def test_pack_then_unpack_is_bit_exact(trained, tmp_path, method):
     checkpoint = torch.load(trained[method], weights_only=True)
     out = tmp_path / "pack.safetensors"
     pack_tasks([trained[method]], out, tmp_path / "stats.tsv")
-    _, task = read_task(out, "digits")
+    packed = read_pack(out)
+    masks = task_masks(packed, "digits")
     expected = discrete_masks(checkpoint)
     if method == "piggyback_ternary":
         assert any((m < 0).any() for m in expected.values()), "test needs some -1 entries"
-    assert expected.keys() == task.masks.keys()
+    assert expected.keys() == masks.keys()
     for name, mask in expected.items():
-        assert torch.equal(mask, task.masks[name]), name
-    assert torch.equal(task.head["weight"], checkpoint["head"]["weight"])
+        assert torch.equal(mask, masks[name]), name
+    assert torch.equal(packed.head("digits")["weight"], checkpoint["head"]["weight"])
 
 
 def test_packed_masks_cost_one_bit_per_weight(trained, tmp_path):
@@ -96,16 +103,7 @@ def test_packed_evaluation_equals_end_of_training_evaluation(
     checkpoint = torch.load(trained[method], weights_only=True)
     out = tmp_path / "pack.safetensors"
     pack_tasks([trained[method]], out)
-    result = evaluate_packed(
-        out,
-        "digits",
-        "resnet18",
-        ArchSpec("resnet18"),
-        digits_target,
-        "cropped",
-        32,
-        weights="random",
-    )
+    result = evaluate(out, digits_target)["tasks"][0]
     assert result["top1_error"] == checkpoint["test_top1_error"]
     assert result["top5_error"] == checkpoint["test_top5_error"]
     assert result["images"] == checkpoint["test_images"]
@@ -118,34 +116,18 @@ def test_evaluation_refuses_other_backbone_weights(trained, digits_target, tmp_p
     torch.nn.init.zeros_(other.backbone.conv1.weight)
     torch.save(other.backbone.state_dict(), tmp_path / "other.pth")
     with pytest.raises(PackError, match="sha256"):
-        evaluate_packed(
-            out,
-            "digits",
-            "resnet18",
-            ArchSpec("resnet18"),
-            digits_target,
-            "cropped",
-            32,
-            weights=tmp_path / "other.pth",
-        )
+        evaluate(out, digits_target, weights=tmp_path / "other.pth")
 
 
 def test_evaluation_refuses_another_arch_or_a_missing_task(trained, digits_target, tmp_path):
     out = tmp_path / "pack.safetensors"
     pack_tasks([trained["piggyback"]], out)
     with pytest.raises(PackError, match="packed for arch 'resnet18', not 'resnet34'"):
-        evaluate_packed(
-            out,
-            "digits",
-            "resnet34",
-            ArchSpec("resnet34"),
-            digits_target,
-            "cropped",
-            32,
-            weights="random",
-        )
+        evaluate(out, digits_target, arch="resnet34")
+    with pytest.raises(PackError, match="holds digits, but no test data was given"):
+        evaluate(out, digits_target, task="flowers")
     with pytest.raises(PackError, match="holds no task 'flowers'"):
-        read_task(out, "flowers")
+        read_pack(out).head("flowers")
 
 
 def test_packing_refuses_mixed_methods(trained, tmp_path):
@@ -160,7 +142,7 @@ def test_edited_packed_file_is_detected(trained, tmp_path):
     data[-10] ^= 0xFF
     out.write_bytes(bytes(data))
     with pytest.raises(PackError, match="checksum"):
-        read_task(out, "digits")
+        read_pack(out)
 
 
 def test_manifest_is_plain_json_in_the_safetensors_header(trained, tmp_path):

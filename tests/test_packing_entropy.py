@@ -19,14 +19,8 @@ from piggyback.entropy import (
     encode_plane,
     entropy_bits,
 )
-from piggyback.packing import (
-    PackError,
-    discrete_masks,
-    pack,
-    pack_tasks,
-    read_manifest,
-    read_task,
-)
+from piggyback.methods.piggyback import discrete_masks, task_masks
+from piggyback.packing import PackError, pack, pack_tasks, read_manifest, read_pack
 
 SIZES = [0, 1, 2, 7, 8, 9, 13, 1001, 65_537, 200_003]
 SHARES = [0.0, 1.0, 0.5, 0.49, 0.51, 0.6, 0.8, 0.9, 0.999, 0.001]
@@ -199,17 +193,18 @@ def test_entropy_packing_reads_back_the_masks_of_the_bits_packing(checkpoints, t
     for path in paths:
         checkpoint = torch.load(path, weights_only=True)
         task = checkpoint["dataset"]
-        _, from_bits = read_task(bits_file, task)
-        _, from_entropy = read_task(entropy_file, task)
+        bits_pack, entropy_pack = read_pack(bits_file), read_pack(entropy_file)
+        from_bits, from_entropy = task_masks(bits_pack, task), task_masks(entropy_pack, task)
         expected = discrete_masks(checkpoint)
         if kind == "ternary":
             assert any((m < 0).any() for m in expected.values())
-        assert from_entropy.masks.keys() == expected.keys()
+        assert from_entropy.keys() == expected.keys()
         for name, mask in expected.items():
-            assert torch.equal(from_bits.masks[name], mask), name
-            assert torch.equal(from_entropy.masks[name], mask), name
-        assert torch.equal(from_entropy.head["weight"], checkpoint["head"]["weight"])
-        assert from_entropy.classes == from_bits.classes
+            assert torch.equal(from_bits[name], mask), name
+            assert torch.equal(from_entropy[name], mask), name
+        assert torch.equal(entropy_pack.head(task)["weight"], checkpoint["head"]["weight"])
+        classes = entropy_pack.manifest["tasks"][task]["classes"]
+        assert classes == bits_pack.manifest["tasks"][task]["classes"]
 
 
 def test_statistics_report_stored_and_entropy_bits_per_weight(checkpoints, tmp_path):
@@ -264,7 +259,7 @@ def test_edited_entropy_coded_file_fails_its_checksum(checkpoints, tmp_path):
     data[-30_000] ^= 0x10  # inside the mask planes (the heads come first, by name)
     out.write_bytes(bytes(data))
     with pytest.raises(PackError, match="checksum"):
-        read_task(out, "cubs")
+        read_pack(out)
 
 
 def test_unknown_versions_and_encodings_are_refused(checkpoints, tmp_path):
@@ -274,7 +269,7 @@ def test_unknown_versions_and_encodings_are_refused(checkpoints, tmp_path):
     out = tmp_path / "pack.safetensors"
     manifest = pack_tasks(paths, out, encoding="entropy")
     tensors = load_file(str(out))
-    for change, message in [({"version": 3}, "version 3"), ({"encodings": {"x": "zstd"}}, "zstd")]:
+    for change, message in [({"version": 4}, "version 4"), ({"encodings": {"x": "zstd"}}, "zstd")]:
         edited = tmp_path / "edited.safetensors"
         text = json.dumps(manifest | change)  # as a later writer would write it, checksum too
         checksum = hashlib.sha256(text.encode()).hexdigest()

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from script_args import digits_task_args
+from script_args import digits_evaluate_args, digits_task_args
 
 from piggyback.atomic import WriteError, atomic_write, atomic_write_text
 from piggyback.backbones import ArchSpec, BackboneError, build_backbone, build_task_model
@@ -33,7 +33,8 @@ from piggyback.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from piggyback.config import ConfigError, check_config
 from piggyback.data import DataError, error_message, load_task_data, make_loader
 from piggyback.digits import write_digits_task
-from piggyback.packing import PackError, pack_tasks, read_manifest, read_task
+from piggyback.methods.piggyback import task_masks
+from piggyback.packing import PackError, pack_tasks, read_manifest, read_pack
 from piggyback.training import Hyperparameters, TaskRun, train_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,10 +120,12 @@ def train_args(data: Path, out: Path, *extra) -> list:
     ]
 
 
-def evaluate_args(pack: Path, data: Path, out: Path, *extra, arch="resnet18") -> list:
+def evaluate_args(
+    pack: Path, data: Path, out: Path, *extra, arch="resnet18", task="digits"
+) -> list:
     return [
         pack,
-        *digits_task_args(data, arch),
+        *digits_evaluate_args(data, arch, task),
         "--device",
         "cpu",
         "--no-progress",
@@ -196,18 +199,16 @@ def run_snakemake(command: list[str], check: bool = True) -> str:
 
 def workflow_results(results: Path) -> dict:
     """What a run produces: packed masks and heads, the table, the per-epoch metrics."""
-    manifest, task = read_task(
-        results / "packed/resnet18/piggyback/forward/run0.safetensors", KILL_TASK
-    )
+    packed = read_pack(results / "packed/resnet18/piggyback/run0.safetensors")
     metrics = (results / f"train/resnet18/piggyback/run0/{KILL_TASK}.metrics.tsv").read_text()
     header, *rows = [line.split("\t") for line in metrics.splitlines()]
     timing = header.index("seconds")  # the only column that may differ between runs
     return {
-        "masks": task.masks,
-        "head": task.head,
+        "masks": task_masks(packed, KILL_TASK),
+        "head": packed.head(KILL_TASK),
         "table": (results / "table.tsv").read_text(),
         "metrics": [row[:timing] + row[timing + 1 :] for row in rows],
-        "content_sha256": manifest["content_sha256"],
+        "content_sha256": packed.manifest["content_sha256"],
     }
 
 
@@ -261,7 +262,7 @@ def test_workflow_sigkilled_mid_training_ends_as_an_uninterrupted_run(tmp_path):
         assert time.monotonic() < deadline, "a job outlived the kill"
         time.sleep(0.05)
     assert not checkpoint.exists(), "the train job finished before it was killed"
-    finished = load_checkpoint(state / "resume.pt")["epoch"]
+    finished = load_checkpoint(state / "resume.pt")["epochs_done"]
     assert 1 <= finished < KILL_EPOCHS
 
     # Restarting as docs/reliability.md says: Snakemake's lock outlives a SIGKILL, and it
@@ -284,11 +285,9 @@ def test_workflow_sigkilled_mid_training_ends_as_an_uninterrupted_run(tmp_path):
     assert resumed["metrics"] == uninterrupted["metrics"]
     # Only the epoch that was running when the kill came is trained again.
     train_log = (results / f"logs/train/resnet18/piggyback/run0/{KILL_TASK}.log").read_text()
-    assert f"resuming {KILL_TASK} after epoch {finished} " in train_log
+    assert f"resuming after epoch {finished} " in train_log
     trained_again = [
-        int(line.split()[1].split("/")[0])
-        for line in train_log.splitlines()
-        if line.startswith("epoch ")
+        int(line.split()[1]) for line in train_log.splitlines() if line.startswith("epoch ")
     ]
     assert trained_again == list(range(finished + 1, KILL_EPOCHS + 1))
     assert not state.exists(), "resume state is removed once the job succeeds"
@@ -523,7 +522,7 @@ def test_evaluate_script_refuses_a_wrong_packed_file_in_one_line(
     expected = {
         "arch": "packed for arch 'resnet18', not 'resnet34'",
         "backbone": "the masks would be applied to different numbers",
-        "task": "holds no task 'digits'; it holds flowers",
+        "task": "holds digits, but no test data was given",
         "truncated": "is not a readable packed file",
         "edited": "fails its content checksum",
         "missing": "does not exist",
@@ -533,8 +532,7 @@ def test_evaluate_script_refuses_a_wrong_packed_file_in_one_line(
     elif wrong == "backbone":
         args[args.index("--weights") + 1] = other_backbone_weights(tmp_path / "other.pth")
     elif wrong == "task":
-        args[args.index("--dataset") + 1] = "flowers"
-        expected = "holds no task 'flowers'; it holds digits"
+        args = evaluate_args(pack, tiny_task, out, task="flowers")
     elif wrong == "truncated":
         pack.write_bytes(pack.read_bytes()[: pack.stat().st_size // 2])
     elif wrong == "edited":
@@ -552,7 +550,7 @@ def test_truncated_packed_file_is_refused_by_the_reader(packed, tmp_path):
     pack = tmp_path / "pack.safetensors"
     pack.write_bytes(packed[1].read_bytes()[:-1])
     with pytest.raises(PackError, match="not a readable packed file"):
-        read_task(pack, "digits")
+        read_pack(pack)
 
 
 def test_truncated_checkpoint_is_refused_naming_it(packed, tmp_path):
@@ -652,7 +650,7 @@ def test_packed_file_reader_refuses_a_planted_pickle(tmp_path):
     path = tmp_path / "pack.safetensors"
     path.write_bytes(plant(tmp_path / "evil.pt", marker).read_bytes())
     with pytest.raises(PackError, match="not a readable packed file"):
-        read_task(path, "digits")
+        read_pack(path)
     assert not marker.exists()
 
 
@@ -809,7 +807,7 @@ def test_pack_write_failing_midway_keeps_the_previous_packed_file(
         with file_size_limit(len(previous) // 3), pytest.raises(WriteError, match=str(out)):
             pack_tasks([packed[0]], out)
     assert_previous_file_kept(out, previous)
-    read_task(out, "digits")  # still whole: its checksum verifies
+    read_pack(out)  # still whole: its checksum verifies
 
 
 @pytest.mark.parametrize("failure", ["disk_full_midway", "file_size_limit"])

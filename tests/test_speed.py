@@ -9,12 +9,12 @@ from piggyback.backbones import ArchSpec, build_task_model
 from piggyback.checkpoints import load_checkpoint
 from piggyback.data import load_task_data, make_loader
 from piggyback.masks import MaskSpec, add_masks, masked_weights, threshold_mask
+from piggyback.methods import load_method
 from piggyback.training import (
     Hyperparameters,
     SpeedOptions,
     TaskRun,
     make_optimizer,
-    prepare_model,
     train_task,
 )
 
@@ -48,8 +48,11 @@ def test_fused_optimizer_takes_the_same_step():
         torch.manual_seed(0)
         model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
         hp = Hyperparameters.for_method("piggyback")
-        groups = prepare_model(model, "piggyback", hp)
-        optimizer = make_optimizer(groups, hp, fused=fused)
+        method = load_method("piggyback", hp)
+        run = TaskRun("resnet18", "piggyback", "digits", [], 0, hp)
+        method.prepare(model, run)
+        phase = method.phases(run)[0]
+        optimizer = make_optimizer(method.param_groups(model, phase), hp, fused=fused)
         torch.manual_seed(1)
         for parameter in optimizer.param_groups[0]["params"]:
             parameter.grad = torch.randn_like(parameter)

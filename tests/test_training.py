@@ -76,7 +76,7 @@ def test_interrupted_training_resumes_to_the_same_result(digits_target, tmp_path
     _, uninterrupted = _train(digits_target, tmp_path / "a", epochs=3, lr=1e-3)
     with pytest.raises(KeyboardInterrupt):
         _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3, fail_at=2)
-    assert load_checkpoint(tmp_path / "b" / "resume.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "b" / "resume.pt")["epochs_done"] == 2
     _, resumed = _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3)
     a, b = load_checkpoint(uninterrupted["best_path"]), load_checkpoint(resumed["best_path"])
     assert a["epoch"] == b["epoch"]

@@ -52,31 +52,68 @@ def paper_config(tmp_path, **experiment):
     return path
 
 
-def test_dry_run_of_the_paper_lists_the_full_matrix(tmp_path):
-    result = snakemake("-n", "--cores", "8", "--resources", "gpu=1", workdir=tmp_path)
-    archs, datasets, orderings, methods, runs = 3, 5, 2, 1, 1
-    assert job_counts(result.stdout) == {
+def expected_jobs(archs, datasets, orderings, independent, sequential, runs) -> dict[str, int]:
+    """Independent methods train each task once per arch and run, and pack and evaluate
+    them as one file; a sequential method does so once per ordering, after one start
+    per arch and run."""
+    series = independent + sequential * orderings
+    counts = {
         "download": datasets,
         "prepare": datasets,
         "fetch_weights": archs,
-        "train": archs * datasets * methods * runs,  # shared by both orderings
-        "pack": archs * methods * orderings * runs,
-        "evaluate": archs * methods * orderings * runs * datasets,
+        "start": archs * sequential * runs,
+        "train": archs * series * datasets * runs,
+        "pack": archs * series * runs,
+        "evaluate": archs * series * runs,  # one job per packed file, every task in it
         "aggregate": 1,
         "all": 1,
-        "total": 5 + 5 + 3 + 15 + 6 + 30 + 2,
     }
+    return {**counts, "total": sum(counts.values())}
+
+
+def distinct_commands(output: str, script: str) -> tuple[int, int]:
+    """How many jobs run ``script``, and how many distinct computations they are: the
+    command with its output, log and state paths taken out."""
+    commands = [line for line in output.splitlines() if f"src/{script} " in line]
+    outputs = r"--(out|metrics|state-dir|stats) \S+|> \S+ 2>&1"
+    return len(commands), len({re.sub(outputs, "", command) for command in commands})
+
+
+def test_dry_run_of_the_paper_lists_the_whole_comparison_without_duplicates(tmp_path):
+    result = snakemake("-n", "-p", "--cores", "8", "--resources", "gpu=1", workdir=tmp_path)
+    assert job_counts(result.stdout) == expected_jobs(3, 5, 2, 3, 1, 1)
+    for script in ("train.py", "pack.py", "evaluate.py"):
+        jobs, distinct = distinct_commands(result.stdout, script)
+        assert jobs == distinct, f"{jobs - distinct} {script} jobs repeat another's work"
 
 
 def test_dry_run_with_every_method_and_three_runs(tmp_path):
-    config = paper_config(
-        tmp_path, methods=["piggyback", "piggyback_ternary", "classifier_only", "finetune"], runs=3
-    )
+    methods = ["piggyback", "piggyback_ternary", "classifier_only", "finetune", "packnet"]
+    config = paper_config(tmp_path, methods=methods, runs=3)
     result = snakemake("-n", "--cores", "8", "--configfile", str(config), workdir=tmp_path)
-    counts = job_counts(result.stdout)
-    assert counts["train"] == 3 * 5 * 4 * 3
-    assert counts["pack"] == 3 * 4 * 2 * 3
-    assert counts["evaluate"] == 3 * 4 * 2 * 3 * 5
+    assert job_counts(result.stdout) == expected_jobs(3, 5, 2, 4, 1, 3)
+
+
+def test_a_packnet_chain_follows_its_ordering(tmp_path):
+    """Task k of an ordering starts from task k-1's checkpoint, the first from the start;
+    only the last is marked as such (not pruned)."""
+    result = snakemake("-n", "-p", "--cores", "8", workdir=tmp_path)
+    order = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["orderings"]["reverse"]
+    commands = {
+        re.search(r"--dataset (\w+)", line)[1]: line
+        for line in result.stdout.splitlines()
+        if "src/train.py" in line and "packnet/reverse/run0" in line and "--arch vgg16" in line
+    }
+    assert set(commands) == set(order)
+    for position, dataset in enumerate(order):
+        previous = re.search(r"--previous (\S+)", commands[dataset])[1]
+        expected = (
+            f"train/vgg16/packnet/reverse/run0/{order[position - 1]}.pt"
+            if position
+            else "start/vgg16/packnet/run0.pt"
+        )
+        assert previous.endswith(expected)
+        assert ("--last-in-ordering" in commands[dataset]) == (dataset == order[-1])
 
 
 @pytest.mark.parametrize(
@@ -86,7 +123,12 @@ def test_dry_run_with_every_method_and_three_runs(tmp_path):
             lambda c: c["experiment"].update(archs=["vgg16", "vgg17"]),
             "experiment.archs[1] is 'vgg17'",
         ),
-        (lambda c: c["experiment"].update(methods=["packnet"]), "packnet"),
+        (lambda c: c["experiment"].update(methods=["packnett"]), "experiment.methods[0]"),
+        (
+            lambda c: c["methods"]["packnet"].update(start_dataset="imagenet"),
+            "methods.packnet.start_dataset[0] is 'imagenet'",
+        ),
+        (lambda c: c["methods"]["packnet"].update(mask_init="1s"), "'mask_init' was unexpected"),
         (lambda c: c["orderings"].update(forward=["flowers", "imagenet"]), "orderings.forward[1]"),
         (lambda c: c["orderings"].update(forward=["flowers", "flowers"]), "lists 'flowers' twice"),
         (lambda c: c["methods"]["piggyback"].update(lr=-1e-4), "lr"),
@@ -123,7 +165,7 @@ def shrunk_demo_config(tmp_path) -> Path:
     """config/demo.yaml cut to one arch, two methods and few images: the same stages
     and file layout, in about a minute."""
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    config["experiment"].update(archs=["densenet121"], methods=["piggyback", "finetune"])
+    config["experiment"].update(archs=["densenet121"], methods=["piggyback", "packnet"])
     for entry in config["datasets"].values():
         entry["source"]["per_class"] = 12
     config["pretrain"]["hyperparameters"]["epochs"] = 2
@@ -142,19 +184,21 @@ def test_the_demo_runs_end_to_end(tmp_path):
     assert "piggyback: mean error" in out, "the verdict is printed"
     table = (tmp_path / "results" / "demo" / "table.tsv").read_text().splitlines()
     header = table[0].split("\t")
-    assert header[:6] == ["method", "arch", "dataset", "error", "std", "n"]
+    assert header[:8] == ["method", "ordering", "arch", "dataset", "position", "error", "std", "n"]
     rows = [dict(zip(header, line.split("\t"), strict=True)) for line in table[1:]]
-    assert {(r["method"], r["dataset"]) for r in rows} == {
-        (m, d)
-        for m in ("piggyback", "finetune")
-        for d in ("digits_5to9", "digits_5to9_mirrored", "digits_5to9_rotated")
-    }
-    assert all(r["n"] == "2" for r in rows), "each cell averages the two orderings"
+    tasks = ("digits_5to9", "digits_5to9_mirrored", "digits_5to9_rotated")
+    assert {(r["method"], r["ordering"], r["dataset"]) for r in rows} == {
+        ("piggyback", "", d) for d in tasks
+    } | {("packnet", o, d) for o in ("forward", "reverse") for d in tasks}
+    assert all(r["n"] == "1" for r in rows), "one run: a cell is one evaluation"
     assert all(r["reference"] == "" for r in rows), "the demo has no reference numbers"
     markdown = (tmp_path / "results" / "demo" / "table.md").read_text()
-    assert "## piggyback" in markdown and "no reference" in markdown
-    packed = tmp_path / "results" / "demo" / "packed" / "densenet121" / "piggyback"
-    assert {p.name for p in packed.iterdir()} == {"forward", "reverse"}
+    assert "## Piggyback (piggyback)" in markdown and "no reference" in markdown
+    assert "ordering reverse: digits_5to9_rotated → digits_5to9_mirrored" in markdown
+    assert "± 0.00" not in markdown
+    packed = tmp_path / "results" / "demo" / "packed" / "densenet121"
+    assert {p.name for p in packed.iterdir()} >= {"piggyback", "packnet"}
+    assert {p.name for p in (packed / "packnet").iterdir()} == {"forward", "reverse"}
     again = snakemake("--cores", "2", "--configfile", str(config), workdir=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
 

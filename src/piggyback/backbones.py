@@ -76,6 +76,43 @@ def build_backbone(
 
     ``weights`` overrides ``spec.weights``: an enum name, a file path, or ``random``.
     """
+    backbone, features, _ = _split_model(spec, weights, weights_dir)
+    return backbone, features
+
+
+def build_task_model(
+    spec: ArchSpec,
+    num_classes: int,
+    weights: str | Path | None = None,
+    weights_dir: Path | None = None,
+    arch: str | None = None,
+) -> TaskModel:
+    """The backbone and a new head for ``num_classes``."""
+    backbone, features = build_backbone(spec, weights, weights_dir)
+    head = nn.Linear(features, num_classes)
+    return TaskModel(backbone, head, arch or spec.builder, backbone.head_name)
+
+
+def build_source_model(
+    spec: ArchSpec,
+    weights: str | Path | None = None,
+    weights_dir: Path | None = None,
+    arch: str | None = None,
+) -> TaskModel:
+    """The backbone with the head it was trained with (ImageNet's, or the pretrain
+    stage's): the source task, for methods that go on training it (PackNet's start)."""
+    backbone, _, head = _split_model(spec, weights, weights_dir)
+    if head is None:
+        raise BackboneError(
+            f"weights {weights or spec.weights!r} hold no head ({backbone.head_name}.weight "
+            "and .bias) to go on training the source task with"
+        )
+    return TaskModel(backbone, head, arch or spec.builder, backbone.head_name)
+
+
+def _split_model(spec: ArchSpec, weights, weights_dir) -> tuple[nn.Module, int, nn.Linear | None]:
+    """The model with its head replaced by ``nn.Identity``, the width of its features,
+    and the head, loaded from the weights (None if they hold none)."""
     choice = str(weights if weights is not None else spec.weights)
     if choice == "DEFAULT":
         raise BackboneError(
@@ -89,11 +126,12 @@ def build_backbone(
     # parameters only to overwrite them costs seconds per job.
     model = _construct(spec.builder, meta=state is not None)
     head_name, head = find_head(model, spec.head)
-    features = head.in_features
     _replace_module(model, head_name, nn.Identity())
     model.head_name = head_name
     if state is not None:
-        state = {k: v for k, v in state.items() if not k.startswith(head_name + ".")}
+        prefix = head_name + "."
+        head_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
         try:
             model.load_state_dict(state, assign=True)
         except RuntimeError as error:
@@ -109,19 +147,18 @@ def build_backbone(
                 f"{spec.builder} has tensors that are not in its state dict "
                 f"({left_on_meta[:3]}); this builder cannot be loaded from weights"
             )
-    return model, features
+        return model, head.in_features, _loaded_head(head_state, head.in_features)
+    return model, head.in_features, head
 
 
-def build_task_model(
-    spec: ArchSpec,
-    num_classes: int,
-    weights: str | Path | None = None,
-    weights_dir: Path | None = None,
-    arch: str | None = None,
-) -> TaskModel:
-    backbone, features = build_backbone(spec, weights, weights_dir)
-    head = nn.Linear(features, num_classes)
-    return TaskModel(backbone, head, arch or spec.builder, backbone.head_name)
+def _loaded_head(state: dict[str, torch.Tensor], features: int) -> nn.Linear | None:
+    """The weights file's own head, whatever its class count, if it holds one."""
+    weight = state.get("weight")
+    if set(state) != {"weight", "bias"} or weight.ndim != 2 or weight.shape[1] != features:
+        return None
+    head = nn.Linear(features, weight.shape[0])
+    head.load_state_dict(state)
+    return head
 
 
 def torchvision_state(

@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from piggyback.backbones import ArchSpec, build_task_model
-from piggyback.training import Hyperparameters, SpeedOptions, make_optimizer, prepare_model
+from piggyback.backbones import ArchSpec, backbone_sha256, build_task_model
+from piggyback.methods import Hyperparameters, load_method, method_entry
+from piggyback.training import SpeedOptions, TaskRun, TrainStep, prepare_training
 
 # Train / test images of the paper's datasets (docs/datasets.md); wikiart's split is
 # the authors' (about 42k / 10.6k).
@@ -39,26 +39,46 @@ class BenchSettings:
 def train_images_per_second(
     arch: str, method: str, settings: BenchSettings, device: torch.device, speed: SpeedOptions
 ) -> float:
-    """Images per second of full training steps (forward, backward, optimiser)."""
+    """Images per second of full training steps (forward, backward, the method's hooks,
+    optimiser): the pipeline's own step, with BatchNorm in the mode the method trains in.
+    A sequential method is timed on its first task, after the start's pruning."""
+    step = method_step(arch, method, settings, device, speed)
+    images, labels = _batch(settings.batch_size, settings, device, speed.memory_format)
+    return _images_per_second(lambda: step(images, labels), settings.batch_size, settings, device)
+
+
+def method_step(
+    arch: str, method: str, settings: BenchSettings, device: torch.device, speed: SpeedOptions
+) -> TrainStep:
+    """The training step of ``method``'s first phase on a random-initialised ``arch``."""
+    hp = Hyperparameters.for_method(method, batch_size=settings.batch_size)
     model = build_task_model(ArchSpec(arch), settings.classes, weights="random")
-    hp = Hyperparameters.for_method(method)
-    groups = prepare_model(model, method, hp)
-    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    forward = torch.compile(model) if speed.compile else model
-    optimizer = make_optimizer(groups, hp, fused=speed.fused_optimizer)
-    model.train()
-    images, labels = _batch(settings.batch_size, settings, device, memory_format)
-    criterion = nn.CrossEntropyLoss()
+    previous = _start_state(arch, method, settings) if method_entry(method).sequential else None
+    run = TaskRun(arch, method, "bench", [], 0, hp, previous=previous)
+    trained, forward = prepare_training(model, run, device, speed)
+    phase = trained.phases(run)[0]
+    trained.begin_phase(model, phase)
+    step = TrainStep.for_phase(model, forward, trained, phase, hp, speed, device)
+    trained.train_mode(model)
+    return step
 
-    def step():
-        with speed.autocast(device):
-            loss = criterion(forward(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
-    return _images_per_second(step, settings.batch_size, settings, device)
+def _start_state(arch: str, method: str, settings: BenchSettings) -> dict:
+    """A sequential method's start (PackNet: the backbone pruned), as a checkpoint would
+    hold it, made in memory on the CPU."""
+    model = build_task_model(ArchSpec(arch), settings.classes, weights="random")
+    run = TaskRun(arch, method, None, [], 0, Hyperparameters.for_method(method), role="start")
+    start = load_method(method)
+    start.prepare(model, run)
+    for phase in start.phases(run):
+        start.begin_phase(model, phase)
+    return {
+        "method": method,
+        "dataset": None,
+        "backbone_sha256": backbone_sha256(model.backbone),
+        **start.checkpoint_meta(),
+        **start.trained_state(model),
+    }
 
 
 @torch.no_grad()
@@ -67,9 +87,8 @@ def eval_images_per_second(
 ) -> float:
     """Evaluation of a packed task: the plain backbone (masks baked in), eval mode."""
     model = build_task_model(ArchSpec(arch), settings.classes, weights="random")
-    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format).eval()
-    images, _ = _batch(settings.eval_batch_size, settings, device, memory_format)
+    model.to(device, memory_format=speed.memory_format).eval()
+    images, _ = _batch(settings.eval_batch_size, settings, device, speed.memory_format)
 
     def step():
         with speed.autocast(device):

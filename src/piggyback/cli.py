@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -43,24 +42,26 @@ def arch_spec(args: argparse.Namespace) -> ArchSpec:
     return ArchSpec(builder=args.builder or args.arch, weights=args.weights, head=args.head)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, classes: bool = True) -> None:
+def add_data_arguments(
+    parser: argparse.ArgumentParser, classes: bool = True, required: bool = True
+) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", required=True, help="dataset (task) name, e.g. flowers")
-    add_image_folder_arguments(group)
+    group.add_argument("--dataset", required=required, help="dataset (task) name, e.g. flowers")
+    add_image_folder_arguments(group, required)
     if classes:
         group.add_argument("--classes", type=int, help="expected number of classes (checked)")
     group.add_argument("--workers", type=int, default=4, help="data loader processes (default: 4)")
 
 
-def add_image_folder_arguments(parser) -> None:
+def add_image_folder_arguments(parser, required: bool = True) -> None:
     """Where a dataset's images are and how they are transformed."""
     parser.add_argument(
-        "--data", type=Path, required=True, help="folder with train/<class>/ and test/<class>/"
+        "--data", type=Path, required=required, help="folder with train/<class>/ and test/<class>/"
     )
     parser.add_argument(
         "--transform",
         choices=("cropped", "standard"),
-        required=True,
+        required=required,
         help="'cropped': resize to a square; 'standard': shorter side, random resized crop",
     )
     parser.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
@@ -110,20 +111,6 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder holding the downloaded files",
     )
     add_progress_argument(parser)
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, title: str, help_of=None) -> None:
-    """One ``--field-name`` per dataclass field, default None (the method decides)."""
-    group = parser.add_argument_group(title)
-    for field in dataclasses.fields(cls):
-        kind = type(field.default)
-        group.add_argument(
-            f"--{field.name.replace('_', '-')}",
-            type=kind,
-            default=None,
-            metavar=kind.__name__.upper(),
-            help=(help_of or {}).get(field.name),
-        )
 
 
 def select_device(args: argparse.Namespace) -> torch.device:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
+
+from piggyback.methods.registry import METHODS, START_DATASET, config_schema
+
 PRETRAIN_WEIGHTS = "pretrain"
 
 
@@ -15,6 +19,7 @@ class ConfigError(ValueError):
 def check_config(config: dict[str, Any]) -> None:
     experiment = config["experiment"]
     _check_known(experiment["archs"], config["archs"], "experiment.archs", "archs")
+    _check_methods(config)
     _check_known(experiment["orderings"], config["orderings"], "experiment.orderings", "orderings")
     for name, ordering in config["orderings"].items():
         _check_known(ordering, config["datasets"], f"orderings.{name}", "datasets")
@@ -38,6 +43,24 @@ def check_config(config: dict[str, Any]) -> None:
             )
 
 
+def _check_methods(config: dict[str, Any]) -> None:
+    """Method names and hyperparameters against the method registry (the one place
+    that names the methods), with the key path in the message."""
+    _check_known(config["experiment"]["methods"], METHODS, "experiment.methods", "methods")
+    validator = jsonschema.Draft202012Validator(config_schema())
+    errors = sorted(validator.iter_errors(config["methods"]), key=lambda e: list(e.path))
+    if errors:
+        error = errors[0]
+        where = ".".join(["methods", *map(str, error.path)])
+        raise ConfigError(f"{where}: {error.message}")
+    for method, settings in config["methods"].items():
+        source = settings.get(START_DATASET)
+        if source is not None:
+            _check_known(
+                [source], config["datasets"], f"methods.{method}.{START_DATASET}", "datasets"
+            )
+
+
 def experiment_datasets(config: dict[str, Any]) -> list[str]:
     """Every dataset of the experiment's orderings, in order of first appearance."""
     datasets: list[str] = []
@@ -47,9 +70,14 @@ def experiment_datasets(config: dict[str, Any]) -> list[str]:
 
 
 def _check_known(names: list[str], registry: dict, key: str, registry_key: str) -> None:
+    where = (
+        "the method registry (src/piggyback/methods/registry.py)"
+        if registry is METHODS
+        else f"`{registry_key}:`"
+    )
     for index, name in enumerate(names):
         if name not in registry:
             raise ConfigError(
-                f"{key}[{index}] is {name!r}, which is not in `{registry_key}:` "
+                f"{key}[{index}] is {name!r}, which is not in {where} "
                 f"(known: {', '.join(registry)}); add it there or fix the name"
             )

@@ -1,7 +1,11 @@
-"""Evaluating one task of a packed file on the plain backbone, masks baked in once."""
+"""Evaluating every task of a packed file: the backbone is built and the file read once;
+each task is the plain backbone with the method's change applied (masks baked in, owners'
+weights, or a whole network) and the task's head, so evaluation costs exactly what the
+plain backbone costs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,85 +15,113 @@ from torch import nn
 from piggyback.backbones import ArchSpec, TaskModel, backbone_sha256, build_backbone
 from piggyback.data import DataError, TransformStyle, load_split, make_loader
 from piggyback.fastdata import cached_batches, load_task_cache
-from piggyback.masks import bake_masks
-from piggyback.packing import PackedTask, PackError, read_task
+from piggyback.methods import load_method
+from piggyback.packing import PackedFile, PackError, read_pack
 from piggyback.training import evaluate
 
 
-def model_from_pack(
-    packed: PackedTask,
-    manifest: dict[str, Any],
-    arch: str,
-    spec: ArchSpec,
-    weights: str | Path | None = None,
-    weights_dir: Path | None = None,
-    pack_path: Path | None = None,
-) -> TaskModel:
-    """The plain backbone with the task's masks (or weights) and head applied.
+@dataclass(frozen=True)
+class TaskData:
+    """Where a task's test images are: its prepared folder, or its decoded cache."""
 
-    Refuses a backbone whose tensors differ from those the task was trained on: the
-    masks only mean something on the exact weights they were learned over.
-    """
-    where = pack_path or "the packed file"
-    if manifest["arch"] != arch:
-        raise PackError(f"{where} was packed for arch {manifest['arch']!r}, not {arch!r}")
-    backbone, features = build_backbone(spec, weights, weights_dir)
-    identity = backbone_sha256(backbone)
-    if identity != manifest["backbone_sha256"]:
-        raise PackError(
-            f"{where} was trained on backbone weights with sha256 "
-            f"{manifest['backbone_sha256'][:16]}..., but the weights given "
-            f"({weights or spec.weights}) have {identity[:16]}...: the masks would be applied "
-            "to different numbers; use the weights the masks were trained on"
-        )
-    if packed.masks is not None:
-        bake_masks(backbone, packed.masks)
-    elif packed.weights is not None:
-        backbone.load_state_dict(packed.weights)
-    head = nn.Linear(features, len(packed.classes))
-    head.load_state_dict(packed.head)
-    return TaskModel(backbone, head, arch, backbone.head_name)
+    data: Path
+    transform: TransformStyle
+    cache: Path | None = None
 
 
-def evaluate_packed(
+def evaluate_pack(
     pack_path: Path,
-    task: str,
+    tasks: dict[str, TaskData],
     arch: str,
     spec: ArchSpec,
-    data_root: Path,
-    style: TransformStyle,
     image_size: int,
     batch_size: int = 64,
     weights: str | Path | None = None,
     weights_dir: Path | None = None,
     device: torch.device | None = None,
     workers: int = 0,
-    cache: Path | None = None,
 ) -> dict[str, Any]:
-    """Top-1/top-5 error of ``task`` from ``pack_path`` on ``data_root``'s test split,
-    read from ``cache`` (its decoded test split: the same tensors) when given."""
+    """Top-1/top-5 error of every task in ``pack_path`` on its test split, in the file's
+    order. Refuses another arch, and backbone weights other than those the tasks were
+    trained from: the masks only mean something on the exact weights they were learned
+    over."""
     device = device or torch.device("cpu")
-    manifest, packed = read_task(pack_path, task)
-    model = model_from_pack(packed, manifest, arch, spec, weights, weights_dir, pack_path)
-    if cache is None:
-        test = load_split(data_root, "test", style, image_size, train=False)
-        classes, batches = test.classes, make_loader(test, batch_size, False, 0, workers)
-    else:
-        cached = load_task_cache(cache, style, image_size, None, device, splits=("test",))
-        classes, batches = cached.classes, cached_batches(cached, batch_size, False, 0, device)
-    if classes != packed.classes:
-        raise DataError(
-            f"{cache or f'{data_root}/test'} has classes {classes[:5]}..., but task {task!r} "
-            f"in {pack_path} was trained on {packed.classes[:5]}...: wrong dataset folder?"
+    packed = read_pack(pack_path)
+    manifest = packed.manifest
+    missing = [task for task in manifest["ordering"] if task not in tasks]
+    if missing:
+        raise PackError(f"{pack_path} holds {', '.join(missing)}, but no test data was given")
+    backbone, features = _backbone(packed, arch, spec, weights, weights_dir)
+    backbone.to(device)
+    pristine = {k: v.clone() for k, v in backbone.state_dict().items()}
+    method = load_method(manifest["method"])
+    results = []
+    for position, task in enumerate(manifest["ordering"], start=1):
+        backbone.load_state_dict(pristine)
+        method.apply(backbone, packed, task)
+        entry = manifest["tasks"][task]
+        classes, batches = _test_batches(task, tasks[task], image_size, batch_size, device, workers)
+        _check_classes(classes, entry["classes"], task, tasks[task], pack_path)
+        head = nn.Linear(features, len(classes))
+        head.load_state_dict(packed.head(task))
+        model = TaskModel(backbone, head.to(device), arch, backbone.head_name)
+        results.append(
+            {
+                "dataset": task,
+                "position": position,
+                "seed": entry["seed"],
+                **evaluate(model, batches, device),
+                "trained_test_top1_error": entry["trained_test_top1_error"],
+                **entry.get("summary", {}),
+            }
         )
-    model.to(device)
-    result = evaluate(model, batches, device)
     return {
         "arch": arch,
         "method": manifest["method"],
-        "dataset": task,
-        "ordering": manifest["ordering"],
-        "position": manifest["ordering"].index(task) + 1,
-        "seed": manifest["tasks"][task]["seed"],
-        **result,
+        "ordering": manifest.get("ordering_name"),
+        "tasks": results,
+        **({"start": manifest["start"]} if "start" in manifest else {}),
     }
+
+
+def _backbone(packed: PackedFile, arch, spec, weights, weights_dir) -> tuple[nn.Module, int]:
+    manifest = packed.manifest
+    if manifest["arch"] != arch:
+        raise PackError(f"{packed.path} was packed for arch {manifest['arch']!r}, not {arch!r}")
+    backbone, features = build_backbone(spec, weights, weights_dir)
+    identity = backbone_sha256(backbone)
+    if identity != manifest["backbone_sha256"]:
+        raise PackError(
+            f"{packed.path} was trained on backbone weights with sha256 "
+            f"{manifest['backbone_sha256'][:16]}..., but the weights given "
+            f"({weights or spec.weights}) have {identity[:16]}...: the masks would be applied "
+            "to different numbers; use the weights the masks were trained on"
+        )
+    return backbone, features
+
+
+def _test_batches(task, source: TaskData, image_size, batch_size, device, workers):
+    if source.cache is None:
+        test = load_split(source.data, "test", source.transform, image_size, train=False)
+        return test.classes, make_loader(test, batch_size, False, 0, workers)
+    cached = load_task_cache(
+        source.cache, source.transform, image_size, None, device, splits=("test",)
+    )
+    return cached.classes, cached_batches(cached, batch_size, False, 0, device)
+
+
+def _check_classes(found: list[str], trained: list[str] | int, task, source, pack_path) -> None:
+    """The test folder's classes are the task's; a pack that knows only the class count
+    (the authors' released masks) takes the folder's names in their sorted order."""
+    where = source.cache or f"{source.data}/test"
+    if isinstance(trained, int):
+        if len(found) != trained:
+            raise DataError(
+                f"{where} has {len(found)} classes, but task {task!r} in {pack_path} has "
+                f"a head for {trained}: wrong dataset folder?"
+            )
+    elif found != trained:
+        raise DataError(
+            f"{where} has classes {found[:5]}..., but task {task!r} in {pack_path} was "
+            f"trained on {trained[:5]}...: wrong dataset folder?"
+        )

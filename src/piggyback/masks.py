@@ -164,7 +164,7 @@ def bake_masks(backbone: nn.Module, discrete_masks: dict[str, torch.Tensor]) -> 
                     f"mask for {weight_name} has shape {tuple(discrete.shape)}, "
                     f"the backbone's weight has {tuple(module.weight.shape)}"
                 )
-            module.weight.mul_(discrete.to(module.weight.dtype))
+            module.weight.mul_(discrete.to(module.weight))
 
 
 def _weight_name(module_name: str) -> str:

@@ -1,13 +1,13 @@
-"""Packing every task of one arch into one file at 1 bit per mask weight, or less.
+"""The packed file: every task of one arch, method (and, for sequential methods,
+ordering) and run in one file; the method decides what each task stores.
 
 The file is safetensors (a JSON header and raw little-endian tensors), so it loads
 without unpickling anything and other programs can decode it; ``docs/pack-format.md``
-gives the layout. Binary masks are one bit plane per weight (bit set = keep); ternary
-masks add a second plane (bit set = negate), so 2 bits per weight: the ``bits`` encoding
-(format version 1). The ``entropy`` encoding (version 2) entropy-codes each plane
-(:mod:`piggyback.entropy`), the sign plane over the non-zero entries only, so a layer
-costs close to its empirical entropy: far below 1 bit per weight when most weights are
-kept.
+gives the layout. This module is the container: the manifest, its checksums, and bit
+planes. A plane is one bit per weight (``bits`` encoding, format version 1), or
+entropy-coded (:mod:`piggyback.entropy`; version 2), close to its empirical entropy: far
+below 1 bit per weight when most bits agree. Piggyback stores its masks as planes,
+PackNet the bits of each weight's owner (version 3).
 """
 
 from __future__ import annotations
@@ -26,15 +26,14 @@ from safetensors.torch import save_file
 
 from piggyback.atomic import atomic_write
 from piggyback.checkpoints import load_checkpoint, tensors_sha256
-from piggyback.entropy import PlaneError, decode_plane, encode_plane, entropy_bits
-from piggyback.masks import threshold_mask
+from piggyback.entropy import PlaneError, decode_plane, encode_plane
 
 PACK_FORMAT = "piggyback-pack"
 PACK_VERSION = 1  # what the default ``bits`` encoding writes
 ENTROPY_VERSION = 2  # files with entropy-coded planes: a version 1 reader would misread them
-READ_VERSIONS = (PACK_VERSION, ENTROPY_VERSION)
+OWNERS_VERSION = 3  # files with weight owners (PackNet), which older readers do not know
+READ_VERSIONS = (PACK_VERSION, ENTROPY_VERSION, OWNERS_VERSION)
 ENCODINGS = ("bits", "entropy")
-STATS_COLUMNS = ["task", "layer", "weights", "zero_pct", "minus_one_pct", "bits_per_weight"]
 ENTROPY_STATS_COLUMNS = ["entropy_bits_per_weight", "stored_bits_per_weight"]
 
 
@@ -55,43 +54,75 @@ def unpack_bits(packed: torch.Tensor, shape: Iterable[int]) -> torch.Tensor:
     return torch.from_numpy(bits.astype(bool)).reshape(shape)
 
 
-def discrete_masks(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The thresholded masks of a trained-task checkpoint, as float {-1, 0, 1}."""
-    mask = checkpoint["mask"]
-    return {
-        name: threshold_mask(real.float(), mask["kind"], mask["threshold"])
-        for name, real in checkpoint["masks"].items()
-    }
+class PackContents:
+    """What one packed file will hold; the method fills it in (``Method.pack``)."""
 
+    def __init__(self, encoding: str, paths: list[Path | str]):
+        self.encoding = encoding
+        self.paths = paths
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.encodings: dict[str, str] = {}  # planes not stored as plain bits
+        self.tasks: dict[str, Any] = {}
+        self.layers: list[dict[str, Any]] = []  # statistics rows, one per task and layer
+        self.manifest: dict[str, Any] = {}  # the method's own manifest fields
 
-def storage_of(checkpoint: dict[str, Any]) -> str:
-    if "masks" in checkpoint:
-        return "mask"
-    if "weights" in checkpoint:
-        return "weights"
-    return "head"
+    def put(self, key: str, tensor: torch.Tensor) -> None:
+        self.tensors[key] = tensor.detach().cpu().contiguous()
 
+    def put_plane(self, key: str, bits: torch.Tensor, within: torch.Tensor | None = None) -> int:
+        """Store a boolean plane in the file's encoding; returns the bits it costs. An
+        entropy-coded plane covers only the entries where ``within`` is set (the reader
+        passes the same ``within``); a ``bits`` plane always covers every entry."""
+        if self.encoding == "bits":
+            packed = pack_bits(bits)
+        else:
+            values = bits.cpu().numpy().reshape(-1)
+            if within is not None:
+                values = values[within.cpu().numpy().reshape(-1)]
+            packed = torch.frombuffer(bytearray(encode_plane(values)), dtype=torch.uint8)
+            self.encodings[key] = self.encoding
+        self.tensors[key] = packed
+        return 8 * packed.numel()
 
-def pack_tasks(
-    checkpoint_paths: list[Path],
-    out: Path,
-    stats_out: Path | None = None,
-    encoding: str = "bits",
-) -> dict:
-    """Pack the tasks' checkpoints, in the order given, into ``out``; returns the manifest."""
-    return pack(checkpoint_paths, out, stats_out, encoding).manifest
+    def add_task(self, checkpoint: dict[str, Any], storage: str, **fields: Any) -> None:
+        task = checkpoint["dataset"]
+        if task in self.tasks:
+            self.fail(f"task {task!r} appears twice")
+        classes = checkpoint["classes"]  # names, or only their count (released masks)
+        self.tasks[task] = {
+            "storage": storage,
+            "classes": classes if isinstance(classes, int) else list(classes),
+            "seed": checkpoint["seed"],
+            "trained_epoch": checkpoint["epoch"],
+            "trained_test_top1_error": checkpoint["test_top1_error"],
+            **fields,
+        }
+
+    def agree_on(self, key: str, checkpoints: list[dict[str, Any]]) -> None:
+        for path, checkpoint in zip(self.paths, checkpoints, strict=True):
+            if checkpoint.get(key) != checkpoints[0].get(key):
+                self.fail(
+                    f"{path} has {key} = {checkpoint.get(key)!r}, but {self.paths[0]} has "
+                    f"{checkpoints[0].get(key)!r}: one packed file holds one arch, method "
+                    f"and backbone, and the same {key}"
+                )
+
+    def fail(self, message: str) -> None:
+        raise PackError(message)
 
 
 @dataclass
 class PackResult:
     manifest: dict[str, Any]
-    layers: list[dict[str, Any]]  # one statistics row per task and masked layer
+    layers: list[dict[str, Any]]  # statistics rows, one per task (or owner) and layer
 
     def task_bits(self) -> dict[str, dict[str, float]]:
-        """Per task with masks: ``weights``, ``stored_bits_per_weight`` (what the file
-        spends on the mask planes, per masked weight) and ``entropy_bits_per_weight``."""
+        """Per task with mask planes: ``weights``, ``stored_bits_per_weight`` (what the
+        file spends on its planes, per masked weight) and ``entropy_bits_per_weight``."""
         totals: dict[str, dict[str, float]] = {}
         for row in self.layers:
+            if "stored_bits_per_weight" not in row:
+                continue
             total = totals.setdefault(row["task"], {"weights": 0, "stored": 0.0, "entropy": 0.0})
             total["weights"] += row["weights"]
             total["stored"] += row["stored_bits_per_weight"] * row["weights"]
@@ -106,109 +137,127 @@ class PackResult:
         }
 
 
+def pack_tasks(
+    checkpoint_paths: list[Path],
+    out: Path,
+    stats_out: Path | None = None,
+    encoding: str = "bits",
+    ordering: str | None = None,
+) -> dict:
+    """Pack the tasks' checkpoints, in the order given, into ``out``; returns the manifest."""
+    return pack(checkpoint_paths, out, stats_out, encoding, ordering).manifest
+
+
 def pack(
     checkpoint_paths: list[Path],
     out: Path,
     stats_out: Path | None = None,
     encoding: str = "bits",
+    ordering: str | None = None,
 ) -> PackResult:
-    """:func:`pack_tasks`, also returning the per-layer statistics."""
+    """:func:`pack_tasks`, also returning the per-layer statistics. ``ordering`` names
+    the order of a sequential method's tasks (recorded; the table is keyed by it)."""
+    paths = [Path(p) for p in checkpoint_paths]
+    checkpoints = [load_checkpoint(p) for p in paths]
+    for path, checkpoint in zip(paths, checkpoints, strict=True):
+        if checkpoint.get("role", "task") != "task":
+            raise PackError(f"{path} is the {checkpoint['role']} of a chain, not a task")
+    return pack_checkpoints(checkpoints, paths, out, stats_out, encoding, ordering)
+
+
+def pack_checkpoints(
+    checkpoints: list[dict[str, Any]],
+    names: list[Path | str],
+    out: Path,
+    stats_out: Path | None = None,
+    encoding: str = "bits",
+    ordering: str | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> PackResult:
+    """Pack task checkpoints already in memory (``names`` says where each came from, for
+    messages); ``provenance``, if given, is recorded in the manifest as ``source``."""
+    from piggyback.methods import load_method
+
     if encoding not in ENCODINGS:
         raise PackError(f"unknown mask encoding {encoding!r}: expected one of {ENCODINGS}")
-    checkpoints = [load_checkpoint(p) for p in checkpoint_paths]
+    contents = PackContents(encoding, names)
+    for key in ("arch", "method", "backbone_sha256"):
+        contents.agree_on(key, checkpoints)
     first = checkpoints[0]
-    tensors: dict[str, torch.Tensor] = {}
-    encodings: dict[str, str] = {}
-    tasks: dict[str, Any] = {}
-    stats_rows: list[dict[str, Any]] = []
-    for path, ckpt in zip(checkpoint_paths, checkpoints, strict=True):
-        for key in ("arch", "method", "backbone_sha256", "mask"):
-            if ckpt.get(key) != first.get(key):
-                raise PackError(
-                    f"{path} has {key} = {ckpt.get(key)!r}, but {checkpoint_paths[0]} has "
-                    f"{first.get(key)!r}: one packed file holds one arch, method and backbone"
-                )
-        task = ckpt["dataset"]
-        if task in tasks:
-            raise PackError(f"task {task!r} appears twice ({path})")
-        storage = storage_of(ckpt)
-        layers = {}
-        if storage == "mask":
-            ternary = ckpt["mask"]["kind"] == "ternary"
-            for name, discrete in discrete_masks(ckpt).items():
-                planes = _mask_planes(discrete, ternary, encoding)
-                for plane, packed in planes.items():
-                    tensors[f"{task}/{plane}/{name}"] = packed
-                    if encoding != "bits":
-                        encodings[f"{task}/{plane}/{name}"] = encoding
-                layers[name] = list(discrete.shape)
-                stored = 8 * sum(packed.numel() for packed in planes.values())
-                stats_rows.append(_layer_stats(task, name, discrete, ckpt["mask"]["kind"], stored))
-        elif storage == "weights":
-            for name, value in ckpt["weights"].items():
-                tensors[f"{task}/weights/{name}"] = value.contiguous()
-        for name, value in ckpt["head"].items():
-            tensors[f"{task}/head/{name}"] = value.contiguous()
-        tasks[task] = {
-            "storage": storage,
-            "classes": list(ckpt["classes"]),
-            "layers": layers,
-            "seed": ckpt["seed"],
-            "trained_epoch": ckpt["epoch"],
-            "trained_test_top1_error": ckpt["test_top1_error"],
-        }
+    method = load_method(first["method"])
+    method.pack(checkpoints, contents)
+    version = PACK_VERSION
+    if contents.encodings:
+        version = ENTROPY_VERSION
+    if method.stores == "owners":
+        version = OWNERS_VERSION
     manifest = {
         "format": PACK_FORMAT,
-        "version": ENTROPY_VERSION if encodings else PACK_VERSION,
+        "version": version,
         "arch": first["arch"],
         "method": first["method"],
         "backbone_sha256": first["backbone_sha256"],
-        "mask": first["mask"],
-        "ordering": list(tasks),
+        "ordering": list(contents.tasks),
+        "ordering_name": ordering,
         "bit_order": "msb-first",
-        "tasks": tasks,
-        "content_sha256": tensors_sha256(tensors),
+        "tasks": contents.tasks,
+        **contents.manifest,
+        "content_sha256": tensors_sha256(contents.tensors),
     }
-    if encodings:
-        manifest["encodings"] = encodings
+    if provenance is not None:
+        manifest["source"] = provenance
+    if contents.encodings:
+        manifest["encodings"] = contents.encodings
     text = json.dumps(manifest, sort_keys=True)
     # The manifest's own checksum: with content_sha256 inside it, this covers the file.
     metadata = {"piggyback": text, "piggyback_sha256": hashlib.sha256(text.encode()).hexdigest()}
-    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(out, lambda tmp: save_file(contents.tensors, str(tmp), metadata=metadata))
     if stats_out is not None:
-        _write_stats(stats_rows, stats_out, with_entropy=encoding != "bits")
-    return PackResult(manifest, stats_rows)
-
-
-def _mask_planes(discrete: torch.Tensor, ternary: bool, encoding: str) -> dict[str, torch.Tensor]:
-    """The stored tensors of one layer's discrete mask: ``mask`` (the keep plane) and, for
-    ternary masks, ``sign``; under ``entropy`` the sign plane covers the kept entries only."""
-    keep = discrete != 0
-    if encoding == "bits":
-        planes = {"mask": pack_bits(keep)}
-        if ternary:
-            planes["sign"] = pack_bits(discrete < 0)
-        return planes
-    keep_bits = keep.cpu().numpy().reshape(-1)
-    planes = {"mask": _as_tensor(encode_plane(keep_bits))}
-    if ternary:
-        negative = (discrete < 0).cpu().numpy().reshape(-1)
-        planes["sign"] = _as_tensor(encode_plane(negative[keep_bits]))
-    return planes
-
-
-def _as_tensor(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        _write_stats(contents.layers, stats_out, with_entropy=encoding != "bits")
+    return PackResult(manifest, contents.layers)
 
 
 @dataclass
-class PackedTask:
-    name: str
-    storage: str
-    classes: list[str]
-    head: dict[str, torch.Tensor]
-    masks: dict[str, torch.Tensor] | None = None
-    weights: dict[str, torch.Tensor] | None = None
+class PackedFile:
+    """A packed file read whole, its checksums verified: the manifest and the tensors."""
+
+    path: Path
+    manifest: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    def has(self, key: str) -> bool:
+        return key in self.tensors
+
+    def tensors_under(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors whose key starts with ``prefix``, keyed by the rest."""
+        return {k.removeprefix(prefix): v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def head(self, task: str) -> dict[str, torch.Tensor]:
+        return self.tensors_under(f"{self.require(task)}/head/")
+
+    def require(self, task: str) -> str:
+        if task not in self.manifest["tasks"]:
+            held = ", ".join(self.manifest["ordering"])
+            raise PackError(f"{self.path} holds no task {task!r}; it holds {held}")
+        return task
+
+    def plane(self, key: str, shape: list[int], within: torch.Tensor | None = None) -> torch.Tensor:
+        """A stored plane as a boolean tensor of ``shape``. An entropy-coded plane written
+        with ``within`` covers only those entries; elsewhere the result is False."""
+        encoding = self.manifest.get("encodings", {}).get(key, "bits")
+        if encoding == "bits":
+            return unpack_bits(self.tensors[key], shape)
+        if within is None:
+            return self._decode(key, int(np.prod(shape))).reshape(shape)
+        plane = torch.zeros(shape, dtype=torch.bool)
+        plane[within] = self._decode(key, int(within.sum()))
+        return plane
+
+    def _decode(self, key: str, count: int) -> torch.Tensor:
+        try:
+            return torch.from_numpy(decode_plane(self.tensors[key].numpy(), count))
+        except PlaneError as error:
+            raise PackError(f"{self.path}: tensor {key} does not decode: {error}") from error
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -238,101 +287,29 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def read_task(path: Path, task: str) -> tuple[dict[str, Any], PackedTask]:
-    """The manifest and one task, masks unpacked to float {-1, 0, 1}; the content
-    checksum is verified so a truncated or edited file is refused."""
+def read_pack(path: Path) -> PackedFile:
+    """The whole file, its manifest and content checksums verified, so a truncated or
+    edited file is refused."""
+    path = Path(path)
     manifest = read_manifest(path)
-    if task not in manifest["tasks"]:
-        raise PackError(
-            f"{path} holds no task {task!r}; it holds {', '.join(manifest['ordering'])}"
-        )
     with safe_open(str(path), framework="pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     if tensors_sha256(tensors) != manifest["content_sha256"]:
         raise PackError(f"{path} fails its content checksum: it was truncated or edited")
-    entry = manifest["tasks"][task]
-    prefix = f"{task}/"
-    head = {
-        k.removeprefix(f"{prefix}head/"): v
-        for k, v in tensors.items()
-        if k.startswith(f"{prefix}head/")
-    }
-    packed = PackedTask(task, entry["storage"], entry["classes"], head)
-    if entry["storage"] == "mask":
-        encodings = manifest.get("encodings", {})
-        packed.masks = {}
-        for name, shape in entry["layers"].items():
-            plane = _PlaneReader(path, tensors, encodings, shape)
-            keep = plane.read(f"{prefix}mask/{name}")
-            mask = keep.float()
-            sign_key = f"{prefix}sign/{name}"
-            if sign_key in tensors:
-                mask = mask * (1 - 2 * plane.read(sign_key, keep).float())
-            packed.masks[name] = mask
-    elif entry["storage"] == "weights":
-        packed.weights = {
-            k.removeprefix(f"{prefix}weights/"): v
-            for k, v in tensors.items()
-            if k.startswith(f"{prefix}weights/")
-        }
-    return manifest, packed
-
-
-@dataclass
-class _PlaneReader:
-    """Decodes one layer's planes, whichever encoding the manifest gives them."""
-
-    path: Path
-    tensors: dict[str, torch.Tensor]
-    encodings: dict[str, str]
-    shape: list[int]
-
-    def read(self, key: str, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """A plane as a boolean tensor of the layer's shape. An entropy-coded sign plane
-        covers only the entries where ``keep`` is set; elsewhere the result is False."""
-        encoding = self.encodings.get(key, "bits")
-        if encoding == "bits":
-            return unpack_bits(self.tensors[key], self.shape)
-        if keep is None:
-            return self._decode(key, int(np.prod(self.shape))).reshape(self.shape)
-        plane = torch.zeros(self.shape, dtype=torch.bool)
-        plane[keep] = self._decode(key, int(keep.sum()))
-        return plane
-
-    def _decode(self, key: str, count: int) -> torch.Tensor:
-        try:
-            return torch.from_numpy(decode_plane(self.tensors[key].numpy(), count))
-        except PlaneError as error:
-            raise PackError(f"{self.path}: tensor {key} does not decode: {error}") from error
-
-
-def _layer_stats(
-    task: str, name: str, discrete: torch.Tensor, kind: str, stored_bits: int
-) -> dict[str, Any]:
-    count = discrete.numel()
-    zeros = int((discrete == 0).sum())
-    negative = int((discrete < 0).sum())
-    # 0th-order entropy of the values {-1, 0, 1}: keep plane, then sign among the kept
-    entropy = entropy_bits(count - zeros, count) + entropy_bits(negative, count - zeros)
-    return {
-        "task": task,
-        "layer": name,
-        "weights": count,
-        "zero_pct": 100.0 * zeros / count,
-        "minus_one_pct": 100.0 * negative / count,
-        "bits_per_weight": 2 if kind == "ternary" else 1,
-        "entropy_bits_per_weight": entropy / count,
-        "stored_bits_per_weight": stored_bits / count,
-    }
+    return PackedFile(path, manifest, tensors)
 
 
 def _write_stats(rows: list[dict[str, Any]], out: Path, with_entropy: bool) -> None:
-    """Per-layer rows and a ``TOTAL`` row per task, weighted by layer size. The entropy
-    columns are written for entropy-coded files; ``bits`` files keep the version 1 table
-    (every plane costs its nominal ``bits_per_weight``, padding to a byte aside)."""
+    """Per-layer rows and a ``TOTAL`` row per task, weighted by layer size. The columns
+    are the method's (Piggyback: shares of 0 and -1; PackNet: the share each owner
+    holds). The entropy columns are written for entropy-coded files; ``bits`` files keep
+    the version 1 table (every plane costs its nominal ``bits_per_weight``, padding to a
+    byte aside)."""
     import pandas as pd
 
-    columns = STATS_COLUMNS + (ENTROPY_STATS_COLUMNS if with_entropy else [])
+    columns = list(rows[0]) if rows else ["task", "layer", "weights"]
+    if not with_entropy:
+        columns = [c for c in columns if c not in ENTROPY_STATS_COLUMNS]
     weighted = [c for c in columns if c.endswith(("_pct", "bits_per_weight"))]
     table = pd.DataFrame(rows, columns=columns)
     totals = []
@@ -343,6 +320,6 @@ def _write_stats(rows: list[dict[str, Any]], out: Path, with_entropy: bool) -> N
             total[column] = (group[column] * group["weights"]).sum() / weights
         totals.append(total)
     table = pd.concat([table, pd.DataFrame(totals, columns=table.columns)], ignore_index=True)
-    for column in ENTROPY_STATS_COLUMNS if with_entropy else []:
+    for column in set(ENTROPY_STATS_COLUMNS) & set(columns):
         table[column] = table[column].map("{:.6g}".format)  # near all-ones: far below 0.01
     atomic_write(out, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.4f"))

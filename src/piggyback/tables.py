@@ -1,4 +1,9 @@
-"""The paper's table from the evaluation results, set beside the reference numbers."""
+"""The paper's table from the evaluation results, set beside the reference numbers.
+
+Independent methods give one block each: mean ± std over runs (``n`` = the number of
+runs; one run has no ±). A sequential method gives one block per ordering, named after
+it, each task with its position in it: its errors depend on the order.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,54 @@ from pathlib import Path
 
 import pandas as pd
 
+from piggyback.methods.registry import METHODS
+
+KEYS = ["method", "ordering", "arch", "dataset"]
 COLUMNS = [
-    "method",
-    "arch",
-    "dataset",
+    *KEYS,
+    "position",
     "error",
     "std",
     "n",
+    "chance_error",
     "reference",
     "difference",
     "within_tolerance",
     "reference_source",
-    "chance_error",
+    "reference_setting",
 ]
+SUMMARIES = ["mask_density", "owned_share"]  # per-task figures a method's pack reports
 
 
 def load_results(paths: list[Path]) -> pd.DataFrame:
-    """One row per evaluation (arch x method x ordering x run x dataset)."""
+    """One row per task evaluation (arch x method x ordering x run x dataset)."""
     rows = []
     for path in paths:
         result = json.loads(Path(path).read_text())
-        result["ordering"] = "-".join(result["ordering"])
-        rows.append(result)
+        for task in result["tasks"]:
+            rows.append(
+                {
+                    "method": result["method"],
+                    "ordering": result["ordering"] or "",
+                    "arch": result["arch"],
+                    "start_source": (result.get("start") or {}).get("source"),
+                    **task,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def load_reference(path: Path) -> pd.DataFrame:
-    reference = pd.read_csv(path, sep="\t", comment="#")
+    """Published errors: ``method, arch, dataset, error, source``; optional ``ordering``
+    (empty: any) and ``setting`` (how the source's run differs from this one)."""
+    reference = pd.read_csv(path, sep="\t", comment="#", keep_default_na=False)
     missing = {"method", "arch", "dataset", "error", "source"} - set(reference.columns)
     if missing:
         raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}")
+    for column in ("ordering", "setting"):
+        if column not in reference.columns:
+            reference[column] = ""
+    reference["error"] = pd.to_numeric(reference["error"])
     return reference
 
 
@@ -46,65 +69,138 @@ def summarize(
     tolerance: float,
     classes: dict[str, int],
 ) -> pd.DataFrame:
-    """Mean and spread over runs and orderings per method x arch x dataset, with the
+    """Mean and spread over runs per method x ordering x arch x dataset, with the
     reference, the difference and whether it is within ``tolerance`` points."""
-    grouped = results.groupby(["method", "arch", "dataset"], sort=False)["top1_error"]
-    table = grouped.agg(error="mean", std=lambda e: e.std(ddof=1) if len(e) > 1 else 0.0, n="count")
+    grouped = results.groupby(KEYS, sort=False)
+    table = grouped["top1_error"].agg(
+        error="mean", std=lambda e: e.std(ddof=1) if len(e) > 1 else float("nan"), n="count"
+    )
+    table["position"] = grouped["position"].first()
+    for column in SUMMARIES:
+        if column in results.columns:
+            table[column] = grouped[column].mean()
+    table["start_source"] = grouped["start_source"].first()
     table = table.reset_index()
-    if reference is not None:
-        ref = reference.rename(columns={"error": "reference", "source": "reference_source"})
-        table = table.merge(
-            ref[["method", "arch", "dataset", "reference", "reference_source"]],
-            on=["method", "arch", "dataset"],
-            how="left",
-        )
-    else:
-        table["reference"], table["reference_source"] = float("nan"), None
+    table["chance_error"] = table["dataset"].map(lambda d: 100.0 * (1 - 1 / classes[d]))
+    table = _with_reference(table, reference)
     table["difference"] = table["error"] - table["reference"]
     table["within_tolerance"] = (
         table["difference"].abs().le(tolerance).where(table["reference"].notna())
     )
-    table["chance_error"] = table["dataset"].map(lambda d: 100.0 * (1 - 1 / classes[d]))
-    return table[COLUMNS]
+    extra = [c for c in [*SUMMARIES, "start_source"] if c in table.columns]
+    return table[COLUMNS + extra]
+
+
+def _with_reference(table: pd.DataFrame, reference: pd.DataFrame | None) -> pd.DataFrame:
+    """A cell's reference: the row for its ordering, else the one for any ordering."""
+    columns = ["reference", "reference_source", "reference_setting"]
+    if reference is None:
+        return table.assign(reference=float("nan"), reference_source=None, reference_setting="")
+    ref = reference.rename(
+        columns={"error": "reference", "source": "reference_source", "setting": "reference_setting"}
+    )
+    on = ["method", "arch", "dataset"]
+    exact = table.merge(ref[ref["ordering"] != ""], on=[*on, "ordering"], how="left")
+    anywhere = table.merge(ref[ref["ordering"] == ""].drop(columns="ordering"), on=on, how="left")
+    for column in columns:
+        exact[column] = exact[column].where(exact["reference"].notna(), anywhere[column])
+    exact["reference_setting"] = exact["reference_setting"].fillna("")
+    return exact
+
+
+def block_title(method: str, ordering: str, datasets: list[str], start_source) -> str:
+    entry = METHODS.get(method)
+    title = f"{entry.label if entry else method} ({method})"
+    if ordering:
+        title += f", ordering {ordering}: {' → '.join(datasets)}"
+        if entry is not None and entry.sequential and pd.isna(start_source):
+            title += " (the start was pruned but not retrained on the source task)"
+    return title
 
 
 def to_markdown(
-    table: pd.DataFrame, archs: list[str], datasets: list[str], methods: list[str], tolerance: float
+    table: pd.DataFrame,
+    archs: list[str],
+    datasets: list[str],
+    methods: list[str],
+    orderings: dict[str, list[str]],
+    tolerance: float,
 ) -> str:
-    """One block per method: datasets as rows, archs as columns (the paper's layout)."""
+    """One block per method (per ordering, for a sequential method): datasets as rows,
+    archs as columns (the paper's layout), chance error beside each dataset."""
     lines = [
         "# Top-1 test error (%)",
         "",
-        "Mean ± std over runs and orderings; in brackets the reference and the difference "
-        f"(a cell within ±{tolerance:g} points of its reference is marked ✓).",
+        "Mean ± std over runs (one run: no ±); in brackets the reference and the difference "
+        f"(a cell within ±{tolerance:g} points of its reference is marked ✓; † marks a "
+        "reference from another setting, named below the table).",
         "",
     ]
-    for method in methods:
-        block = table[table["method"] == method]
-        if block.empty:
-            continue
+    notes: dict[str, int] = {}
+    for (method, ordering), block in _blocks(table, methods):
         rows = []
-        for dataset in datasets:
+        order = orderings.get(ordering, datasets) if ordering else datasets
+        for dataset in order:
             row = {"dataset": dataset}
+            cells = block[block["dataset"] == dataset]
+            if ordering and len(cells):
+                row = {"position": int(cells["position"].iloc[0]), **row}
+            row["chance"] = f"{cells['chance_error'].iloc[0]:.1f}" if len(cells) else ""
             for arch in archs:
-                cell = block[(block["arch"] == arch) & (block["dataset"] == dataset)]
-                row[arch] = _cell(cell.iloc[0]) if len(cell) else "not run"
+                cell = cells[cells["arch"] == arch]
+                row[arch] = _cell(cell.iloc[0], notes) if len(cell) else "not run"
             rows.append(row)
-        lines += [f"## {method}", "", pd.DataFrame(rows).to_markdown(index=False), ""]
+        start = block["start_source"].iloc[0] if "start_source" in block else None
+        lines += [f"## {block_title(method, ordering, order, start)}", ""]
+        lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
+        lines += _summary_lines(block, order, archs)
     lines += ["## Verdict", "", *verdict(table, tolerance), ""]
+    if notes:
+        lines += ["Settings that differ (†):", ""]
+        lines += [f"{index}. {setting}" for setting, index in notes.items()]
+        lines.append("")
     sources = table["reference_source"].dropna().unique()
     if len(sources):
         lines += ["References:", "", *[f"- {s}" for s in sources], ""]
     return "\n".join(lines)
 
 
+def _blocks(table: pd.DataFrame, methods: list[str]):
+    for method in methods:
+        block = table[table["method"] == method]
+        for ordering, part in block.groupby("ordering", sort=False):
+            yield (method, ordering), part
+
+
+def _summary_lines(block: pd.DataFrame, datasets: list[str], archs: list[str]) -> list[str]:
+    """What the method's packed files say of each task (Piggyback: the share of mask
+    entries kept; PackNet: the share of the backbone the task owns)."""
+    lines = []
+    for column, what in (
+        ("mask_density", "Share of mask entries kept (%)"),
+        ("owned_share", "Share of the backbone's weights the task owns (%)"),
+    ):
+        if column not in block or block[column].isna().all():
+            continue
+        rows = []
+        for dataset in datasets:
+            row = {"dataset": dataset}
+            for arch in archs:
+                cell = block[(block["dataset"] == dataset) & (block["arch"] == arch)]
+                row[arch] = f"{100.0 * cell[column].iloc[0]:.2f}" if len(cell) else "not run"
+            rows.append(row)
+        lines += [f"{what}:", "", pd.DataFrame(rows).to_markdown(index=False), ""]
+    return lines
+
+
 def verdict(table: pd.DataFrame, tolerance: float) -> list[str]:
     lines = []
-    for method, block in table.groupby("method", sort=False):
+    for (method, ordering), block in table.groupby(["method", "ordering"], sort=False):
         with_ref = block[block["reference"].notna()]
         within = int(with_ref["within_tolerance"].sum())
+        name = f"{method} ({ordering})" if ordering else method
         text = (
-            f"{method}: mean error {block['error'].mean():.2f}% "
+            f"{name}: mean error {block['error'].mean():.2f}% "
             f"(chance {block['chance_error'].mean():.2f}%) over {len(block)} cells; "
         )
         if len(with_ref):
@@ -117,9 +213,14 @@ def verdict(table: pd.DataFrame, tolerance: float) -> list[str]:
     return lines
 
 
-def _cell(row: pd.Series) -> str:
-    text = f"{row['error']:.2f} ± {row['std']:.2f}"
+def _cell(row: pd.Series, notes: dict[str, int]) -> str:
+    text = f"{row['error']:.2f}"
+    if row["n"] > 1:
+        text += f" ± {row['std']:.2f} (n={row['n']})"
     if pd.isna(row["reference"]):
         return text + " (no reference)"
     mark = " ✓" if row["within_tolerance"] else ""
+    setting = row["reference_setting"]
+    if setting:
+        mark += " †" + str(notes.setdefault(setting, len(notes) + 1))
     return f"{text} ({row['reference']:.2f}, {row['difference']:+.2f}{mark})"

@@ -1,10 +1,12 @@
-"""Training one task with one method: piggyback, its ternary variant and the baselines.
+"""Training one task with one method: the loop, which calls the method's hooks and knows
+no method by name.
 
-The loop evaluates on the test split after every epoch and keeps the best checkpoint
-by test top-1 (as the original code does). After each epoch it saves everything needed
-to continue into ``state_dir``, so a killed job resumes from its last finished epoch
-and ends exactly as an uninterrupted run would: every epoch's randomness is seeded
-from (seed, epoch), not carried over from the previous epoch.
+Each phase of the method (one for most; PackNet retrains after pruning) runs its epochs,
+evaluating on the test split after each and keeping the best by test top-1 (as the
+original code does). Resuming and writing the best checkpoint live beside the loop, in
+:class:`piggyback.training_state.TrainingState`: a killed job resumes after its last
+written epoch and ends exactly as an uninterrupted run would, since every epoch's
+randomness is seeded from (seed, epoch), not carried over from the epoch before.
 """
 
 from __future__ import annotations
@@ -21,59 +23,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from piggyback.backbones import TaskModel, backbone_sha256, backbone_state
-from piggyback.checkpoints import atomic_save, load_checkpoint
-from piggyback.masks import MaskSpec, add_masks, masked_weights
+from piggyback.backbones import TaskModel, backbone_sha256
+from piggyback.checkpoints import tensors_sha256
+from piggyback.methods import Hyperparameters, load_method
+from piggyback.methods.base import Method, Phase, TrainingError
+from piggyback.training_state import TrainingState
 
-METHODS = ("piggyback", "piggyback_ternary", "classifier_only", "finetune")
-MASK_METHODS = {"piggyback": "binary", "piggyback_ternary": "ternary"}
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, a changed frozen tensor)."""
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    """Everything a method's training depends on; ``for_method`` gives the paper's values.
-
-    ``lr`` is the rate of what the method trains inside the backbone: the masks for
-    piggyback, the weights for finetune (classifier_only trains none).
-    """
-
-    epochs: int = 30
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-4
-    lr_head: float = 1e-4
-    lr_decay_every: int = 15
-    lr_decay_factor: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    mask_init: str = "1s"
-    mask_scale: float = 1e-2
-    threshold: float = 5e-3
-
-    @classmethod
-    def for_method(cls, method: str, **overrides: Any) -> Hyperparameters:
-        defaults = dict(_METHOD_DEFAULTS[_check_method(method)])
-        defaults.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**defaults)
-
-    def lr_at(self, base: float, epoch: int) -> float:
-        """Step decay: ``base * factor ** (epoch // every)`` for 0-based ``epoch``."""
-        return base * self.lr_decay_factor ** (epoch // self.lr_decay_every)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "piggyback": {"optimizer": "adam", "lr": 1e-4, "lr_head": 1e-4, "lr_decay_every": 15},
-    "piggyback_ternary": {"optimizer": "adam", "lr": 1e-4, "lr_head": 1e-4, "lr_decay_every": 15},
-    "classifier_only": {"optimizer": "sgd", "lr": 0.0, "lr_head": 1e-3, "lr_decay_every": 30},
-    "finetune": {"optimizer": "sgd", "lr": 1e-3, "lr_head": 1e-3, "lr_decay_every": 15},
-}
+ROLES = ("task", "start")
 
 
 @dataclass(frozen=True)
@@ -103,6 +59,10 @@ class SpeedOptions:
             fused_optimizer=True if self.fused_optimizer is None else self.fused_optimizer,
         )
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16")
 
@@ -110,27 +70,24 @@ class SpeedOptions:
         return dataclasses.asdict(self)
 
 
-def _check_method(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
-    return method
+@dataclass
+class TaskRun:
+    """The identity of one training run, written into its checkpoint.
 
+    ``role`` is ``task``, or ``start`` for the state a sequential method's first task
+    starts from (``dataset`` is then the source to retrain on, or None). ``previous`` is a
+    sequential task's predecessor: the previous task's checkpoint, or the start's.
+    """
 
-def prepare_model(model: TaskModel, method: str, hp: Hyperparameters) -> list[dict]:
-    """Freeze, mask and group the model's parameters as ``method`` needs; returns the
-    optimiser's parameter groups (backbone side first, head last)."""
-    _check_method(method)
-    for parameter in model.backbone.parameters():
-        parameter.requires_grad_(method == "finetune")
-    groups = []
-    if method in MASK_METHODS:
-        spec = MaskSpec(MASK_METHODS[method], hp.threshold, hp.mask_init, hp.mask_scale)
-        masks = add_masks(model.backbone, spec)
-        groups.append({"params": [m.mask_real for m in masks.values()], "base_lr": hp.lr})
-    elif method == "finetune":
-        groups.append({"params": list(model.backbone.parameters()), "base_lr": hp.lr})
-    groups.append({"params": list(model.head.parameters()), "base_lr": hp.lr_head})
-    return groups
+    arch: str
+    method: str
+    dataset: str | None
+    classes: list[str]
+    seed: int
+    hp: Hyperparameters
+    role: str = "task"
+    previous: dict[str, Any] | None = None
+    last_in_ordering: bool = False
 
 
 def make_optimizer(
@@ -138,7 +95,9 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """Adam or SGD over the groups; ``fused`` runs each step as one kernel (the same
     update, computed in one pass instead of one per tensor)."""
-    param_groups = [{"params": g["params"], "lr": g["base_lr"]} for g in groups]
+    param_groups = [
+        {"params": g["params"], "lr": g["base_lr"], "base_lr": g["base_lr"]} for g in groups
+    ]
     kernel = {"fused": True} if fused else {}
     if hp.optimizer == "adam":
         return torch.optim.Adam(param_groups, weight_decay=hp.weight_decay, **kernel)
@@ -149,13 +108,53 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {hp.optimizer!r}: expected 'adam' or 'sgd'")
 
 
-def set_train_mode(model: TaskModel, method: str) -> None:
-    """Train mode, except that BatchNorm stays in eval mode unless finetuning."""
-    model.train()
-    if method != "finetune":
-        for module in model.backbone.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+class NonFiniteLoss(ArithmeticError):
+    """The loss of a batch is NaN or infinite; no step was taken."""
+
+
+def prepare_training(
+    model: TaskModel, run: TaskRun, device: torch.device, speed: SpeedOptions
+) -> tuple[Method, nn.Module]:
+    """The run's method, prepared on ``model`` (seeded), the model on the device, and the
+    forward to call (compiled if asked): where training and the benchmark both start."""
+    method = load_method(run.method, run.hp)
+    torch.manual_seed(run.seed)
+    method.prepare(model, run)
+    model.to(device, memory_format=speed.memory_format)
+    return method, torch.compile(model) if speed.compile else model
+
+
+class TrainStep:
+    """One optimisation step exactly as the pipeline takes it (the benchmark times this):
+    forward under the speed switches, loss, the method's hooks around the update."""
+
+    def __init__(self, model, forward, method: Method, optimizer, speed: SpeedOptions, device):
+        self.model, self.forward, self.method = model, forward, method
+        self.optimizer, self.speed, self.device = optimizer, speed, device
+        self.criterion = nn.CrossEntropyLoss()
+
+    @classmethod
+    def for_phase(cls, model, forward, method: Method, phase: Phase, hp, speed, device):
+        """The step of ``phase``, with a fresh optimiser over the method's groups."""
+        groups = method.param_groups(model, phase)
+        optimizer = make_optimizer(groups, hp, speed.fused_optimizer)
+        return cls(model, forward, method, optimizer, speed, device)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor):
+        """Returns the loss (a float) and the logits; raises NonFiniteLoss before stepping."""
+        images = images.to(self.device, non_blocking=True, memory_format=self.speed.memory_format)
+        labels = labels.to(self.device, non_blocking=True)
+        with self.speed.autocast(self.device):
+            logits = self.forward(images)
+            loss = self.criterion(logits.float(), labels)
+        if not math.isfinite(loss_value := loss.item()):
+            raise NonFiniteLoss(loss_value)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.method.after_backward(self.model)
+        self.optimizer.step()
+        self.method.after_step(self.model)
+        return loss_value, logits
 
 
 @torch.no_grad()
@@ -164,11 +163,10 @@ def evaluate(
 ) -> dict[str, float]:
     """Top-1 and top-5 error (%) and the image count."""
     speed = (speed or SpeedOptions()).resolve(device)
-    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
     model.eval()
     top1 = top5 = total = 0
     for images, labels in loader:
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        images = images.to(device, non_blocking=True, memory_format=speed.memory_format)
         labels = labels.to(device, non_blocking=True)
         with speed.autocast(device):
             logits = model(images).float()
@@ -187,54 +185,11 @@ def evaluate(
     }
 
 
-def mask_density(model: TaskModel) -> float | None:
-    """Share of mask entries that are non-zero after thresholding."""
-    masks = masked_weights(model.backbone)
-    if not masks:
-        return None
-    nonzero = sum(int(m.discrete().count_nonzero()) for m in masks.values())
-    return nonzero / sum(m.mask_real.numel() for m in masks.values())
-
-
-def trained_state(model: TaskModel, method: str) -> dict[str, Any]:
-    """What a method learns: masks (real-valued), full weights, or nothing; plus head.
-    The tensors are the live ones (no copy): save them before the next step."""
-    state: dict[str, Any] = {"head": model.head.state_dict()}
-    if method in MASK_METHODS:
-        state["masks"] = {k: m.mask_real for k, m in masked_weights(model.backbone).items()}
-    elif method == "finetune":
-        state["weights"] = backbone_state(model.backbone)
-    return state
-
-
-def load_trained_state(model: TaskModel, state: dict[str, Any]) -> None:
-    model.head.load_state_dict(state["head"])
-    if "masks" in state:
-        masks = masked_weights(model.backbone)
-        with torch.no_grad():
-            for name, value in state["masks"].items():
-                masks[name].mask_real.copy_(value)
-    if "weights" in state:
-        model.backbone.load_state_dict(state["weights"])
-
-
-@dataclass
-class TaskRun:
-    """The identity of one training run, written into its checkpoint."""
-
-    arch: str
-    method: str
-    dataset: str
-    classes: list[str]
-    seed: int
-    hp: Hyperparameters
-
-
 def train_task(
     model: TaskModel,
     run: TaskRun,
-    train_loader_for: Callable[[int], Any],
-    test_loader,
+    train_batches_for: Callable[[int], Any] | None,
+    test_batches,
     state_dir: Path,
     device: torch.device,
     progress: bool = True,
@@ -242,159 +197,126 @@ def train_task(
     speed: SpeedOptions | None = None,
     resume_every: float = 0.0,
 ) -> dict[str, Any]:
-    """Train, resuming from ``state_dir`` if it holds an unfinished run of the same
-    task; returns where the best checkpoint is (``best_path``, in ``state_dir``), its
-    summary (``best``) and the per-epoch metrics.
+    """Train ``run`` on ``model``, resuming from ``state_dir`` if it holds an unfinished
+    run of the same task; returns where the best checkpoint is (``best_path``, in
+    ``state_dir``), its summary (``best``) and the per-epoch metrics.
 
-    ``train_loader_for(epoch)`` returns that epoch's loader (seeded by the epoch).
-    The resume state and the best checkpoint are written together after an epoch, and
-    only once ``resume_every`` seconds have passed since they last were (0: after every
-    epoch), and after the last epoch: for epochs of seconds, writing VGG-16's masks
-    and Adam moments (1.6 GB) each time would cost more than the epoch. An interrupted
-    run resumes from the last write, and ends with the same result either way.
+    ``train_batches_for(epoch)`` returns that epoch's batches (seeded by the epoch). The
+    resume state and the best checkpoint are written after an epoch once
+    ``resume_every`` seconds have passed since the last write (0: every epoch), and at
+    the end of each phase: epochs of seconds would otherwise spend longer writing VGG-16's
+    state than training.
     """
-    hp = run.hp
-    torch.manual_seed(run.seed)
-    model.head.reset_parameters()
     speed = (speed or SpeedOptions()).resolve(device)
-    groups = prepare_model(model, run.method, hp)
-    memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    forward = torch.compile(model) if speed.compile else model
-    frozen_sha256 = backbone_sha256(model.backbone)
-    optimizer = make_optimizer(groups, hp, fused=speed.fused_optimizer)
+    identity = _identity(run, model, speed)
+    method, forward = prepare_training(model, run, device, speed)
+    state = TrainingState(state_dir, identity, method, model, resume_every, log)
+    phases = method.phases(run)
+    for index, phase in enumerate(phases):
+        if index < state.phase:
+            continue
+        if state.epoch_in_phase == 0:
+            method.begin_phase(model, phase)
+            if phase.baseline:  # the state the phase starts from is the one to beat
+                test = evaluate(model, test_batches, device, speed)
+                state.add_baseline(test, phase, method.statistics(model))
+        step = TrainStep.for_phase(model, forward, method, phase, run.hp, speed, device)
+        optimizer = step.optimizer
+        state.restore_optimizer(optimizer)
+        for epoch in range(state.epoch_in_phase, phase.epochs):
+            started = time.perf_counter()
+            lrs = _set_learning_rates(optimizer, phase, epoch, run.hp.lr_decay_factor)
+            torch.manual_seed(_epoch_seed(run.seed, state.epochs_done))
+            method.train_mode(model)
+            train = _train_epoch(step, train_batches_for(state.epochs_done), state, progress)
+            test = evaluate(model, test_batches, device, speed)
+            record = {
+                "epoch": state.epochs_done + 1,
+                "phase": phase.name,
+                **train,
+                "test_top1_error": test["top1_error"],
+                "test_top5_error": test["top5_error"],
+                "lr": lrs[0] if len(lrs) > 1 else 0.0,
+                "lr_head": lrs[-1],
+                **method.statistics(model),
+                "seconds": time.perf_counter() - started,
+                **{f"speed_{k}": v for k, v in speed.as_dict().items()},
+            }
+            state.end_epoch(record, test, phase, optimizer)
+        state.end_phase(phase, last=index == len(phases) - 1)
+    method.check_trained(model)
+    return state.result()
+
+
+def _set_learning_rates(optimizer, phase: Phase, epoch: int, factor: float) -> list[float]:
+    lrs = [phase.lr_at(group["base_lr"], epoch, factor) for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    return lrs
+
+
+def _train_epoch(step: TrainStep, batches, state: TrainingState, progress: bool) -> dict:
+    """One pass over the batches: mean loss and top-1 error on what was trained."""
+    loss_sum, seen = 0.0, 0
+    correct = torch.zeros((), dtype=torch.long, device=step.device)  # read once per epoch
+    epoch = state.epochs_done + 1
+    for index, (images, labels) in enumerate(
+        tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    ):
+        try:
+            loss, logits = step(images, labels)
+        except NonFiniteLoss as error:
+            raise TrainingError(
+                f"non-finite loss ({error}) at epoch {epoch}, batch {index + 1}; no "
+                "checkpoint was written for this epoch (lower the learning rate?)"
+            ) from None
+        loss_sum += loss * labels.numel()
+        correct += (logits.argmax(1) == labels.to(step.device)).sum()
+        seen += labels.numel()
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_top1_error": 100.0 * (1 - correct.item() / max(seen, 1)),
+    }
+
+
+def _identity(run: TaskRun, model: TaskModel, speed: SpeedOptions) -> dict[str, Any]:
+    """What makes two runs the same run: resume state of another is refused."""
+    if run.role not in ROLES:
+        raise ValueError(f"unknown role {run.role!r}: expected one of {ROLES}")
     identity = {
         "arch": run.arch,
         "method": run.method,
+        "role": run.role,
         "dataset": run.dataset,
         "classes": run.classes,
         "seed": run.seed,
-        "hyperparameters": hp.as_dict(),
-        "backbone_sha256": frozen_sha256,
+        "hyperparameters": run.hp.as_dict(),
+        "backbone_sha256": backbone_sha256(model.backbone),  # the pretrained backbone
         "head_name": model.head_name,
         "speed": speed.as_dict(),
     }
-
-    state_dir.mkdir(parents=True, exist_ok=True)
-    resume_path, best_path = state_dir / "resume.pt", state_dir / "best.pt"
-    start_epoch, metrics, best = 0, [], None
-    if resume_path.is_file():
-        resume = load_checkpoint(resume_path)
-        if resume["identity"] != identity:
+    if run.previous is not None:
+        previous = run.previous
+        if previous.get("backbone_sha256") != identity["backbone_sha256"]:
             raise TrainingError(
-                f"{resume_path} belongs to another run (different arch, data, seed, "
-                "hyperparameters or backbone); delete it to start afresh"
+                "the previous task was trained from other backbone weights "
+                f"({str(previous.get('backbone_sha256'))[:16]}...) than the ones given "
+                f"({identity['backbone_sha256'][:16]}...)"
             )
-        if "trained" in resume:  # absent once the last epoch is done
-            load_trained_state(model, resume["trained"])
-            optimizer.load_state_dict(resume["optimizer"])
-        start_epoch, metrics, best = resume["epoch"], resume["metrics"], resume["best"]
-        log(f"resuming {run.dataset} after epoch {start_epoch} from {resume_path}")
-
-    criterion = nn.CrossEntropyLoss()
-    last_written = time.monotonic()
-    unwritten_best = None  # the best epoch's checkpoint, until it is written
-    for epoch in range(start_epoch, hp.epochs):
-        started = time.perf_counter()
-        lrs = [hp.lr_at(g["base_lr"], epoch) for g in groups]
-        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
-        torch.manual_seed(_epoch_seed(run.seed, epoch))
-        set_train_mode(model, run.method)
-        loss_sum, seen = 0.0, 0
-        correct = torch.zeros((), dtype=torch.long, device=device)  # read once per epoch
-        batches = train_loader_for(epoch)
-        bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{hp.epochs}", disable=not progress, leave=False
-        )
-        for batch_index, (images, labels) in enumerate(bar):
-            images = images.to(device, non_blocking=True, memory_format=memory_format)
-            labels = labels.to(device, non_blocking=True)
-            with speed.autocast(device):
-                logits = forward(images)
-                loss = criterion(logits.float(), labels)
-            if not math.isfinite(loss_value := loss.item()):
-                raise TrainingError(
-                    f"non-finite loss ({loss_value}) at epoch {epoch + 1}, "
-                    f"batch {batch_index + 1}; no checkpoint was written for this epoch "
-                    "(lower the learning rate?)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss_value * labels.numel()
-            correct += (logits.argmax(1) == labels).sum()
-            seen += labels.numel()
-        test = evaluate(model, test_loader, device, speed)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_top1_error": 100.0 * (1 - correct.item() / max(seen, 1)),
-            "test_top1_error": test["top1_error"],
-            "test_top5_error": test["top5_error"],
-            "lr": lrs[0] if len(lrs) > 1 else 0.0,
-            "lr_head": lrs[-1],
-            "mask_density": mask_density(model),
-            "seconds": time.perf_counter() - started,
-            **{f"speed_{k}": v for k, v in speed.as_dict().items()},
-        }
-        metrics.append(record)
-        log(
-            f"epoch {epoch + 1}/{hp.epochs}: loss {record['train_loss']:.4f}, "
-            f"test top-1 error {test['top1_error']:.2f}%"
-        )
-        if best is None or test["top1_error"] < best["test_top1_error"]:
-            best = {
-                "epoch": epoch + 1,
-                "test_top1_error": test["top1_error"],
-                "test_top5_error": test["top5_error"],
-                "test_images": test["images"],
-            }
-            checkpoint = {
-                "format": "piggyback.task",
-                "version": 1,
-                **identity,
-                "mask": _mask_meta(run.method, hp),
-                **best,
-                **trained_state(model, run.method),
-            }
-            # the live tensors go on changing: keep a copy if the write is deferred
-            unwritten_best = _copied(checkpoint) if resume_every > 0 else checkpoint
-        last_epoch = epoch + 1 == hp.epochs
-        if not last_epoch and time.monotonic() - last_written < resume_every:
-            continue
-        if unwritten_best is not None:
-            atomic_save(unwritten_best, best_path)
-            unwritten_best = None
-        resume = {"identity": identity, "epoch": epoch + 1, "metrics": metrics, "best": best}
-        if not last_epoch:  # after the last epoch, best.pt holds all that is left
-            resume["trained"] = trained_state(model, run.method)
-            resume["optimizer"] = optimizer.state_dict()
-        atomic_save(resume, resume_path)
-        last_written = time.monotonic()
-
-    if run.method != "finetune":
-        after = backbone_sha256(model.backbone)
-        if after != frozen_sha256:
-            raise TrainingError("a frozen backbone tensor changed during training")
-    if best is None:
-        raise TrainingError(f"no epoch was trained (epochs = {hp.epochs})")
-    return {"best_path": best_path, "best": best, "metrics": metrics}
+        learned = {k: v for k, v in previous.items() if isinstance(v, dict)}
+        identity["previous"] = {"dataset": previous["dataset"], "sha256": _nested_sha256(learned)}
+        identity["last_in_ordering"] = run.last_in_ordering
+    return identity
 
 
-def _mask_meta(method: str, hp: Hyperparameters) -> dict[str, Any] | None:
-    if method not in MASK_METHODS:
-        return None
-    return {"kind": MASK_METHODS[method], "threshold": hp.threshold}
-
-
-def _copied(value: Any) -> Any:
-    """A copy of a checkpoint, its tensors detached and on the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: _copied(item) for key, item in value.items()}
-    return value
+def _nested_sha256(state: dict[str, Any]) -> str:
+    flat = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            flat[key] = value
+        elif isinstance(value, dict):
+            flat.update({f"{key}/{k}": v for k, v in value.items() if isinstance(v, torch.Tensor)})
+    return tensors_sha256(flat)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -2,6 +2,7 @@
 config into file names and command-line flags."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from piggyback.config import (
     check_config,
     experiment_datasets,
 )
+from piggyback.methods.registry import METHODS as METHOD_REGISTRY, START_DATASET
 
 try:
     check_config(config)
@@ -53,11 +55,52 @@ SCRIPTS = {
 }
 
 
+def is_sequential(method):
+    return METHOD_REGISTRY[method].sequential
+
+
+def series_of(method, ordering=None):
+    """A series is what one packed file holds: an independent method's tasks, or a
+    sequential method's chain of tasks in one ordering ("packnet/forward")."""
+    return f"{method}/{ordering}" if is_sequential(method) else method
+
+
+def series_method(series):
+    return series.split("/")[0]
+
+
+def series_ordering(series):
+    """The ordering of a sequential method's series; None for an independent method."""
+    return series.partition("/")[2] or None
+
+
+def series_tasks(series):
+    """The tasks of a series, in file order: the ordering's for a sequential method,
+    every dataset of the experiment for an independent one."""
+    ordering = series_ordering(series)
+    return config["orderings"][ordering] if ordering else DATASETS
+
+
+SERIES = list(
+    dict.fromkeys(
+        series_of(method, ordering) for method in METHODS for ordering in ORDERINGS
+    )
+)
+
+
+def alternatives(names):
+    return "|".join(re.escape(name) for name in names)
+
+
 wildcard_constraints:
-    arch="|".join(config["archs"]),
-    dataset="|".join(config["datasets"]),
-    method="|".join(["piggyback", "piggyback_ternary", "classifier_only", "finetune"]),
-    ordering="|".join(config["orderings"]),
+    arch=alternatives(config["archs"]),
+    dataset=alternatives(config["datasets"]),
+    method=alternatives(METHOD_REGISTRY),
+    series=alternatives(
+        series_of(method, ordering)
+        for method in METHOD_REGISTRY
+        for ordering in config["orderings"]
+    ),
     run=r"\d+",
     size=r"\d+",
 
@@ -135,34 +178,106 @@ def pretrain_flags(arch):
 
 
 def method_flags(method):
-    hyperparameters = hyperparameter_flags(config["methods"].get(method, {}))
-    return f"--method {method} {hyperparameters}"
+    """The method and its hyperparameters (the config's; the rest are the paper's)."""
+    settings = config["methods"].get(method, {})
+    knobs = {key: value for key, value in settings.items() if key != START_DATASET}
+    return f"--method {method} {hyperparameter_flags(knobs)}"
 
 
-def train_checkpoint(arch, method, run, dataset):
-    """Tasks are trained independently, so one checkpoint serves every ordering."""
-    return f"{RESULTS}/train/{arch}/{method}/run{run}/{dataset}.pt"
+def start_dataset(method):
+    """The source dataset a sequential method's start retrains on, if the config names one."""
+    return config["methods"].get(method, {}).get(START_DATASET)
 
 
-def ordering_checkpoints(wildcards):
+def start_data(wildcards):
+    dataset = start_dataset(wildcards.method)
+    return prepared(dataset) if dataset else []
+
+
+def start_cache(wildcards):
+    dataset = start_dataset(wildcards.method)
+    return cached(dataset) if dataset else []
+
+
+def start_data_flags(wildcards):
+    dataset = start_dataset(wildcards.method)
+    return data_flags(dataset) if dataset else ""
+
+
+def start_checkpoint(arch, method, run):
+    return f"{RESULTS}/start/{arch}/{method}/run{run}.pt"
+
+
+def train_checkpoint(arch, series, run, dataset):
+    return f"{RESULTS}/train/{arch}/{series}/run{run}/{dataset}.pt"
+
+
+def previous_checkpoint(wildcards):
+    """Input: a sequential task's predecessor in its ordering (the start, for the first
+    task); none for an independent method."""
+    method = series_method(wildcards.series)
+    if not is_sequential(method):
+        return []
+    tasks = series_tasks(wildcards.series)
+    position = tasks.index(wildcards.dataset)
+    if position == 0:
+        return start_checkpoint(wildcards.arch, method, wildcards.run)
+    return train_checkpoint(
+        wildcards.arch, wildcards.series, wildcards.run, tasks[position - 1]
+    )
+
+
+def chain_flags(wildcards, input):
+    """Param: a sequential task's predecessor, and whether it ends its ordering."""
+    if not input.previous:
+        return ""
+    last = series_tasks(wildcards.series)[-1] == wildcards.dataset
+    return f"--previous {input.previous}" + (" --last-in-ordering" if last else "")
+
+
+def series_checkpoints(wildcards):
     return [
-        train_checkpoint(wildcards.arch, wildcards.method, wildcards.run, dataset)
-        for dataset in config["orderings"][wildcards.ordering]
+        train_checkpoint(wildcards.arch, wildcards.series, wildcards.run, dataset)
+        for dataset in series_tasks(wildcards.series)
     ]
 
 
-def packed_file(arch, method, ordering, run):
-    return f"{RESULTS}/packed/{arch}/{method}/{ordering}/run{run}.safetensors"
+def ordering_flag(wildcards):
+    ordering = series_ordering(wildcards.series)
+    return f"--ordering {ordering}" if ordering else ""
+
+
+def packed_file(arch, series, run):
+    return f"{RESULTS}/packed/{arch}/{series}/run{run}.safetensors"
+
+
+def series_data(wildcards):
+    """Input: every task's prepared data (and cache) of a series."""
+    tasks = series_tasks(wildcards.series)
+    return [prepared(d) for d in tasks] + [c for d in tasks for c in [cached(d)] if c]
+
+
+def tasks_json(wildcards):
+    """Param: each task's test data, for evaluate.py --tasks-json."""
+    return json.dumps(
+        {
+            dataset: {
+                "data": f"{DATA}/{dataset}",
+                "transform": dataset_entry(dataset)["transform"],
+                "cache": cached(dataset) or None,
+            }
+            for dataset in series_tasks(wildcards.series)
+        },
+        sort_keys=True,
+    )
 
 
 def evaluation_outputs():
     return [
-        f"{RESULTS}/eval/{arch}/{method}/{ordering}/run{run}/{dataset}.json"
+        f"{RESULTS}/eval/{arch}/{series}/run{run}.json"
         for arch in ARCHS
-        for method in METHODS
-        for ordering in ORDERINGS
+        for series in SERIES
         for run in RUNS
-        for dataset in config["orderings"][ordering]
     ]
 
 
@@ -184,3 +299,7 @@ def reference_inputs():
 
 def classes_json():
     return json.dumps({d: dataset_entry(d)["classes"] for d in DATASETS})
+
+
+def orderings_json():
+    return json.dumps({o: config["orderings"][o] for o in ORDERINGS})

@@ -1,16 +1,17 @@
 rule evaluate:
-    """One task from a packed file, on the plain backbone with its mask baked in."""
+    """Every task of a packed file on the plain backbone, the method's change applied
+    (a mask baked in, PackNet's owners, a fine-tuned network); the backbone is built
+    and the file read once."""
     input:
-        packed=f"{RESULTS}/packed/{{arch}}/{{method}}/{{ordering}}/run{{run}}.safetensors",
-        data=prepared("{dataset}"),
-        cache=cached("{dataset}"),
+        packed=packed_file("{arch}", "{series}", "{run}"),
+        data=series_data,
         weights=lambda wildcards: weights_file(wildcards.arch),
     output:
-        f"{RESULTS}/eval/{{arch}}/{{method}}/{{ordering}}/run{{run}}/{{dataset}}.json",
+        f"{RESULTS}/eval/{{arch}}/{{series}}/run{{run}}.json",
     log:
-        f"{RESULTS}/logs/evaluate/{{arch}}/{{method}}/{{ordering}}/run{{run}}/{{dataset}}.log",
+        f"{RESULTS}/logs/evaluate/{{arch}}/{{series}}/run{{run}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{arch}}/{{method}}/{{ordering}}/run{{run}}/{{dataset}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{{arch}}/{{series}}/run{{run}}.tsv"
     conda:
         "../../environment.yml"
     threads: compute("evaluate", "threads", 4)
@@ -22,10 +23,12 @@ rule evaluate:
         python=PYTHON,
         script=SCRIPTS["evaluate"],
         arch=lambda wildcards: arch_flags(wildcards.arch),
-        data=lambda wildcards: data_flags(wildcards.dataset),
-        cache=cache_flag,
+        tasks=tasks_json,
+        image_size=IMAGE_SIZE,
         batch_size=config.get("eval_batch_size", 64),
+        workers=WORKERS,
     shell:
-        "{params.python} {params.script} {input.packed} {params.arch} {params.data} "
-        "{params.cache} --batch-size {params.batch_size} --out {output} --threads {threads} "
-        "> {log} 2>&1"
+        "{params.python} {params.script} {input.packed} {params.arch} "
+        "--tasks-json {params.tasks:q} --image-size {params.image_size} "
+        "--batch-size {params.batch_size} --workers {params.workers} --out {output} "
+        "--threads {threads} > {log} 2>&1"

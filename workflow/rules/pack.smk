@@ -1,13 +1,13 @@
 rule pack:
-    """Every task of one ordering into one file: 1 bit per mask weight, or less with
-    `pack_encoding: entropy`."""
+    """Every task of a series into one file: Piggyback at 1 bit per mask weight (or less
+    with `pack_encoding: entropy`), PackNet's network with each weight's owner."""
     input:
-        ordering_checkpoints,
+        series_checkpoints,
     output:
-        packed=f"{RESULTS}/packed/{{arch}}/{{method}}/{{ordering}}/run{{run}}.safetensors",
-        stats=f"{RESULTS}/packed/{{arch}}/{{method}}/{{ordering}}/run{{run}}.stats.tsv",
+        packed=packed_file("{arch}", "{series}", "{run}"),
+        stats=f"{RESULTS}/packed/{{arch}}/{{series}}/run{{run}}.stats.tsv",
     log:
-        f"{RESULTS}/logs/pack/{{arch}}/{{method}}/{{ordering}}/run{{run}}.log",
+        f"{RESULTS}/logs/pack/{{arch}}/{{series}}/run{{run}}.log",
     conda:
         "../../environment.yml"
     threads: compute("pack", "threads", 1)
@@ -18,6 +18,7 @@ rule pack:
         python=PYTHON,
         script=SCRIPTS["pack"],
         encoding=config.get("pack_encoding", "bits"),
+        ordering=ordering_flag,
     shell:
         "{params.python} {params.script} {input} --out {output.packed} --stats {output.stats} "
-        "--encoding {params.encoding} > {log} 2>&1"
+        "--encoding {params.encoding} {params.ordering} > {log} 2>&1"

@@ -18,8 +18,9 @@ rule aggregate:
         archs=ARCHS,
         datasets=DATASETS,
         methods=METHODS,
+        orderings=orderings_json(),
     shell:
         "{params.python} {params.script} {input.results} {params.reference} "
         "--classes {params.classes:q} --archs {params.archs} --datasets {params.datasets} "
-        "--methods {params.methods} --markdown {output.markdown} --tsv {output.tsv} "
+        "--methods {params.methods} --orderings {params.orderings:q} --markdown {output.markdown} --tsv {output.tsv} "
         "2> {log} | tee -a {log}"
