@@ -12,7 +12,6 @@ randomness is seeded from (seed, epoch), not carried over from the epoch before.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,10 +107,6 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {hp.optimizer!r}: expected 'adam' or 'sgd'")
 
 
-class NonFiniteLoss(ArithmeticError):
-    """The loss of a batch is NaN or infinite; no step was taken."""
-
-
 def prepare_training(
     model: TaskModel, run: TaskRun, device: torch.device, speed: SpeedOptions
 ) -> tuple[Method, nn.Module]:
@@ -141,20 +136,19 @@ class TrainStep:
         return cls(model, forward, method, optimizer, speed, device)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
-        """Returns the loss (a float) and the logits; raises NonFiniteLoss before stepping."""
+        """Returns the loss and the logits, on the device: reading them waits for the
+        GPU, so the caller reads them once per epoch, not once per step."""
         images = images.to(self.device, non_blocking=True, memory_format=self.speed.memory_format)
         labels = labels.to(self.device, non_blocking=True)
         with self.speed.autocast(self.device):
             logits = self.forward(images)
             loss = self.criterion(logits.float(), labels)
-        if not math.isfinite(loss_value := loss.item()):
-            raise NonFiniteLoss(loss_value)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.method.after_backward(self.model)
         self.optimizer.step()
         self.method.after_step(self.model)
-        return loss_value, logits
+        return loss.detach(), logits
 
 
 @torch.no_grad()
@@ -256,26 +250,31 @@ def _set_learning_rates(optimizer, phase: Phase, epoch: int, factor: float) -> l
 
 
 def _train_epoch(step: TrainStep, batches, state: TrainingState, progress: bool) -> dict:
-    """One pass over the batches: mean loss and top-1 error on what was trained."""
-    loss_sum, seen = 0.0, 0
-    correct = torch.zeros((), dtype=torch.long, device=step.device)  # read once per epoch
-    epoch = state.epochs_done + 1
+    """One pass over the batches: mean loss and top-1 error on what was trained. Sums
+    stay on the device and are read once, at the end; a non-finite loss stops training
+    there, naming its first batch, before any checkpoint of the epoch is written."""
+    device, epoch = step.device, state.epochs_done + 1
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    seen = 0
     for index, (images, labels) in enumerate(
         tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
     ):
-        try:
-            loss, logits = step(images, labels)
-        except NonFiniteLoss as error:
-            raise TrainingError(
-                f"non-finite loss ({error}) at epoch {epoch}, batch {index + 1}; no "
-                "checkpoint was written for this epoch (lower the learning rate?)"
-            ) from None
-        loss_sum += loss * labels.numel()
-        correct += (logits.argmax(1) == labels.to(step.device)).sum()
+        loss, logits = step(images, labels)
+        bad = ~torch.isfinite(loss) & (first_bad < 0)
+        first_bad = torch.where(bad, index, first_bad)
+        loss_sum += loss.double() * labels.numel()
+        correct += (logits.argmax(1) == labels.to(device)).sum()
         seen += labels.numel()
+    if (batch := int(first_bad)) >= 0:
+        raise TrainingError(
+            f"non-finite loss at epoch {epoch}, batch {batch + 1}; no checkpoint was "
+            "written for this epoch (lower the learning rate?)"
+        )
     return {
-        "train_loss": loss_sum / max(seen, 1),
-        "train_top1_error": 100.0 * (1 - correct.item() / max(seen, 1)),
+        "train_loss": float(loss_sum) / max(seen, 1),
+        "train_top1_error": 100.0 * (1 - int(correct) / max(seen, 1)),
     }
 
 
