@@ -3,7 +3,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from piggyback.benchmark import PAPER_EPOCHS, PAPER_IMAGES, paper_table_gpu_hours
+import pytest
+
+from piggyback.benchmark import (
+    PAPER_EPOCHS,
+    PAPER_IMAGES,
+    gpu_hours,
+    paper_table_gpu_hours,
+    task_passes,
+)
+from piggyback.methods import Hyperparameters
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -46,3 +55,20 @@ def test_paper_table_cost_counts_every_epoch_of_train_and_test():
     images = sum(train + test for train, test in PAPER_IMAGES.values())
     hours = paper_table_gpu_hours({"a": 1000.0}, {"a": 1000.0})
     assert abs(hours - PAPER_EPOCHS * images / 1000 / 3600) < 1e-9
+
+
+def test_the_comparison_counts_each_methods_passes_over_the_data():
+    orderings = [["flowers", "sketches"], ["sketches", "flowers"]]
+    piggyback = task_passes("piggyback", Hyperparameters.for_method("piggyback"), orderings)
+    assert piggyback == [("flowers", 30, 30), ("sketches", 30, 30)]  # once for both orderings
+    packnet = task_passes("packnet", Hyperparameters.for_method("packnet"), orderings)
+    # 20 epochs, then (not on the last task) a baseline evaluation and 10 pruned epochs
+    assert packnet == [
+        ("flowers", 30, 31),
+        ("sketches", 20, 20),
+        ("sketches", 30, 31),
+        ("flowers", 20, 20),
+    ]
+    hours = gpu_hours([("flowers", 2, 3)], [["flowers"]], 1000.0, 2000.0, 4000.0)
+    train, test = PAPER_IMAGES["flowers"]
+    assert hours == pytest.approx((2 * train / 1000 + 3 * test / 2000 + test / 4000) / 3600)

@@ -1,0 +1,165 @@
+"""The GPU check's CPU mode runs the GPU run's code at toy sizes: a typo found here costs
+seconds, not a lent GPU's minutes."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from piggyback.gpucheck import (
+    CPU_PLAN,
+    GPU_PLAN,
+    METHOD_ORDER,
+    PAPER_COMPARISON,
+    OverBudget,
+    fitting_batch,
+    paper_comparison,
+    time_limit,
+)
+from piggyback.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+# As on the device: PYTHONPATH=src, and neither snakemake nor jsonschema importable.
+RUN = (
+    "import runpy, sys; "
+    "sys.modules.update(dict.fromkeys(('snakemake', 'jsonschema', 'piggyback.config'))); "
+    "sys.argv = ['src/gpu_check.py', *sys.argv[1:]]; "
+    "runpy.run_path('src/gpu_check.py', run_name='__main__')"
+)
+TRAIN_FIGURES = {"img_s", "img_s_repeats", "first_step_s", "peak_mem_mb", "settings", "speed"}
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    result = subprocess.run(
+        [sys.executable, "-c", RUN, "--cpu", "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return json.loads((out / "gpu_check.json").read_text()), result.stdout, out
+
+
+def test_every_measurement_of_the_plan_ran(cpu_run):
+    report, _, _ = cpu_run
+    assert report["mode"] == "cpu"
+    assert {"name", "torch", "torchvision", "cpus"} <= report["device"].keys()
+    for section in CPU_PLAN.sections:
+        assert report[section], f"{section} recorded nothing"
+        for record in report[section]:
+            allowed = {"ok", "timeout"} if section == "compile" else {"ok"}
+            assert record["status"] in allowed, (section, record)
+    # the compile step is stopped by the timer: the stop itself is what is tested here
+    assert report["compile"][0]["status"] == "timeout"
+
+
+def test_training_figures_cover_every_method_and_switch_set(cpu_run):
+    report, _, _ = cpu_run
+    arch = CPU_PLAN.archs[0]
+    runs = {(r["method"], r["switches"]): r for r in report["train"]}
+    assert runs.keys() == {(m, s) for m in METHODS for s in ("on", "off")}
+    for record in runs.values():
+        assert TRAIN_FIGURES | {"epoch_eval_img_s", "held_mb"} <= record.keys()
+        assert len(record["img_s_repeats"]) == CPU_PLAN.settings.repeats
+        assert record["img_s"] > 0 and record["arch"] == arch
+        assert record["batch"] == CPU_PLAN.settings.batch_size
+    assert runs["piggyback", "on"]["speed"]["amp"] == "bf16"
+    assert runs["piggyback", "off"]["speed"] == {
+        "amp": "off",
+        "channels_last": False,
+        "compile": False,
+        "fused_optimizer": False,
+    }
+    largest = {r["method"]: r for r in report["largest_batch"]}
+    assert largest.keys() == set(METHODS)
+    assert all(r["batch"] == CPU_PLAN.large.batch_size for r in largest.values())
+    assert {(r["arch"], r["switches"]) for r in report["eval"]} == {(arch, "on"), (arch, "off")}
+
+
+def test_correctness_checks_pass(cpu_run):
+    report, _, _ = cpu_run
+    checks = {r["name"]: r for r in report["correctness"]}
+    assert checks.keys() == {"bf16_agreement", "threshold_in_fp32", "all_ones_mask"}
+    assert all(check["passed"] for check in checks.values())
+    assert checks["threshold_in_fp32"]["bf16_would_differ"]  # the probe can tell
+
+
+def test_summary_derives_overhead_projection_and_feed(cpu_run):
+    report, _, _ = cpu_run
+    summary = {r["name"]: r for r in report["summary"]}
+    ratios = {(r["switches"], r["batch"]): r["ratio"] for r in summary["overhead"]["ratios"]}
+    batch, large = CPU_PLAN.settings.batch_size, CPU_PLAN.large.batch_size
+    assert ratios.keys() == {("on", batch), ("off", batch), ("on", large)}
+    train = {(r["method"], r["switches"]): r["img_s"] for r in report["train"]}
+    expected = train["finetune", "on"] / train["piggyback", "on"]
+    assert ratios["on", batch] == pytest.approx(expected, abs=1e-3)
+    projection = summary["projection"]
+    assert projection["comparison"]["source"] == "config/config.yaml"
+    for switches in ("on", "off"):
+        hours = projection["gpu_hours"][switches]
+        assert hours["methods"].keys() == PAPER_COMPARISON["methods"].keys()
+        assert hours["total"] > hours["methods"]["piggyback"]["total"] > 0
+    feed = summary["feed"]["pipelines"]
+    assert feed.keys() == {"cached", "dataloader"}
+    inputs = {r["name"]: r for r in report["input"]}
+    assert inputs["prepare"]["images"] == CPU_PLAN.pipeline_images
+    assert inputs["dataloader"]["workers"] == report["device"]["cpus"]
+
+
+def test_the_goals_table_is_printed_last(cpu_run):
+    _, stdout, out = cpu_run
+    *_, configurations, goals = [block.splitlines() for block in stdout.strip().split("\n\n")]
+    assert [cell.strip() for cell in goals[0].split("|")[1:-1]] == [
+        "figure",
+        "measured",
+        "goal",
+        "met",
+    ]
+    rows = [line.split("|")[1].strip() for line in goals[2:]]
+    assert rows[0] == f"{CPU_PLAN.archs[0]} Piggyback training img/s, batch 4, on"
+    assert "correctness: bf16_agreement" in rows
+    assert all(line.split("|")[4].strip().endswith("cpu mode)") for line in goals[2:])
+    assert [line.split("|")[2].strip() for line in configurations[2:]] == list(METHOD_ORDER)
+    written = (out / "gpu_check.md").read_text().strip().splitlines()
+    assert written[-len(goals) - len(configurations) - 1 :] == [*configurations, "", *goals]
+
+
+def test_the_gpu_plan_fits_in_eight_minutes():
+    assert GPU_PLAN.sections.keys() == CPU_PLAN.sections.keys()
+    assert sum(GPU_PLAN.sections.values()) <= 450  # leaves 30 s of the 480 to start Python
+    assert GPU_PLAN.archs[0] == "resnet50" and set(GPU_PLAN.archs) == set(PAPER_COMPARISON["archs"])
+    scaled = GPU_PLAN.scaled(220)
+    assert sum(scaled.sections.values()) == pytest.approx(220)
+
+
+def test_the_timer_stops_an_overrunning_measurement():
+    started = time.monotonic()
+    with pytest.raises(OverBudget), time_limit(0.05):
+        time.sleep(5)
+    assert time.monotonic() - started < 1
+    with time_limit(5):  # a measurement within its time is left alone, the timer cleared
+        pass
+    time.sleep(0.01)
+
+
+def test_the_largest_batch_is_extrapolated_from_memory():
+    # 1,000 MB held, 100 MB per image at batch 32: 4,200 MB; 80% of 80,000 MB fits 512
+    assert fitting_batch(4200, 1000, 32, 80_000, 0.8, 256) == 256
+    assert fitting_batch(4200, 1000, 32, 20_000, 0.8, 1024) == 128
+    assert fitting_batch(4200, 1000, 32, 5_000, 0.8, 256) == 32  # nothing larger fits
+    assert fitting_batch(4200, None, 4, None, 0.8, 8) == 8  # the CPU counts no memory
+
+
+def test_the_comparison_is_read_from_the_config_or_its_copy(tmp_path):
+    read = paper_comparison(ROOT / "config" / "config.yaml")
+    copy = paper_comparison(tmp_path / "missing.yaml")
+    assert copy["source"].startswith("built-in copy")
+    for key in ("archs", "methods", "orderings"):
+        assert set(map(str, read[key])) == set(map(str, copy[key])), key
