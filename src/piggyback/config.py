@@ -10,6 +10,7 @@ import jsonschema
 from piggyback.methods.registry import METHODS, START_DATASET, config_schema
 
 PRETRAIN_WEIGHTS = "pretrain"
+RELEASED_METHODS = ("piggyback", "piggyback_ternary")  # what the authors' mask files hold
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,8 @@ def check_config(config: dict[str, Any]) -> None:
                 f"archs.{arch}.weights is {PRETRAIN_WEIGHTS!r}, but the config has no "
                 "`pretrain:` section saying which dataset to pretrain on"
             )
+    if "released" in config:
+        _check_released(config)
 
 
 def _check_methods(config: dict[str, Any]) -> None:
@@ -58,6 +61,25 @@ def _check_methods(config: dict[str, Any]) -> None:
         if source is not None:
             _check_known(
                 [source], config["datasets"], f"methods.{method}.{START_DATASET}", "datasets"
+            )
+
+
+def _check_released(config: dict[str, Any]) -> None:
+    """With `released:`, every packed file comes from an import of the authors' files: an
+    arch or method left to the pack rule would train."""
+    experiment, released = config["experiment"], config["released"]
+    _check_known(list(released), config["archs"], "released", "archs")
+    for index, arch in enumerate(experiment["archs"]):
+        if arch not in released:
+            raise ConfigError(
+                f"experiment.archs[{index}] is {arch!r}, which has no `released:` entry: with "
+                "`released:`, every arch is imported from the authors' file, not trained"
+            )
+    for index, method in enumerate(experiment["methods"]):
+        if method not in RELEASED_METHODS:
+            raise ConfigError(
+                f"experiment.methods[{index}] is {method!r}: the authors' released files "
+                f"hold {' or '.join(RELEASED_METHODS)} masks, and nothing is trained"
             )
 
 
