@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: setup demo test lint format bench clean-demo
+.PHONY: setup demo test lint format bench gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 --configfile config/demo.yaml
+	$(VENV)/bin/snakemake --report results/demo/report.html --configfile config/demo.yaml
+	@echo "The report: $(CURDIR)/results/demo/report.html (open it in a browser)"
 
 test: $(STAMP) lint
 	$(PYTHON) -m pytest -q
@@ -29,6 +31,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PYTHON) src/bench.py
+
+# Every GPU figure in under 8 minutes (docs/performance.md, "How to measure on a GPU").
+gpu-check: $(STAMP)
+	$(PYTHON) src/gpu_check.py --out results/gpu-check
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests

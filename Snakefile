@@ -10,3 +10,4 @@ rule all:
     default_target: True
     input:
         table_outputs(),
+        plot_outputs(),

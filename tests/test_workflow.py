@@ -52,6 +52,9 @@ def paper_config(tmp_path, **experiment):
     return path
 
 
+PLOTS = ("reference", "error_curves", "mask_density", "ownership", "storage", "runtimes")
+
+
 def expected_jobs(archs, datasets, orderings, independent, sequential, runs) -> dict[str, int]:
     """Independent methods train each task once per arch and run, and pack and evaluate
     them as one file; a sequential method does so once per ordering, after one start
@@ -66,8 +69,10 @@ def expected_jobs(archs, datasets, orderings, independent, sequential, runs) -> 
         "pack": archs * series * runs,
         "evaluate": archs * series * runs,  # one job per packed file, every task in it
         "aggregate": 1,
+        **{f"plot_{figure}": 1 for figure in PLOTS},
         "all": 1,
     }
+    counts = {rule: count for rule, count in counts.items() if count}
     return {**counts, "total": sum(counts.values())}
 
 
@@ -92,6 +97,21 @@ def test_dry_run_with_every_method_and_three_runs(tmp_path):
     config = paper_config(tmp_path, methods=methods, runs=3)
     result = snakemake("-n", "--cores", "8", "--configfile", str(config), workdir=tmp_path)
     assert job_counts(result.stdout) == expected_jobs(3, 5, 2, 4, 1, 3)
+
+
+def test_piggyback_alone_is_one_overlay_away(tmp_path):
+    """The README's command for Piggyback alone."""
+    result = snakemake(
+        "-n",
+        "--cores",
+        "8",
+        "--configfile",
+        "config/config.yaml",
+        "config/piggyback-only.yaml",
+        workdir=tmp_path,
+    )
+    assert job_counts(result.stdout) == expected_jobs(3, 5, 2, 1, 0, 1)
+    assert "results/piggyback/table.md" in result.stdout
 
 
 def test_a_packnet_chain_follows_its_ordering(tmp_path):

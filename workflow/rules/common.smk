@@ -8,6 +8,7 @@ from pathlib import Path
 
 from piggyback.config import (
     PRETRAIN_WEIGHTS,
+    RELEASED_METHODS,
     ConfigError,
     check_config,
     experiment_datasets,
@@ -51,6 +52,7 @@ SCRIPTS = {
         "pack",
         "evaluate",
         "aggregate",
+        "plots",
     )
 }
 
@@ -292,6 +294,11 @@ def reference_flags():
     return f"--reference {reference['file']} --tolerance {reference['tolerance']}"
 
 
+def tolerance_flag():
+    reference = config.get("reference")
+    return f"--tolerance {reference['tolerance']}" if reference else ""
+
+
 def reference_inputs():
     reference = config.get("reference")
     return [reference["file"]] if reference else []
@@ -303,3 +310,146 @@ def classes_json():
 
 def orderings_json():
     return json.dumps({o: config["orderings"][o] for o in ORDERINGS})
+
+
+# The report's figures (rules in report.smk). A figure reads records, each naming one
+# file and what it belongs to; its rule's input is exactly those files, so a figure is
+# redrawn whenever one of them changes.
+PLOTS = "reference error_curves mask_density ownership storage runtimes".split()
+
+
+def plot_file(name, suffix="png"):
+    return f"{RESULTS}/plots/{name}.{suffix}"
+
+
+def plot_outputs():
+    return [plot_file(name) for name in PLOTS]
+
+
+def record_files(records):
+    return [path for r in records for path in (r["file"], r.get("stats")) if path]
+
+
+def records_json(records):
+    return json.dumps(records)
+
+
+def stats_file(arch, series, run):
+    return f"{RESULTS}/packed/{arch}/{series}/run{run}.stats.tsv"
+
+
+def stores_masks(method):
+    return "mask_kind" in METHOD_REGISTRY[method].options
+
+
+def packed_series():
+    """(arch, series, run) of every packed file."""
+    return [(arch, series, run) for arch in ARCHS for series in SERIES for run in RUNS]
+
+
+def trained_series():
+    """The packed files that training makes: none with `released:` (imported instead)."""
+    return [] if "released" in config else packed_series()
+
+
+def series_record(arch, series, run, **files):
+    method = series_method(series)
+    ordering = series_ordering(series)
+    return {"arch": arch, "method": method, "ordering": ordering, "run": run, **files}
+
+
+def training_records():
+    """Every trained task's per-epoch metrics."""
+    return [
+        series_record(arch, series, run, dataset=dataset, file=f"{path}.metrics.tsv")
+        for arch, series, run in trained_series()
+        for dataset in series_tasks(series)
+        for path in [f"{RESULTS}/train/{arch}/{series}/run{run}/{dataset}"]
+    ]
+
+
+def mask_stats_records():
+    """Per-layer statistics of the methods that store masks (Piggyback)."""
+    return [
+        series_record(arch, series, run, file=stats_file(arch, series, run))
+        for arch, series, run in packed_series()
+        if stores_masks(series_method(series))
+    ]
+
+
+def owner_stats_records():
+    """Per-layer statistics of the sequential methods, which store owners (PackNet)."""
+    return [
+        series_record(arch, series, run, file=stats_file(arch, series, run))
+        for arch, series, run in packed_series()
+        if is_sequential(series_method(series))
+    ]
+
+
+def mask_stats(arch, series, run):
+    """A series' statistics file if its method stores masks, else None."""
+    if stores_masks(series_method(series)):
+        return stats_file(arch, series, run)
+    return None
+
+
+def storage_records():
+    """Every packed file (its header is read), with the statistics of a mask's layers."""
+    return [
+        series_record(a, s, r, file=packed_file(a, s, r), stats=mask_stats(a, s, r))
+        for a, s, r in packed_series()
+    ]
+
+
+def benchmark_records():
+    """Every benchmarked job: pretrain, start, train and evaluate."""
+    bench = f"{RESULTS}/benchmarks"
+    trained = trained_series()
+    pretrained = [a for a in ARCHS if config["archs"][a]["weights"] == PRETRAIN_WEIGHTS]
+    sequential = [m for m in METHODS if is_sequential(m)]
+    records = [
+        {"file": f"{bench}/pretrain/{arch}.tsv", "rule": "pretrain", "arch": arch}
+        for arch in (pretrained if trained else [])
+    ]
+    records += [
+        {"file": f"{bench}/start/{arch}/{m}/run{r}.tsv", "rule": "start", "arch": arch}
+        for arch in ARCHS
+        for m in (sequential if trained else [])
+        for r in RUNS
+    ]
+    records += [
+        series_record(arch, series, run, rule="train", file=path)
+        for arch, series, run in trained
+        for dataset in series_tasks(series)
+        for path in [f"{bench}/train/{arch}/{series}/run{run}/{dataset}.tsv"]
+    ]
+    records += [
+        series_record(arch, series, run, rule="evaluate", file=path)
+        for arch, series, run in packed_series()
+        for path in [f"{bench}/evaluate/{arch}/{series}/run{run}.tsv"]
+    ]
+    return records
+
+
+def released_file(arch):
+    """The authors' mask file of an arch (config `released:`), in the downloads folder."""
+    return f"{DOWNLOADS}/{config['released'][arch]['file']}"
+
+
+def released_marker(wildcards):
+    """Input: the marker `verify_released` writes once the arch's file is in place."""
+    return f"{released_file(wildcards.arch)}.verified"
+
+
+def released_if_present(wildcards):
+    """Input: the file itself once it is there, so that replacing it imports it again
+    (while it is missing, its marker's job stops the run with where to get it)."""
+    path = released_file(wildcards.arch)
+    return path if Path(path).is_file() else []
+
+
+def released_sha256_flag(wildcards):
+    """Param: `--sha256 HEX` where the config knows the released file's sha256."""
+    entries = config["released"].values()
+    sha256 = next(e["sha256"] for e in entries if e["file"] == wildcards.name)
+    return f"--sha256 {sha256}" if sha256 else ""

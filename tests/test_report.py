@@ -1,0 +1,251 @@
+"""The report: each figure's numbers against the table and the files they were read
+from, and Snakemake's HTML report opened in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from browser import Browser, chromium
+from test_workflow import job_counts, shrunk_demo_config, snakemake
+
+from piggyback.checkpoints import load_checkpoint
+from piggyback.plots import best_epoch, ownership, reference_comparison
+
+KEYS = ["method", "ordering", "arch", "dataset"]
+JOB = ["arch", "method", "ordering", "run", "dataset"]
+FIGURES = ["reference", "error_curves", "mask_density", "ownership", "storage", "runtimes"]
+needs_chromium = pytest.mark.skipif(
+    chromium() is None,
+    reason="no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs "
+    "it when run as root)",
+)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The shrunk demo (Piggyback and PackNet on DenseNet-121), run once, and its report."""
+    workdir = tmp_path_factory.mktemp("report")
+    config = shrunk_demo_config(workdir)
+    snakemake("--cores", "2", "--configfile", str(config), workdir=workdir)
+    results = workdir / "results" / "demo"
+    report = results / "report.html"
+    snakemake("--report", str(report), "--configfile", str(config), workdir=workdir)
+    print(f"report: {report} ({report.stat().st_size} bytes)")
+    return SimpleNamespace(workdir=workdir, config=config, results=results, report=report)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, sep="\t")
+    if "ordering" in frame:
+        frame["ordering"] = frame["ordering"].fillna("")
+    return frame
+
+
+def _table(demo) -> pd.DataFrame:
+    return _read(demo.results / "table.tsv")
+
+
+def _drawn(demo, figure: str) -> pd.DataFrame:
+    """The numbers a figure shows, as its rule wrote them beside the picture."""
+    return _read(demo.results / "plots" / f"{figure}.tsv")
+
+
+def _series(method: str, ordering: str) -> str:
+    return f"{method}/{ordering}" if ordering else method
+
+
+def _weighted(frame: pd.DataFrame, keys: list[str], column: str) -> pd.Series:
+    """Per group, ``column`` averaged over layers weighted by their weights, as a share."""
+    total = (frame[column] * frame["weights"]).groupby([frame[k] for k in keys]).sum()
+    return total / frame.groupby(keys)["weights"].sum() / 100
+
+
+def test_the_kept_epoch_is_the_best_of_the_last_phase():
+    """PackNet keeps the best of its retraining after pruning, even when an epoch of
+    fine-tuning before it had a lower error; on a tie, the first."""
+    metrics = pd.DataFrame(
+        {
+            "epoch": [1, 2, 2, 3],
+            "phase": ["finetune", "finetune", "prune", "prune"],
+            "test_top1_error": [10.0, 20.0, 30.0, 30.0],
+        }
+    )
+    assert best_epoch(metrics) == 2
+
+
+def test_the_reference_figure_tells_cells_within_outside_and_without_a_reference():
+    table = pd.DataFrame(
+        {
+            "method": "piggyback",
+            "ordering": "",
+            "arch": "vgg16",
+            "dataset": ["flowers", "cubs_cropped", "sketches"],
+            "error": [7.5, 25.0, 30.0],
+            "std": float("nan"),
+            "n": 1,
+            "chance_error": 99.0,
+            "reference": [6.93, 20.75, float("nan")],
+            "within_tolerance": [True, False, float("nan")],
+        }
+    )
+    _, data = reference_comparison(table, tolerance=1.0)
+    assert data["verdict"].tolist() == ["within", "outside", "no reference"]
+
+
+def test_a_figure_without_data_says_so():
+    figure, data = ownership([])
+    assert data.empty
+    assert "No data: no PackNet in this config" in [t.get_text() for t in figure.axes[0].texts]
+
+
+@pytest.mark.slow
+def test_the_reference_figure_draws_every_cell_of_the_table(demo):
+    columns = [*KEYS, "error", "std", "n", "chance_error", "reference", "within_tolerance"]
+    pd.testing.assert_frame_equal(_drawn(demo, "reference")[columns], _table(demo)[columns])
+
+
+@pytest.mark.slow
+def test_the_error_curves_are_the_metrics_and_mark_the_checkpoint_the_table_evaluated(demo):
+    drawn = _drawn(demo, "error_curves")
+    for (arch, method, ordering, run, dataset), job in drawn.groupby(JOB):
+        path = demo.results / "train" / arch / _series(method, ordering) / f"run{run}" / dataset
+        metrics = pd.read_csv(f"{path}.metrics.tsv", sep="\t")
+        assert job["test_top1_error"].tolist() == metrics["test_top1_error"].tolist()
+        best = job[job["best"]]
+        assert len(best) == 1, f"one kept epoch per job, not {len(best)}"
+        checkpoint = load_checkpoint(Path(f"{path}.pt"))
+        assert (checkpoint["epoch"], checkpoint["phase"]) == (
+            best["epoch"].item(),
+            best["phase"].item(),
+        )
+        assert checkpoint["test_top1_error"] == pytest.approx(best["test_top1_error"].item())
+    kept = drawn[drawn["best"]].groupby(KEYS)["test_top1_error"].mean()
+    table = _table(demo).set_index(KEYS)["error"]
+    assert sorted(kept.index) == sorted(table.index), "a curve per cell, and no other"
+    assert kept[table.index].tolist() == pytest.approx(table.tolist(), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_mask_density_and_ownership_per_layer_add_up_to_the_table(demo):
+    table = _table(demo).set_index(KEYS)
+    masks = _drawn(demo, "mask_density").assign(ordering="")
+    density = _weighted(masks, KEYS, "kept_pct")
+    expected = table["mask_density"].dropna()
+    assert sorted(density.index) == sorted(expected.index)
+    assert density[expected.index].tolist() == pytest.approx(expected.tolist(), abs=1e-4)
+    owners = _drawn(demo, "ownership").rename(columns={"owner": "dataset"})
+    owned = _weighted(owners[~owners["dataset"].isin(["source", "free"])], KEYS, "owned_pct")
+    expected = table["owned_share"].dropna()
+    assert sorted(owned.index) == sorted(expected.index)
+    assert owned[expected.index].tolist() == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_storage_accounts_for_every_byte_of_the_packed_files(demo):
+    drawn = _drawn(demo, "storage")
+    assert sorted(set(zip(*(drawn[k] for k in KEYS), strict=True))) == sorted(
+        _table(demo).set_index(KEYS).index
+    )
+    for (arch, method, ordering, run), part in drawn.groupby(["arch", "method", "ordering", "run"]):
+        path = demo.results / "packed" / arch / _series(method, ordering) / f"run{run}.safetensors"
+        with open(path, "rb") as handle:
+            (header,) = struct.unpack("<Q", handle.read(8))
+        payload = path.stat().st_size - 8 - header
+        assert part["megabytes"].sum() * 1e6 == pytest.approx(payload, abs=1)
+        bits = part["bits_per_weight"].unique()
+        assert len(bits) == 1
+        if method == "piggyback":
+            assert bits[0] == pytest.approx(1, abs=0.01), "a binary mask: 1 bit per weight"
+        else:  # one 32-bit network and a 3-bit owner map (free, source, 3 tasks), for 3 tasks
+            assert bits[0] == pytest.approx((32 + 3) / 3, rel=0.03)
+
+
+@pytest.mark.slow
+def test_the_time_figure_is_every_benchmark(demo):
+    drawn = _drawn(demo, "runtimes")
+    files = (demo.results / "benchmarks").rglob("*.tsv")
+    assert sorted(drawn["job"]) == sorted(str(p.relative_to(demo.workdir)) for p in files)
+    for row in drawn.itertuples():
+        benchmark = pd.read_csv(demo.workdir / row.job, sep="\t")
+        assert row.seconds == benchmark["s"].iloc[-1]
+    assert (drawn["rule"] == "train").sum() == _table(demo)["n"].sum(), "a job per cell and run"
+
+
+@pytest.mark.slow
+def test_a_figure_is_redrawn_when_a_file_it_reads_changes(demo):
+    """Snakemake reruns a job whose input's content changed (not its mtime alone)."""
+    metrics = next((demo.results / "train").rglob("*.metrics.tsv"))
+    content, before = metrics.read_bytes(), metrics.stat()
+    metrics.write_bytes(content + b"\n")
+    try:
+        result = snakemake("-n", "--configfile", str(demo.config), workdir=demo.workdir)
+    finally:
+        metrics.write_bytes(content)
+        os.utime(metrics, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert job_counts(result.stdout) == {"plot_error_curves": 1, "all": 1, "total": 2}
+
+
+@needs_chromium
+def test_the_browser_check_sees_a_javascript_error(tmp_path):
+    """The report test below would pass vacuously if errors went unseen."""
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><script>undefinedFunction();</script></body></html>")
+    with Browser(chromium(), tmp_path / "profile") as browser:
+        browser.open(page.as_uri())
+        browser.wait_for("document.readyState === 'complete'")
+    assert any("undefinedFunction" in error for error in browser.errors), browser.errors
+
+
+CLICK = """(text => {
+    const hits = [...document.querySelectorAll("#app *")]
+        .filter(element => element.textContent.trim() === text);
+    hits[hits.length - 1].click();
+})(%r)"""
+IMAGE_SIZES = """Promise.all(Object.entries(results)
+    .filter(([path, result]) => result.mime_type.startsWith("image/"))
+    .map(([path, result]) => new Promise(done => {
+        const image = new Image();
+        image.onload = () => done([path, image.naturalWidth]);
+        image.onerror = () => done([path, 0]);
+        image.src = result.data_uri;
+    })))"""
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_the_report_opens_in_chromium_with_the_table_and_every_figure(demo, tmp_path):
+    with Browser(chromium(), tmp_path / "profile") as browser:
+        browser.open(demo.report.as_uri())
+        browser.wait_for("document.querySelector('#app').innerText.includes('Results')")
+        labels = browser.evaluate(
+            "Object.fromEntries(Object.entries(results).map(([p, r]) => [p, r.labels.result]))"
+        )
+        names = {Path(path).name for path in labels}
+        assert names == {"table.md", *(f"{figure}.png" for figure in FIGURES)}
+        for category, subcategories in browser.evaluate("categories").items():
+            browser.evaluate("app.setView({navbarMode: 'menu'})")  # the home button
+            browser.wait_for(f"document.body.innerText.includes({category!r})")
+            browser.evaluate(CLICK % category)  # as a reader does
+            listed = [labels[path] for paths in subcategories.values() for path in paths]
+            condition = " && ".join(f"document.body.innerText.includes({t!r})" for t in listed)
+            browser.wait_for(condition)
+        sizes = dict(browser.evaluate(IMAGE_SIZES))
+        assert len(sizes) == len(FIGURES) and all(sizes.values()), f"undecodable: {sizes}"
+        figure = next(path for path in labels if path.endswith("reference.png"))
+        browser.evaluate("app.setView({navbarMode: 'menu'})")
+        browser.wait_for("document.body.innerText.includes('1. Results')")
+        browser.evaluate(CLICK % "1. Results")
+        browser.evaluate(
+            f"app.setView({{content: 'img', contentPath: results[{figure!r}].data_uri, "
+            f"resultPath: {figure!r}}})"
+        )
+        browser.wait_for("[...document.images].some(i => i.complete && i.naturalWidth > 0)")
+        screenshot = tmp_path / "report.png"
+        browser.screenshot(screenshot)
+        print(f"screenshot of the report: {screenshot}")
+    assert browser.errors == []
