@@ -26,7 +26,8 @@ import torchvision
 from torch import nn
 
 from piggyback import released
-from piggyback.backbones import ArchSpec, backbone_state, build_backbone
+from piggyback.backbones import ArchSpec, build_backbone
+from piggyback.checkpoints import backbone_state
 from piggyback.masks import bake_masks, maskable_layers
 from piggyback.released import (
     ReleasedError,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from script_args import digits_task_args
 
-from piggyback.backbones import ArchSpec, backbone_state, build_task_model
-from piggyback.checkpoints import load_checkpoint
+from piggyback.backbones import ArchSpec, build_task_model
+from piggyback.checkpoints import backbone_state, load_checkpoint
 from piggyback.data import load_task_data, make_loader
 from piggyback.training import Hyperparameters, TaskRun, TrainingError, train_task
 

@@ -15,8 +15,6 @@ import torch
 import torchvision
 from torch import nn
 
-from piggyback.checkpoints import tensors_sha256
-
 RANDOM_WEIGHTS = "random"
 
 
@@ -191,23 +189,6 @@ def weights_file_name(builder: str, enum_name: str) -> str:
 
 def weights_url(builder: str, enum_name: str) -> str:
     return _weights_enum(builder, enum_name).url
-
-
-def backbone_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """The backbone's own tensors under their plain names, masks left out."""
-    state = {}
-    for key, tensor in backbone.state_dict().items():
-        if ".parametrizations." in key:
-            if not key.endswith(".original"):
-                continue  # a mask, not a backbone tensor
-            module, _, rest = key.partition(".parametrizations.")
-            key = f"{module}.{rest.removesuffix('.original')}"
-        state[key] = tensor
-    return state
-
-
-def backbone_sha256(backbone: nn.Module) -> str:
-    return tensors_sha256(backbone_state(backbone))
 
 
 def _weights_enum(builder: str, enum_name: str):

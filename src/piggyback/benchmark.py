@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from piggyback.backbones import ArchSpec, backbone_sha256, build_task_model
+from piggyback.backbones import ArchSpec, build_task_model
+from piggyback.checkpoints import backbone_sha256
 from piggyback.data import load_task_data, make_loader
 from piggyback.fastdata import cached_batches, load_task_cache
 from piggyback.masks import bake_masks, maskable_layers, threshold_mask

@@ -1,4 +1,5 @@
-"""Saving and loading checkpoints: atomically, and without running pickled code."""
+"""Saving and loading checkpoints (atomically, and without running pickled code), and the
+identity of tensors: what a backbone is, whatever file it came from."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from piggyback.atomic import atomic_write
 
@@ -64,3 +66,20 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.view(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def backbone_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's own tensors under their plain names, masks left out."""
+    state = {}
+    for key, tensor in backbone.state_dict().items():
+        if ".parametrizations." in key:
+            if not key.endswith(".original"):
+                continue  # a mask, not a backbone tensor
+            module, _, rest = key.partition(".parametrizations.")
+            key = f"{module}.{rest.removesuffix('.original')}"
+        state[key] = tensor
+    return state
+
+
+def backbone_sha256(backbone: nn.Module) -> str:
+    return tensors_sha256(backbone_state(backbone))

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.backbones import ArchSpec, TaskModel, backbone_sha256, build_backbone
+from piggyback.backbones import ArchSpec, TaskModel, build_backbone
+from piggyback.checkpoints import backbone_sha256
 from piggyback.data import DataError, TransformStyle, load_split, make_loader
 from piggyback.fastdata import cached_batches, load_task_cache
 from piggyback.methods import load_method

@@ -31,14 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.backbones import (
-    ArchSpec,
-    BackboneError,
-    backbone_sha256,
-    build_backbone,
-    weights_file_name,
-)
-from piggyback.checkpoints import atomic_save
+from piggyback.backbones import ArchSpec, BackboneError, build_backbone, weights_file_name
+from piggyback.checkpoints import atomic_save, backbone_sha256
 from piggyback.downloads import file_digests, hash_prefix_in_name
 from piggyback.masks import MASKED_LAYER_TYPES, maskable_layers
 from piggyback.methods.registry import METHODS, Hyperparameters

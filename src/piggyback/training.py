@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from piggyback.backbones import TaskModel, backbone_sha256
-from piggyback.checkpoints import tensors_sha256
+from piggyback.backbones import TaskModel
+from piggyback.checkpoints import backbone_sha256, tensors_sha256
 from piggyback.methods import Hyperparameters, load_method
 from piggyback.methods.base import Method, Phase, TrainingError
 from piggyback.training_state import TrainingState

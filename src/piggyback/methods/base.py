@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
-from piggyback.backbones import backbone_sha256
+from piggyback.checkpoints import backbone_sha256
 from piggyback.methods.registry import Hyperparameters, MethodEntry
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from piggyback.backbones import backbone_state
+from piggyback.checkpoints import backbone_state
 from piggyback.methods.base import Method
 
 

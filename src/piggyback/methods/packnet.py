@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.backbones import backbone_state
+from piggyback.checkpoints import backbone_state
 from piggyback.masks import maskable_layers
 from piggyback.methods.base import Method, Phase, TrainingError
 from piggyback.methods.registry import MethodError
