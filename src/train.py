@@ -49,6 +49,12 @@ def parse_args() -> argparse.Namespace:
     add_cache_argument(parser)
     parser.add_argument("--method", choices=list(METHODS), default="piggyback")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=64,
+        help="images per batch of the test evaluation after each epoch (default: 64)",
+    )
     chain = parser.add_argument_group("sequential methods (a chain of tasks)")
     chain.add_argument(
         "--start",
@@ -189,7 +195,7 @@ def task_batches(args: argparse.Namespace, batch_size: int, device):
             lambda epoch: cached_batches(
                 cache, batch_size, True, args.seed * 1_000_003 + epoch, device
             ),
-            cached_batches(cache, batch_size, False, 0, device),
+            cached_batches(cache, args.eval_batch_size, False, 0, device),
         )
     train_data, test_data = load_task_data(args.data, args.transform, args.image_size, args.classes)
     return (
@@ -197,7 +203,7 @@ def task_batches(args: argparse.Namespace, batch_size: int, device):
         lambda epoch: make_loader(
             train_data, batch_size, True, args.seed * 1_000_003 + epoch, args.workers
         ),
-        make_loader(test_data, batch_size, False, 0, args.workers),
+        make_loader(test_data, args.eval_batch_size, False, 0, args.workers),
     )
 
 

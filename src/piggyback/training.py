@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from tqdm import tqdm
 
 from piggyback.backbones import TaskModel
@@ -155,9 +156,15 @@ class TrainStep:
 def evaluate(
     model: nn.Module, loader, device: torch.device, speed: SpeedOptions | None = None
 ) -> dict[str, float]:
-    """Top-1 and top-5 error (%) and the image count."""
+    """Top-1 and top-5 error (%) and the image count. Parametrized weights (masks) are
+    computed once for the whole pass, not once per batch: they do not change in it."""
     speed = (speed or SpeedOptions()).resolve(device)
     model.eval()
+    with parametrize.cached():
+        return _evaluate(model, loader, device, speed)
+
+
+def _evaluate(model: nn.Module, loader, device: torch.device, speed: SpeedOptions) -> dict:
     top1 = top5 = total = 0
     for images, labels in loader:
         images = images.to(device, non_blocking=True, memory_format=speed.memory_format)

@@ -158,11 +158,14 @@ def arch_flags(arch):
     return flags
 
 
+EVAL_BATCH_SIZE = config.get("eval_batch_size", 64)
+
+
 def data_flags(dataset):
     entry = dataset_entry(dataset)
     return (
         f"--dataset {dataset} --data {DATA}/{dataset} --transform {entry['transform']} "
-        f"--image-size {IMAGE_SIZE} --workers {WORKERS}"
+        f"--image-size {IMAGE_SIZE} --workers {WORKERS} --eval-batch-size {EVAL_BATCH_SIZE}"
     )
 
 

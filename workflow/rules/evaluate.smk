@@ -25,7 +25,7 @@ rule evaluate:
         arch=lambda wildcards: arch_flags(wildcards.arch),
         tasks=tasks_json,
         image_size=IMAGE_SIZE,
-        batch_size=config.get("eval_batch_size", 64),
+        batch_size=EVAL_BATCH_SIZE,
         workers=WORKERS,
     shell:
         "{params.python} {params.script} {input.packed} {params.arch} "
