@@ -136,6 +136,9 @@ def to_markdown(
         "reference from another setting, named below the table).",
         "",
     ]
+    referenced = table["reference"].notna().any()
+    if not referenced:
+        lines += ["No cell has a published number to compare with (no reference).", ""]
     notes: dict[str, int] = {}
     for (method, ordering), block in _blocks(table, methods):
         rows = []
@@ -148,11 +151,11 @@ def to_markdown(
             row["chance"] = f"{cells['chance_error'].iloc[0]:.1f}" if len(cells) else ""
             for arch in archs:
                 cell = cells[cells["arch"] == arch]
-                row[arch] = _cell(cell.iloc[0], notes) if len(cell) else "not run"
+                row[arch] = _cell(cell.iloc[0], notes, referenced) if len(cell) else "not run"
             rows.append(row)
         start = block["start_source"].iloc[0] if "start_source" in block else None
         lines += [f"## {block_title(method, ordering, order, start)}", ""]
-        lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
+        lines += [_markdown(rows), ""]
         lines += _summary_lines(block, order, archs)
     lines += ["## Verdict", "", *verdict(table, tolerance), ""]
     if notes:
@@ -163,6 +166,11 @@ def to_markdown(
     if len(sources):
         lines += ["References:", "", *[f"- {s}" for s in sources], ""]
     return "\n".join(lines)
+
+
+def _markdown(rows: list[dict]) -> str:
+    """A markdown table of the rows, their text as written (no "31.00" shown as "31")."""
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
 def _blocks(table: pd.DataFrame, methods: list[str]):
@@ -189,7 +197,7 @@ def _summary_lines(block: pd.DataFrame, datasets: list[str], archs: list[str]) -
                 cell = block[(block["dataset"] == dataset) & (block["arch"] == arch)]
                 row[arch] = f"{100.0 * cell[column].iloc[0]:.2f}" if len(cell) else "not run"
             rows.append(row)
-        lines += [f"{what}:", "", pd.DataFrame(rows).to_markdown(index=False), ""]
+        lines += [f"{what}:", "", _markdown(rows), ""]
     return lines
 
 
@@ -203,6 +211,8 @@ def verdict(table: pd.DataFrame, tolerance: float) -> list[str]:
             f"{name}: mean error {block['error'].mean():.2f}% "
             f"(chance {block['chance_error'].mean():.2f}%) over {len(block)} cells; "
         )
+        if "mask_density" in block and block["mask_density"].notna().any():
+            text += f"masks keep {100 * block['mask_density'].mean():.1f}% of their entries; "
         if len(with_ref):
             text += f"{within} of {len(with_ref)} within ±{tolerance:g} of the reference"
         else:
@@ -213,12 +223,13 @@ def verdict(table: pd.DataFrame, tolerance: float) -> list[str]:
     return lines
 
 
-def _cell(row: pd.Series, notes: dict[str, int]) -> str:
+def _cell(row: pd.Series, notes: dict[str, int], referenced: bool) -> str:
+    """The error (± std over runs), and its reference where the table has any."""
     text = f"{row['error']:.2f}"
     if row["n"] > 1:
         text += f" ± {row['std']:.2f} (n={row['n']})"
     if pd.isna(row["reference"]):
-        return text + " (no reference)"
+        return text + " (no reference)" if referenced else text
     mark = " ✓" if row["within_tolerance"] else ""
     setting = row["reference_setting"]
     if setting:

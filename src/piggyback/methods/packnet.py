@@ -189,9 +189,8 @@ class PackNet(Method):
             value = value.detach().cpu()
             if name in before_owners:
                 earlier = before_owners[name] != FREE
-                owner = self.owners[name].cpu()
-                same_owner = torch.equal(owner[earlier], before_owners[name][earlier])
-                if not (same_owner and torch.equal(value[earlier], before[name][earlier])):
+                changed = (value != before[name]) | (self.owners[name].cpu() != before_owners[name])
+                if (changed & earlier).any():
                     raise TrainingError(f"a weight of {name} owned by an earlier task changed")
             elif not torch.equal(value, before[name]):
                 raise TrainingError(f"{name} (fixed after the start) changed during training")
