@@ -4,11 +4,11 @@ import torch
 from piggyback.backbones import (
     ArchSpec,
     BackboneError,
-    backbone_sha256,
     build_backbone,
     build_task_model,
     find_head,
 )
+from piggyback.checkpoints import backbone_sha256
 
 
 @pytest.mark.parametrize(
