@@ -21,7 +21,7 @@ demo: $(STAMP)
 	@cat results/demo/table.md
 	@echo "The report: $(CURDIR)/results/demo/report.html (open it in a browser)"
 
-# The demo with VGG-16 too: about ten minutes more on 2 cores (README, "The demo").
+# The demo with VGG-16 too: an 11-minute pipeline on 2 cores (README, "The demo").
 demo-vgg16: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 --configfile config/demo.yaml config/demo-vgg16.yaml
 	$(VENV)/bin/snakemake --report results/demo-vgg16/report.html --configfile config/demo.yaml config/demo-vgg16.yaml
