@@ -137,8 +137,8 @@ class TrainStep:
         return cls(model, forward, method, optimizer, speed, device)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
-        """Returns the loss and the logits, on the device: reading them waits for the
-        GPU, so the caller reads them once per epoch, not once per step."""
+        """Returns the loss and the count of correct predictions, on the device: reading
+        them waits for the GPU, so the caller reads them once per epoch, not per step."""
         images = images.to(self.device, non_blocking=True, memory_format=self.speed.memory_format)
         labels = labels.to(self.device, non_blocking=True)
         with self.speed.autocast(self.device):
@@ -149,7 +149,7 @@ class TrainStep:
         self.method.after_backward(self.model)
         self.optimizer.step()
         self.method.after_step(self.model)
-        return loss.detach(), logits
+        return loss.detach(), (logits.argmax(1) == labels).sum()
 
 
 @torch.no_grad()
@@ -268,11 +268,11 @@ def _train_epoch(step: TrainStep, batches, state: TrainingState, progress: bool)
     for index, (images, labels) in enumerate(
         tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
     ):
-        loss, logits = step(images, labels)
+        loss, hits = step(images, labels)
         bad = ~torch.isfinite(loss) & (first_bad < 0)
         first_bad = torch.where(bad, index, first_bad)
         loss_sum += loss.double() * labels.numel()
-        correct += (logits.argmax(1) == labels.to(device)).sum()
+        correct += hits
         seen += labels.numel()
     if (batch := int(first_bad)) >= 0:
         raise TrainingError(
