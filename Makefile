@@ -32,20 +32,20 @@ test: $(STAMP) lint
 	$(PYTHON) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests tools
+	$(VENV)/bin/ruff format --check src tests tools
 	$(VENV)/bin/snakefmt --check Snakefile workflow
 	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml
 
 bench: $(STAMP)
-	$(PYTHON) src/bench.py
+	PYTHONPATH=tools $(PYTHON) -m bench
 
 # Every GPU figure in under 8 minutes (docs/performance.md, "How to measure on a GPU").
 gpu-check: $(STAMP)
-	$(PYTHON) src/gpu_check.py --out results/gpu-check
+	PYTHONPATH=tools $(PYTHON) -m gpu_check --out results/gpu-check
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff format src tests tools
 	$(VENV)/bin/snakefmt Snakefile workflow
 
 clean-demo:

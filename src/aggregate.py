@@ -13,7 +13,7 @@ from pathlib import Path
 
 from piggyback import cli
 from piggyback.atomic import atomic_write, atomic_write_text
-from piggyback.tables import load_reference, load_results, summarize, to_markdown, verdict
+from piggyback.report.tables import load_reference, load_results, summarize, to_markdown, verdict
 
 
 def main() -> None:

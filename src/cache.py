@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from piggyback import cli
-from piggyback.data import DataError, error_message
-from piggyback.fastdata import write_cache
+from piggyback.data.cache.format import write_cache
+from piggyback.data.datasets import DataError, error_message
 
 
 def main() -> None:

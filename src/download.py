@@ -18,8 +18,8 @@ from pathlib import Path
 
 from piggyback import cli
 from piggyback.atomic import atomic_write_json
-from piggyback.downloads import DownloadError
-from piggyback.sources import SourceError, fetch_source, source_from_json
+from piggyback.data.download import DownloadError
+from piggyback.data.sources import SourceError, fetch_source, source_from_json
 
 EXAMPLE = """example:
   python src/download.py --dataset cubs_cropped --downloads downloads \\

@@ -18,10 +18,10 @@ from safetensors import SafetensorError
 
 from piggyback import cli
 from piggyback.atomic import atomic_write_json
-from piggyback.backbones import BackboneError
-from piggyback.data import DataError, error_message
-from piggyback.evaluation import TaskData, evaluate_pack
-from piggyback.packing import PackError
+from piggyback.core.backbones import BackboneError
+from piggyback.core.evaluation import TaskData, evaluate_pack
+from piggyback.core.packed_file import PackError
+from piggyback.data.datasets import DataError, error_message
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ import argparse
 from pathlib import Path
 
 from piggyback import cli
-from piggyback.backbones import BackboneError
-from piggyback.downloads import DownloadError
-from piggyback.weights_fetch import fetch_backbone_weights
+from piggyback.core.backbones import BackboneError
+from piggyback.core.fetch_weights import fetch_backbone_weights
+from piggyback.data.download import DownloadError
 
 EXAMPLE = """example:
   python src/fetch_weights.py --builder resnet50 --weights IMAGENET1K_V1 \\

@@ -18,16 +18,11 @@ import sys
 from pathlib import Path
 
 from piggyback import cli
-from piggyback.backbones import BackboneError
-from piggyback.data import error_message
-from piggyback.packing import ENCODINGS, PackError
-from piggyback.released import (
-    ARCH_KINDS,
-    AUTHORS_WEIGHTS,
-    ReleasedError,
-    import_released,
-    save_backbone_weights,
-)
+from piggyback.core.backbones import BackboneError
+from piggyback.core.packed_file import ENCODINGS, PackError
+from piggyback.data.datasets import error_message
+from piggyback.released.files import ARCH_KINDS, ReleasedError
+from piggyback.released.importing import AUTHORS_WEIGHTS, import_released, save_backbone_weights
 
 EXAMPLE = """example:
   python src/import_released.py downloads/resnet50_binary.pt --kind resnet50 \\

@@ -15,8 +15,9 @@ import argparse
 from pathlib import Path
 
 from piggyback import cli
-from piggyback.checkpoints import CheckpointError
-from piggyback.packing import ENCODINGS, PackError, pack
+from piggyback.core.checkpoints import CheckpointError
+from piggyback.core.packed_file import ENCODINGS, PackError
+from piggyback.core.packing import pack
 
 
 def main() -> None:

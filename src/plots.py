@@ -15,7 +15,7 @@ import pandas as pd
 
 from piggyback import cli
 from piggyback.atomic import atomic_write
-from piggyback.plots import FIGURES
+from piggyback.report.plots import FIGURES
 
 
 def main() -> None:

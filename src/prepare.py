@@ -17,8 +17,9 @@ import argparse
 from pathlib import Path
 
 from piggyback import cli
-from piggyback.archives import ArchiveError
-from piggyback.sources import SourceError, prepare_dataset, source_from_json
+from piggyback.data.archives import ArchiveError
+from piggyback.data.prepare import prepare_dataset
+from piggyback.data.sources import SourceError, source_from_json
 
 
 def main() -> None:

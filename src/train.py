@@ -20,17 +20,19 @@ from safetensors import SafetensorError
 
 from piggyback import cli
 from piggyback.atomic import atomic_move, atomic_write
-from piggyback.backbones import (
+from piggyback.core.backbones import (
     BackboneError,
     build_source_model,
     build_task_model,
     torchvision_state,
 )
-from piggyback.checkpoints import CheckpointError, atomic_save, load_checkpoint
-from piggyback.data import DataError, error_message, load_task_data, make_loader
-from piggyback.fastdata import add_cache_argument, cached_batches, load_task_cache
-from piggyback.methods.registry import METHODS, Hyperparameters, MethodError
-from piggyback.training import SpeedOptions, TaskRun, TrainingError, train_task
+from piggyback.core.checkpoints import CheckpointError, atomic_save, load_checkpoint
+from piggyback.core.registry import METHODS, Hyperparameters, MethodError
+from piggyback.core.run import SpeedOptions, TaskRun, TrainingError
+from piggyback.core.training import train_task
+from piggyback.data.cache.batches import cached_batches
+from piggyback.data.cache.format import load_task_cache
+from piggyback.data.datasets import DataError, error_message, load_task_data, make_loader
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     )
     cli.add_arch_arguments(parser)
     cli.add_data_arguments(parser, required=False)
-    add_cache_argument(parser)
+    cli.add_cache_argument(parser)
     parser.add_argument("--method", choices=list(METHODS), default="piggyback")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from piggyback import cli
 from piggyback.atomic import atomic_write_json
-from piggyback.released import ReleasedError, check_released_file
+from piggyback.released.files import ReleasedError
+from piggyback.released.importing import check_released_file
 
 
 def main() -> None:

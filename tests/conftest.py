@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from piggyback.digits import write_digits_task
+from piggyback.data.digits import write_digits_task
 
 
 @pytest.fixture(autouse=True)

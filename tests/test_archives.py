@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from piggyback.archives import ArchiveError, extract_archive
+from piggyback.data.archives import ArchiveError, extract_archive
 
 
 def make_tar(path: Path, members: list[tuple[str, bytes | None, str | None, str]]) -> Path:

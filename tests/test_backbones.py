@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from piggyback.backbones import (
+from piggyback.core.backbones import (
     ArchSpec,
     BackboneError,
     build_backbone,
     build_task_model,
     find_head,
 )
-from piggyback.checkpoints import backbone_sha256
+from piggyback.core.checkpoints import backbone_sha256
 
 
 @pytest.mark.parametrize(

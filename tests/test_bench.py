@@ -4,24 +4,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench.measure import PAPER_EPOCHS, PAPER_IMAGES, gpu_hours, paper_table_gpu_hours, task_passes
 
-from piggyback.benchmark import (
-    PAPER_EPOCHS,
-    PAPER_IMAGES,
-    gpu_hours,
-    paper_table_gpu_hours,
-    task_passes,
-)
-from piggyback.methods import Hyperparameters
+from piggyback.core.registry import Hyperparameters
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
 def test_bench_writes_the_figures_per_arch(tmp_path):
     subprocess.run(
         [
             sys.executable,
-            str(SRC / "bench.py"),
+            "-m",
+            "bench",
             "--archs",
             "resnet18",
             "--image-size",
@@ -37,6 +32,7 @@ def test_bench_writes_the_figures_per_arch(tmp_path):
         ],
         check=True,
         capture_output=True,
+        cwd=TOOLS,
     )
     (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     figures = report["archs"]["resnet18"]

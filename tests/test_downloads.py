@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from loopback import LoopbackServer, md5_of, sha256_of
 
-from piggyback import weights_fetch
-from piggyback.downloads import (
+from piggyback.core import fetch_weights
+from piggyback.core.fetch_weights import fetch_backbone_weights
+from piggyback.data.download import (
     Checksum,
     ChecksumError,
     DownloadError,
     download,
     hash_prefix_in_name,
 )
-from piggyback.weights_fetch import fetch_backbone_weights
 
 PAYLOAD = os.urandom(300_000)  # several reads of urllib's buffer, so drops land midway
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def test_hash_prefix_follows_torch_hub_file_names():
 
 def test_weights_are_fetched_from_a_mirror_and_checked_by_name(server, tmp_path, monkeypatch):
     name = f"tiny-{sha256_of(PAYLOAD)[:8]}.pth"
-    monkeypatch.setattr(weights_fetch, "weights_url", lambda b, w: f"https://unreachable/{name}")
+    monkeypatch.setattr(fetch_weights, "weights_url", lambda b, w: f"https://unreachable/{name}")
     out = tmp_path / "weights" / name
     fetched = fetch_backbone_weights("tiny", "V1", out, url=server.serve(name, PAYLOAD))
     assert fetched.downloaded and out.read_bytes() == PAYLOAD
@@ -191,7 +191,7 @@ def test_weights_under_another_name_are_checked_by_torchvision_name(server, tmp_
 
 def test_fetch_weights_cli_verifies_a_pre_staged_file(tmp_path, monkeypatch, capsys):
     name = f"tiny-{sha256_of(PAYLOAD)[:8]}.pth"
-    monkeypatch.setattr(weights_fetch, "weights_url", lambda b, w: f"https://unreachable/{name}")
+    monkeypatch.setattr(fetch_weights, "weights_url", lambda b, w: f"https://unreachable/{name}")
     (tmp_path / name).write_bytes(PAYLOAD)
     argv = ["fetch_weights.py", "--builder", "tiny", "--weights", "V1", "--out"]
     monkeypatch.setattr(sys, "argv", [*argv, str(tmp_path / name), "--no-progress"])

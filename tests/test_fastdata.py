@@ -1,4 +1,4 @@
-"""The cached input pipeline (piggyback.fastdata): the cache holds what torchvision's
+"""The cached input pipeline (piggyback.data.cache): the cache holds what torchvision's
 deterministic steps make, and batches from it equal torchvision's transforms, exactly
 for the same random draws (so in distribution for any)."""
 
@@ -20,12 +20,14 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchvision import transforms
 
-from piggyback import fastdata
-from piggyback.backbones import ArchSpec
-from piggyback.checkpoints import load_checkpoint
-from piggyback.data import load_task_data
-from piggyback.evaluation import TaskData, evaluate_pack
-from piggyback.packing import pack_tasks
+from piggyback.core.backbones import ArchSpec
+from piggyback.core.checkpoints import load_checkpoint
+from piggyback.core.evaluation import TaskData, evaluate_pack
+from piggyback.core.packing import pack_tasks
+from piggyback.data.cache import batches as cache_batches
+from piggyback.data.cache import format as cache_file
+from piggyback.data.cache import resize
+from piggyback.data.datasets import load_task_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -57,7 +59,7 @@ def cache_files(images, tmp_path_factory):
     paths = {}
     for style in ("cropped", "standard"):
         paths[style] = folder / f"{style}.safetensors"
-        fastdata.write_cache(images, style, SIZE, paths[style], workers=2, log=lambda _: None)
+        cache_file.write_cache(images, style, SIZE, paths[style], workers=2, log=lambda _: None)
     return paths
 
 
@@ -85,8 +87,8 @@ def _epoch(batches):
 def test_batches_equal_torchvision_exactly_for_the_same_random_draws(
     images, cache_files, style, train
 ):
-    cache = fastdata.load_cache(cache_files[style])
-    got_images, got_labels = _epoch(fastdata.cached_batches(cache, 5, train, 7, "cpu"))
+    cache = cache_file.load_cache(cache_files[style])
+    got_images, got_labels = _epoch(cache_batches.cached_batches(cache, 5, train, 7, "cpu"))
     expected_images, expected_labels = _torchvision_epoch(images, style, train, 7)
     assert got_images.dtype == torch.float32 and got_images.shape == expected_images.shape
     assert torch.equal(got_images, expected_images)
@@ -118,7 +120,7 @@ def test_crop_parameters_are_torchvisions_for_the_same_random_stream():
             torch.manual_seed(seed)
             expected = transforms.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3])
             generator = torch.Generator().manual_seed(seed)
-            got = fastdata.crop_params(height, width, generator)
+            got = cache_batches.crop_params(height, width, generator)
             assert got == expected, (height, width, seed)
             assert torch.equal(generator.get_state(), torch.get_rng_state())  # same draws
 
@@ -140,19 +142,19 @@ def test_resize_is_pillows_bilinear_resize_in_both_pass_orders():
     for slot, crop in enumerate(crops):
         padded[slot, :, : crop.shape[1], : crop.shape[2]] = crop
     sizes = torch.tensor(sizes)
-    got = fastdata.resize_crops(padded, sizes, SIZE, torch.tensor(flips))
+    got = resize.resize_crops(padded, sizes, SIZE, torch.tensor(flips))
     assert torch.equal(got, torch.stack(expected).to(torch.int32))
-    order = fastdata.vertical_first(sizes, SIZE)
-    if fastdata._pillow_may_resize_vertically_first():
+    order = resize.vertical_first(sizes, SIZE)
+    if resize._pillow_may_resize_vertically_first():
         assert order.any() and not order.all(), "both pass orders should be exercised"
 
 
 def test_flips_happen_half_of_the_time(cache_files):
-    cache = fastdata.load_cache(cache_files["cropped"])
+    cache = cache_file.load_cache(cache_files["cropped"])
     plain = cache.splits["train"].stacked()
     flipped = total = 0
     for seed in range(40):
-        batches = fastdata.CachedBatches(cache, 64, True, seed, torch.device("cpu"))
+        batches = cache_batches.CachedBatches(cache, 64, True, seed, torch.device("cpu"))
         batches.table = torch.arange(256, dtype=torch.float32).repeat(3, 1)  # raw bytes
         order = torch.randperm(len(plain), generator=torch.Generator().manual_seed(seed))
         images, _ = next(iter(batches))
@@ -167,11 +169,11 @@ def test_flips_happen_half_of_the_time(cache_files):
 
 
 def test_epochs_are_deterministic_per_seed_with_or_without_prefetch(cache_files):
-    cache = fastdata.load_cache(cache_files["standard"])
-    batches = fastdata.cached_batches(cache, 4, True, 3, "cpu")
+    cache = cache_file.load_cache(cache_files["standard"])
+    batches = cache_batches.cached_batches(cache, 4, True, 3, "cpu")
     first, again = _epoch(batches), _epoch(batches)
-    prefetched = _epoch(fastdata.cached_batches(cache, 4, True, 3, "cpu", prefetch=2))
-    other = _epoch(fastdata.cached_batches(cache, 4, True, 4, "cpu"))
+    prefetched = _epoch(cache_batches.cached_batches(cache, 4, True, 3, "cpu", prefetch=2))
+    other = _epoch(cache_batches.cached_batches(cache, 4, True, 4, "cpu"))
     assert len(batches) == math.ceil(21 / 4)
     for tensors in (again, prefetched):
         assert torch.equal(first[0], tensors[0]) and torch.equal(first[1], tensors[1])
@@ -179,8 +181,8 @@ def test_epochs_are_deterministic_per_seed_with_or_without_prefetch(cache_files)
 
 
 def test_prefetch_hands_errors_to_the_consumer(cache_files):
-    cache = fastdata.load_cache(cache_files["cropped"])
-    batches = fastdata.cached_batches(cache, 4, True, 0, "cpu", prefetch=2)
+    cache = cache_file.load_cache(cache_files["cropped"])
+    batches = cache_batches.cached_batches(cache, 4, True, 0, "cpu", prefetch=2)
     batches.table = torch.zeros(7)  # a lookup that fails in the worker thread
     with pytest.raises((RuntimeError, IndexError)):
         _epoch(batches)
@@ -189,24 +191,24 @@ def test_prefetch_hands_errors_to_the_consumer(cache_files):
 def test_caches_for_other_settings_or_damaged_ones_are_refused(cache_files, tmp_path):
     path = cache_files["cropped"]
     cpu = torch.device("cpu")
-    with pytest.raises(fastdata.CacheError, match="built for --transform cropped"):
-        fastdata.load_task_cache(path, "standard", SIZE, None, cpu)
-    with pytest.raises(fastdata.CacheError, match="--image-size 24"):
-        fastdata.load_task_cache(path, "cropped", 32, None, cpu)
-    with pytest.raises(fastdata.CacheError, match="holds 3 classes"):
-        fastdata.load_task_cache(path, "cropped", SIZE, 5, cpu)
-    with pytest.raises(fastdata.CacheError, match="does not exist"):
-        fastdata.load_cache(tmp_path / "missing.safetensors")
+    with pytest.raises(cache_file.CacheError, match="built for --transform cropped"):
+        cache_file.load_task_cache(path, "standard", SIZE, None, cpu)
+    with pytest.raises(cache_file.CacheError, match="--image-size 24"):
+        cache_file.load_task_cache(path, "cropped", 32, None, cpu)
+    with pytest.raises(cache_file.CacheError, match="holds 3 classes"):
+        cache_file.load_task_cache(path, "cropped", SIZE, 5, cpu)
+    with pytest.raises(cache_file.CacheError, match="does not exist"):
+        cache_file.load_cache(tmp_path / "missing.safetensors")
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(fastdata.CacheError, match="not a readable dataset cache"):
-        fastdata.load_cache(damaged)
+    with pytest.raises(cache_file.CacheError, match="not a readable dataset cache"):
+        cache_file.load_cache(damaged)
     stale = tmp_path / "stale.safetensors"
-    metadata = fastdata.read_metadata(path)
+    metadata = cache_file.read_metadata(path)
     metadata["cached_steps"]["train"] = "Compose(Resize(size=99))"
     save_file(load_file(path), str(stale), metadata={"piggyback.cache": json.dumps(metadata)})
-    with pytest.raises(fastdata.CacheError, match="other train transforms"):
-        fastdata.load_cache(stale)
+    with pytest.raises(cache_file.CacheError, match="other train transforms"):
+        cache_file.load_cache(stale)
 
 
 def test_cache_script_writes_the_cache_or_fails_in_one_line(digits_target, tmp_path):
@@ -219,7 +221,7 @@ def test_cache_script_writes_the_cache_or_fails_in_one_line(digits_target, tmp_p
         check=True,
     )
     assert json.loads(done.stdout.splitlines()[-1])["images"] == {"train": 210, "test": 90}
-    assert fastdata.read_metadata(out)["classes"][0] == "digit_5"
+    assert cache_file.read_metadata(out)["classes"][0] == "digit_5"
     failed = subprocess.run(
         [*command, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
         capture_output=True,
@@ -233,7 +235,7 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
     """train.py --cache runs and writes its outputs; the packed task evaluates to the
     same errors from the cache as from the image folder, and as in training."""
     cache = tmp_path / "cache-32.safetensors"
-    fastdata.write_cache(digits_target, "cropped", 32, cache, log=lambda _: None)
+    cache_file.write_cache(digits_target, "cropped", 32, cache, log=lambda _: None)
     out = tmp_path / "run"
     subprocess.run(
         [

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from piggyback.gpucheck import (
+from gpu_check.check import (
     CPU_PLAN,
     GPU_PLAN,
     METHOD_ORDER,
@@ -20,15 +19,15 @@ from piggyback.gpucheck import (
     paper_comparison,
     time_limit,
 )
-from piggyback.methods import METHODS
+
+from piggyback.core.registry import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
-# As on the device: PYTHONPATH=src, and neither snakemake nor jsonschema importable.
+# As on the device: PYTHONPATH=src:tools, and neither snakemake nor jsonschema importable.
 RUN = (
     "import runpy, sys; "
     "sys.modules.update(dict.fromkeys(('snakemake', 'jsonschema', 'piggyback.config'))); "
-    "sys.argv = ['src/gpu_check.py', *sys.argv[1:]]; "
-    "runpy.run_path('src/gpu_check.py', run_name='__main__')"
+    "runpy.run_module('gpu_check', run_name='__main__', alter_sys=True)"
 )
 TRAIN_FIGURES = {"img_s", "img_s_repeats", "first_step_s", "peak_mem_mb", "settings", "speed"}
 
@@ -39,7 +38,7 @@ def cpu_run(tmp_path_factory):
     result = subprocess.run(
         [sys.executable, "-c", RUN, "--cpu", "--out", str(out)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tools'}"},
         capture_output=True,
         text=True,
     )

@@ -6,11 +6,13 @@ head alone."""
 import pytest
 import torch
 
-from piggyback.backbones import ArchSpec, build_task_model, torchvision_state
-from piggyback.checkpoints import load_checkpoint
-from piggyback.data import load_task_data, make_loader
-from piggyback.digits import write_digits_task
-from piggyback.training import Hyperparameters, TaskRun, train_task
+from piggyback.core.backbones import ArchSpec, build_task_model, torchvision_state
+from piggyback.core.checkpoints import load_checkpoint
+from piggyback.core.registry import Hyperparameters
+from piggyback.core.run import TaskRun
+from piggyback.core.training import train_task
+from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.data.digits import write_digits_task
 
 CHANCE_ERROR = 80.0  # five classes
 

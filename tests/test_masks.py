@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from piggyback.backbones import ArchSpec, build_backbone
-from piggyback.masks import (
+from piggyback.core.backbones import ArchSpec, build_backbone
+from piggyback.core.masks import (
     MaskSpec,
     WeightMask,
     add_masks,

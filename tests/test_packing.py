@@ -5,19 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from piggyback.backbones import ArchSpec, build_task_model
-from piggyback.data import load_task_data, make_loader
-from piggyback.evaluation import TaskData, evaluate_pack
-from piggyback.methods.piggyback import discrete_masks, task_masks
-from piggyback.packing import (
-    PackError,
-    pack_bits,
-    pack_tasks,
-    read_manifest,
-    read_pack,
-    unpack_bits,
-)
-from piggyback.training import Hyperparameters, TaskRun, train_task
+from piggyback.core.backbones import ArchSpec, build_task_model
+from piggyback.core.evaluation import TaskData, evaluate_pack
+from piggyback.core.methods.piggyback import discrete_masks, task_masks
+from piggyback.core.packed_file import PackError, pack_bits, read_manifest, read_pack, unpack_bits
+from piggyback.core.packing import pack_tasks
+from piggyback.core.registry import Hyperparameters
+from piggyback.core.run import TaskRun
+from piggyback.core.training import train_task
+from piggyback.data.datasets import load_task_data, make_loader
 
 
 @pytest.fixture(scope="module")

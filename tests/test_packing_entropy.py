@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from piggyback.entropy import (
+from piggyback.core.entropy import (
     ENUM_ONES,
     GOLOMB_ONES,
     RANS,
@@ -19,8 +19,9 @@ from piggyback.entropy import (
     encode_plane,
     entropy_bits,
 )
-from piggyback.methods.piggyback import discrete_masks, task_masks
-from piggyback.packing import PackError, pack, pack_tasks, read_manifest, read_pack
+from piggyback.core.methods.piggyback import discrete_masks, task_masks
+from piggyback.core.packed_file import PackError, read_manifest, read_pack
+from piggyback.core.packing import pack, pack_tasks
 
 SIZES = [0, 1, 2, 7, 8, 9, 13, 1001, 65_537, 200_003]
 SHARES = [0.0, 1.0, 0.5, 0.49, 0.51, 0.6, 0.8, 0.9, 0.999, 0.001]

@@ -8,14 +8,17 @@ import shutil
 import pytest
 import torch
 
-from piggyback.backbones import ArchSpec, build_task_model
-from piggyback.checkpoints import load_checkpoint
-from piggyback.data import load_task_data, make_loader
-from piggyback.digits import write_digits_task
-from piggyback.evaluation import TaskData, evaluate_pack
-from piggyback.methods.packnet import FREE, SOURCE
-from piggyback.packing import PackError, pack, read_pack
-from piggyback.training import Hyperparameters, TaskRun, TrainingError, train_task
+from piggyback.core.backbones import ArchSpec, build_task_model
+from piggyback.core.checkpoints import load_checkpoint
+from piggyback.core.evaluation import TaskData, evaluate_pack
+from piggyback.core.methods.packnet import FREE, SOURCE
+from piggyback.core.packed_file import PackError, read_pack
+from piggyback.core.packing import pack
+from piggyback.core.registry import Hyperparameters
+from piggyback.core.run import TaskRun, TrainingError
+from piggyback.core.training import train_task
+from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.data.digits import write_digits_task
 
 TASKS = {"plain": "plain", "mirrored": "mirrored", "rotated": "rotated"}
 HP = {"epochs": 2, "prune_epochs": 2, "batch_size": 16, "optimizer": "adam", "lr": 1e-3}
@@ -149,7 +152,7 @@ def prepared_run(start):
 
 def prepared_task(start):
     """A first task prepared from the start, as training would begin it."""
-    from piggyback.methods import load_method
+    from piggyback.core.registry import load_method
 
     run = prepared_run(start)
     model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
@@ -218,7 +221,7 @@ def test_an_earlier_task_evaluates_bit_identically_before_and_after_the_next(
     trained_chain, tmp_path
 ):
     """The logits of task 1 from a pack of [1] and from a pack of [1, 2, 3] are equal."""
-    from piggyback.methods import load_method
+    from piggyback.core.registry import load_method
 
     _, paths, _ = trained_chain
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -267,7 +270,7 @@ def test_a_task_that_would_change_earlier_weights_is_stopped(
 ):
     """Without the gradient masking, training moves weights earlier tasks own: the end
     of training check catches it."""
-    from piggyback.methods.packnet import PackNet
+    from piggyback.core.methods.packnet import PackNet
 
     monkeypatch.setattr(PackNet, "after_backward", lambda self, model: None)
     _, paths, _ = trained_chain
@@ -276,7 +279,7 @@ def test_a_task_that_would_change_earlier_weights_is_stopped(
 
 
 def test_packnet_refuses_weight_decay():
-    from piggyback.methods import MethodError, load_method
+    from piggyback.core.registry import MethodError, load_method
 
     with pytest.raises(MethodError, match="weight_decay must be 0"):
         load_method("packnet", Hyperparameters.for_method("packnet", weight_decay=1e-4))

@@ -25,18 +25,18 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from piggyback import released
-from piggyback.backbones import ArchSpec, build_backbone
-from piggyback.checkpoints import backbone_state
-from piggyback.masks import bake_masks, maskable_layers
-from piggyback.released import (
+from piggyback.core.backbones import ArchSpec, build_backbone
+from piggyback.core.checkpoints import backbone_state
+from piggyback.core.masks import bake_masks, maskable_layers
+from piggyback.released import importing
+from piggyback.released.files import (
     ReleasedError,
     load_backbone_file,
     module_index_map,
     read_released,
     released_task_masks,
-    weights_match_authors,
 )
+from piggyback.released.importing import weights_match_authors
 
 ARCHS = ["vgg16", "vgg16_bn", "resnet50", "densenet121"]
 # The authors' VGG head views the features as 25088 values and DenseNet's pools a 7x7
@@ -487,7 +487,7 @@ def test_which_weights_are_known_to_match_the_authors(tmp_path, monkeypatch):
     weights.write_bytes(b"pretend weights")
     assert not weights_match_authors("resnet50", weights)
     prefix = hashlib.sha256(b"pretend weights").hexdigest()[:8]
-    entry = released.AUTHORS_WEIGHTS["resnet50"]
-    changed = released.AuthorsWeights(entry.builder, entry.authors_file, (f"r-{prefix}.pth",), "")
-    monkeypatch.setitem(released.AUTHORS_WEIGHTS, "resnet50", changed)
+    entry = importing.AUTHORS_WEIGHTS["resnet50"]
+    changed = importing.AuthorsWeights(entry.builder, entry.authors_file, (f"r-{prefix}.pth",), "")
+    monkeypatch.setitem(importing.AUTHORS_WEIGHTS, "resnet50", changed)
     assert weights_match_authors("resnet50", weights)

@@ -14,9 +14,11 @@ import pytest
 from browser import Browser, chromium
 from test_workflow import job_counts, shrunk_demo_config, snakemake
 
-from piggyback.checkpoints import load_checkpoint
-from piggyback.packing import read_manifest
-from piggyback.plots import best_epoch, ownership, reference_comparison
+from piggyback.core.checkpoints import load_checkpoint
+from piggyback.core.packed_file import read_manifest
+from piggyback.report.plots.curves import best_epoch
+from piggyback.report.plots.layers import ownership
+from piggyback.report.plots.reference import reference_comparison
 
 KEYS = ["method", "ordering", "arch", "dataset"]
 JOB = ["arch", "method", "ordering", "run", "dataset"]

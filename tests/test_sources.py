@@ -20,14 +20,9 @@ from loopback import LoopbackServer, md5_of
 from PIL import Image
 from scipy.io import savemat
 
-from piggyback.downloads import ChecksumError
-from piggyback.sources import (
-    AUTHORS_BOX_URL,
-    PREPARED_MARKER,
-    SourceError,
-    fetch_source,
-    prepare_dataset,
-)
+from piggyback.data.download import ChecksumError
+from piggyback.data.prepare import PREPARED_MARKER, prepare_dataset
+from piggyback.data.sources import AUTHORS_BOX_URL, SourceError, fetch_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_FILE = ROOT / "workflow" / "schemas" / "source.schema.yaml"

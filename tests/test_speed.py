@@ -5,18 +5,13 @@ import platform
 import pytest
 import torch
 
-from piggyback.backbones import ArchSpec, build_task_model
-from piggyback.checkpoints import load_checkpoint
-from piggyback.data import load_task_data, make_loader
-from piggyback.masks import MaskSpec, add_masks, masked_weights, threshold_mask
-from piggyback.methods import load_method
-from piggyback.training import (
-    Hyperparameters,
-    SpeedOptions,
-    TaskRun,
-    make_optimizer,
-    train_task,
-)
+from piggyback.core.backbones import ArchSpec, build_task_model
+from piggyback.core.checkpoints import load_checkpoint
+from piggyback.core.masks import MaskSpec, add_masks, masked_weights, threshold_mask
+from piggyback.core.registry import Hyperparameters, load_method
+from piggyback.core.run import SpeedOptions, TaskRun
+from piggyback.core.training import make_optimizer, train_task
+from piggyback.data.datasets import load_task_data, make_loader
 
 
 def _masked_model(memory_format=torch.contiguous_format):

@@ -9,10 +9,12 @@ import pytest
 import torch
 from script_args import digits_task_args
 
-from piggyback.backbones import ArchSpec, build_task_model
-from piggyback.checkpoints import backbone_state, load_checkpoint
-from piggyback.data import load_task_data, make_loader
-from piggyback.training import Hyperparameters, TaskRun, TrainingError, train_task
+from piggyback.core.backbones import ArchSpec, build_task_model
+from piggyback.core.checkpoints import backbone_state, load_checkpoint
+from piggyback.core.registry import Hyperparameters
+from piggyback.core.run import TaskRun, TrainingError
+from piggyback.core.training import train_task
+from piggyback.data.datasets import load_task_data, make_loader
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -93,7 +95,7 @@ def test_deferred_writes_keep_the_best_epoch_and_resume_to_the_same_result(
 ):
     """With writes deferred, the best epoch (here the second of three) is kept as it
     was, not as the tensors are later; a run killed before any write starts afresh."""
-    import piggyback.training as training
+    import piggyback.core.training as training
 
     plain_evaluate = training.evaluate
     evaluations = []

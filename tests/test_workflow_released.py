@@ -23,16 +23,16 @@ from test_released import Payload, authors_file, authors_masks, authors_shared, 
 from test_workflow import ROOT, job_counts, snakemake
 from torch import nn
 
-from piggyback.backbones import ArchSpec, build_backbone
 from piggyback.config import ConfigError, check_config
-from piggyback.data import load_split
-from piggyback.digits import write_digits_task
-from piggyback.evaluation import TaskData, evaluate_pack
-from piggyback.methods import load_method
-from piggyback.packing import read_pack
-from piggyback.released import (
+from piggyback.core.backbones import ArchSpec, build_backbone
+from piggyback.core.evaluation import TaskData, evaluate_pack
+from piggyback.core.packed_file import read_pack
+from piggyback.core.registry import load_method
+from piggyback.data.datasets import load_split
+from piggyback.data.digits import write_digits_task
+from piggyback.released.files import ReleasedError
+from piggyback.released.importing import (
     RELEASED_BOX_URL,
-    ReleasedError,
     check_released_file,
     import_released,
     save_backbone_weights,

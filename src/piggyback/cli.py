@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the stage scripts that need no torch should not pay for its import
     import torch
 
-    from piggyback.backbones import ArchSpec
+    from piggyback.core.backbones import ArchSpec
 
 DEFAULT_GPU_LOCK_DIR = Path(tempfile.gettempdir()) / "piggyback-gpu-locks"
 
@@ -37,7 +37,7 @@ def add_arch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def arch_spec(args: argparse.Namespace) -> ArchSpec:
-    from piggyback.backbones import ArchSpec
+    from piggyback.core.backbones import ArchSpec
 
     return ArchSpec(builder=args.builder or args.arch, weights=args.weights, head=args.head)
 
@@ -65,6 +65,15 @@ def add_image_folder_arguments(parser, required: bool = True) -> None:
         help="'cropped': resize to a square; 'standard': shorter side, random resized crop",
     )
     parser.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
+
+
+def add_cache_argument(parser) -> None:
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="decoded, pre-resized cache of --data (src/cache.py): batches come from it, "
+        "augmented on the device, instead of from DataLoader workers (--workers unused)",
+    )
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import jsonschema
 
-from piggyback.methods.registry import METHODS, START_DATASET, config_schema
+from piggyback.core.registry import METHODS, START_DATASET, config_schema
 
 PRETRAIN_WEIGHTS = "pretrain"
 RELEASED_METHODS = ("piggyback", "piggyback_ternary")  # what the authors' mask files hold
@@ -93,7 +93,7 @@ def experiment_datasets(config: dict[str, Any]) -> list[str]:
 
 def _check_known(names: list[str], registry: dict, key: str, registry_key: str) -> None:
     where = (
-        "the method registry (src/piggyback/methods/registry.py)"
+        "the method registry (src/piggyback/core/registry.py)"
         if registry is METHODS
         else f"`{registry_key}:`"
     )

@@ -13,7 +13,7 @@ from piggyback.config import (
     check_config,
     experiment_datasets,
 )
-from piggyback.methods.registry import METHODS as METHOD_REGISTRY, START_DATASET
+from piggyback.core.registry import METHODS as METHOD_REGISTRY, START_DATASET
 
 try:
     check_config(config)

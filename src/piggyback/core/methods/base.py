@@ -1,0 +1,116 @@
+"""What a method is to the rest of the project: the hooks the training loop calls, what its
+checkpoint stores, how its tasks are packed and how a task's evaluation model is built
+from the pack. The loop, the packer and the evaluator know no method by name.
+
+A method instance serves one task's training (``prepare`` is called once), or packing,
+or evaluation; it keeps whatever state it needs between hooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import nn
+
+from piggyback.core.checkpoints import backbone_sha256
+from piggyback.core.registry import Hyperparameters, MethodEntry
+from piggyback.core.run import Phase, TaskRun, TrainingError
+
+if TYPE_CHECKING:
+    from piggyback.core.backbones import TaskModel
+    from piggyback.core.packed_file import PackContents, PackedFile
+
+
+class Method:
+    """The default behaviour: a new head trained on a frozen backbone in eval mode.
+    Subclasses override what differs."""
+
+    stores: ClassVar[str] = "head"  # what a packed task holds besides its head
+    freezes_backbone: ClassVar[bool] = True  # every backbone tensor must end unchanged
+
+    def __init__(self, entry: MethodEntry, hp: Hyperparameters):
+        self.entry = entry
+        self.hp = hp
+        self._frozen_sha256: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    # --- training -------------------------------------------------------------------
+    def prepare(self, model: TaskModel, run: TaskRun) -> None:
+        """Freeze what the method does not train and attach what it learns; the head
+        starts from a fresh initialisation (the caller seeds the generator)."""
+        if run.role != "task" or run.previous is not None:
+            raise TrainingError(f"{self.name} trains each task on its own: no start, no previous")
+        model.head.reset_parameters()
+        for parameter in model.backbone.parameters():
+            parameter.requires_grad_(False)
+        if self.freezes_backbone:
+            self._frozen_sha256 = backbone_sha256(model.backbone)
+
+    def phases(self, run: TaskRun) -> list[Phase]:
+        hp = self.hp
+        return [Phase("train", hp.epochs, hp.lr, hp.lr_head, hp.lr_decay_every)]
+
+    def begin_phase(self, model: TaskModel, phase: Phase) -> None:
+        """Called before a phase's first epoch (not again when resuming inside it)."""
+
+    def param_groups(self, model: TaskModel, phase: Phase) -> list[dict[str, Any]]:
+        """The optimiser's groups, backbone side first and the head last, each with the
+        phase's ``base_lr``."""
+        return [{"params": list(model.head.parameters()), "base_lr": phase.lr_head}]
+
+    def train_mode(self, model: TaskModel) -> None:
+        """Train mode, but BatchNorm keeps its statistics (eval mode) unless the method
+        trains it."""
+        model.train()
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+    def after_backward(self, model: TaskModel) -> None:
+        """Between ``backward`` and the optimiser step (PackNet masks gradients here)."""
+
+    def after_step(self, model: TaskModel) -> None:
+        """After each optimiser step."""
+
+    def statistics(self, model: TaskModel) -> dict[str, float]:
+        """Extra per-epoch metrics columns (the same keys every epoch)."""
+        return {}
+
+    def trained_state(self, model: TaskModel) -> dict[str, Any]:
+        """What the method learned, as live tensors (the caller copies them)."""
+        return {"head": model.head.state_dict()}
+
+    def load_trained_state(self, model: TaskModel, state: dict[str, Any]) -> None:
+        model.head.load_state_dict(state["head"])
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Fields of the task checkpoint that packing needs besides the tensors."""
+        return {}
+
+    def check_trained(self, model: TaskModel) -> None:
+        """Raise if training changed what the method promises to keep."""
+        if self._frozen_sha256 is not None and backbone_sha256(model.backbone) != (
+            self._frozen_sha256
+        ):
+            raise TrainingError("a frozen backbone tensor changed during training")
+
+    # --- packing and evaluation -------------------------------------------------------
+    def pack(self, checkpoints: list[dict[str, Any]], contents: PackContents) -> None:
+        """Put every task of ``checkpoints`` (in file order) into ``contents``: its head,
+        what ``pack_task`` adds, and its manifest entry."""
+        for checkpoint in checkpoints:
+            task = checkpoint["dataset"]
+            for key, value in checkpoint["head"].items():
+                contents.put(f"{task}/head/{key}", value)
+            contents.add_task(checkpoint, self.stores, **self.pack_task(checkpoint, contents))
+
+    def pack_task(self, checkpoint: dict[str, Any], contents: PackContents) -> dict[str, Any]:
+        """Store what the task learned besides its head; returns extra manifest fields."""
+        return {}
+
+    def apply(self, backbone: nn.Module, packed: PackedFile, task: str) -> None:
+        """Turn the pretrained backbone into ``task``'s, in place (the head is loaded by
+        the caller): for classifier-only, nothing changes."""

@@ -1,0 +1,49 @@
+"""Individual networks: the whole backbone fine-tuned per task, BatchNorm trained.
+
+The paper's upper reference: the best a network of this size does on the task, at the
+price of a whole network per task (32 bits per weight)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from piggyback.core.checkpoints import backbone_state
+from piggyback.core.methods.base import Method
+
+
+class Finetune(Method):
+    stores = "weights"
+    freezes_backbone = False
+
+    def prepare(self, model, run) -> None:
+        super().prepare(model, run)
+        for parameter in model.backbone.parameters():
+            parameter.requires_grad_(True)
+
+    def param_groups(self, model, phase) -> list[dict[str, Any]]:
+        backbone = {"params": list(model.backbone.parameters()), "base_lr": phase.lr}
+        return [backbone, *super().param_groups(model, phase)]
+
+    def train_mode(self, model) -> None:
+        model.train()
+
+    def trained_state(self, model) -> dict[str, Any]:
+        return {**super().trained_state(model), "weights": backbone_state(model.backbone)}
+
+    def load_trained_state(self, model, state: dict[str, Any]) -> None:
+        super().load_trained_state(model, state)
+        model.backbone.load_state_dict(state["weights"])
+
+    def pack_task(self, checkpoint, contents) -> dict[str, Any]:
+        task = checkpoint["dataset"]
+        for name, value in checkpoint["weights"].items():
+            contents.put(f"{task}/weights/{name}", value)
+        return {}
+
+    def apply(self, backbone: nn.Module, packed, task: str) -> None:
+        backbone.load_state_dict(packed.tensors_under(f"{task}/weights/"))
+
+
+METHOD = Finetune

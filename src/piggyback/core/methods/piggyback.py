@@ -1,0 +1,121 @@
+"""Piggyback: a real-valued mask per backbone weight, thresholded to {0, 1} (or {-1, 0, 1}
+for the ternary variant) in the forward pass, learned with straight-through gradients,
+and a new head; the backbone itself never changes (BatchNorm in eval mode).
+
+Packed, a task costs one bit plane per masked weight (two for ternary masks), or less
+with entropy coding: see docs/pack-format.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from piggyback.core.entropy import entropy_bits
+from piggyback.core.masks import MaskSpec, add_masks, bake_masks, masked_weights, threshold_mask
+from piggyback.core.methods.base import Method
+
+
+class Piggyback(Method):
+    stores = "mask"
+
+    def __init__(self, entry, hp):
+        super().__init__(entry, hp)
+        self.kind = entry.options["mask_kind"]
+
+    def prepare(self, model, run) -> None:
+        super().prepare(model, run)
+        hp = self.hp
+        add_masks(model.backbone, MaskSpec(self.kind, hp.threshold, hp.mask_init, hp.mask_scale))
+
+    def param_groups(self, model, phase) -> list[dict[str, Any]]:
+        masks = [mask.mask_real for mask in masked_weights(model.backbone).values()]
+        return [{"params": masks, "base_lr": phase.lr}, *super().param_groups(model, phase)]
+
+    def statistics(self, model) -> dict[str, float]:
+        """The share of mask entries that keep their weight (non-zero after thresholding)."""
+        masks = masked_weights(model.backbone).values()
+        kept = sum(int(mask.discrete().count_nonzero()) for mask in masks)
+        return {"mask_density": kept / sum(mask.mask_real.numel() for mask in masks)}
+
+    def trained_state(self, model) -> dict[str, Any]:
+        masks = {name: m.mask_real for name, m in masked_weights(model.backbone).items()}
+        return {**super().trained_state(model), "masks": masks}
+
+    def load_trained_state(self, model, state: dict[str, Any]) -> None:
+        super().load_trained_state(model, state)
+        masks = masked_weights(model.backbone)
+        with torch.no_grad():
+            for name, value in state["masks"].items():
+                masks[name].mask_real.copy_(value)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"mask": {"kind": self.kind, "threshold": self.hp.threshold}}
+
+    def pack(self, checkpoints, contents) -> None:
+        contents.agree_on("mask", checkpoints)
+        contents.manifest["mask"] = checkpoints[0]["mask"]
+        super().pack(checkpoints, contents)
+
+    def pack_task(self, checkpoint, contents) -> dict[str, Any]:
+        """A keep plane per layer and, for ternary masks, a sign plane (over the kept
+        entries only when entropy-coded)."""
+        task, layers, kept, total = checkpoint["dataset"], {}, 0, 0
+        for name, discrete in discrete_masks(checkpoint).items():
+            kept, total = kept + int(discrete.count_nonzero()), total + discrete.numel()
+            keep = discrete != 0
+            stored = contents.put_plane(f"{task}/mask/{name}", keep)
+            if self.kind == "ternary":
+                stored += contents.put_plane(f"{task}/sign/{name}", discrete < 0, within=keep)
+            layers[name] = list(discrete.shape)
+            contents.layers.append(self._layer_stats(task, name, discrete, stored))
+        return {"layers": layers, "summary": {"mask_density": kept / total}}
+
+    def apply(self, backbone: nn.Module, packed, task: str) -> None:
+        bake_masks(backbone, task_masks(packed, task))
+
+    def _layer_stats(
+        self, task: str, name: str, discrete: torch.Tensor, stored_bits: int
+    ) -> dict[str, Any]:
+        count = discrete.numel()
+        zeros = int((discrete == 0).sum())
+        negative = int((discrete < 0).sum())
+        # 0th-order entropy of the values {-1, 0, 1}: keep plane, then sign among the kept
+        entropy = entropy_bits(count - zeros, count) + entropy_bits(negative, count - zeros)
+        return {
+            "task": task,
+            "layer": name,
+            "weights": count,
+            "zero_pct": 100.0 * zeros / count,
+            "minus_one_pct": 100.0 * negative / count,
+            "bits_per_weight": 2 if self.kind == "ternary" else 1,
+            "entropy_bits_per_weight": entropy / count,
+            "stored_bits_per_weight": stored_bits / count,
+        }
+
+
+def discrete_masks(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The thresholded masks of a trained-task checkpoint, as float {-1, 0, 1}."""
+    mask = checkpoint["mask"]
+    return {
+        name: threshold_mask(real.float(), mask["kind"], mask["threshold"])
+        for name, real in checkpoint["masks"].items()
+    }
+
+
+def task_masks(packed, task: str) -> dict[str, torch.Tensor]:
+    """A packed task's masks as float {-1, 0, 1}, keyed by weight name."""
+    masks = {}
+    for name, shape in packed.manifest["tasks"][task]["layers"].items():
+        keep = packed.plane(f"{task}/mask/{name}", shape)
+        mask = keep.float()
+        sign_key = f"{task}/sign/{name}"
+        if packed.has(sign_key):
+            mask = mask * (1 - 2 * packed.plane(sign_key, shape, within=keep).float())
+        masks[name] = mask
+    return masks
+
+
+METHOD = Piggyback

@@ -1,0 +1,89 @@
+"""Packing: the tasks' checkpoints of one series, in order, into one packed file
+(:mod:`piggyback.core.packed_file`); the method decides what each task stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from piggyback.core.checkpoints import load_checkpoint
+from piggyback.core.packed_file import ENCODINGS, PackContents, PackError, write_pack
+from piggyback.core.registry import load_method
+
+
+@dataclass
+class PackResult:
+    manifest: dict[str, Any]
+    layers: list[dict[str, Any]]  # statistics rows, one per task (or owner) and layer
+
+    def task_bits(self) -> dict[str, dict[str, float]]:
+        """Per task with mask planes: ``weights``, ``stored_bits_per_weight`` (what the
+        file spends on its planes, per masked weight) and ``entropy_bits_per_weight``."""
+        totals: dict[str, dict[str, float]] = {}
+        for row in self.layers:
+            if "stored_bits_per_weight" not in row:
+                continue
+            total = totals.setdefault(row["task"], {"weights": 0, "stored": 0.0, "entropy": 0.0})
+            total["weights"] += row["weights"]
+            total["stored"] += row["stored_bits_per_weight"] * row["weights"]
+            total["entropy"] += row["entropy_bits_per_weight"] * row["weights"]
+        return {
+            task: {
+                "weights": t["weights"],
+                "stored_bits_per_weight": t["stored"] / t["weights"],
+                "entropy_bits_per_weight": t["entropy"] / t["weights"],
+            }
+            for task, t in totals.items()
+        }
+
+
+def pack_tasks(
+    checkpoint_paths: list[Path],
+    out: Path,
+    stats_out: Path | None = None,
+    encoding: str = "bits",
+    ordering: str | None = None,
+) -> dict:
+    """Pack the tasks' checkpoints, in the order given, into ``out``; returns the manifest."""
+    return pack(checkpoint_paths, out, stats_out, encoding, ordering).manifest
+
+
+def pack(
+    checkpoint_paths: list[Path],
+    out: Path,
+    stats_out: Path | None = None,
+    encoding: str = "bits",
+    ordering: str | None = None,
+) -> PackResult:
+    """:func:`pack_tasks`, also returning the per-layer statistics. ``ordering`` names
+    the order of a sequential method's tasks (recorded; the table is keyed by it)."""
+    paths = [Path(p) for p in checkpoint_paths]
+    checkpoints = [load_checkpoint(p) for p in paths]
+    for path, checkpoint in zip(paths, checkpoints, strict=True):
+        if checkpoint.get("role", "task") != "task":
+            raise PackError(f"{path} is the {checkpoint['role']} of a chain, not a task")
+    return pack_checkpoints(checkpoints, paths, out, stats_out, encoding, ordering)
+
+
+def pack_checkpoints(
+    checkpoints: list[dict[str, Any]],
+    names: list[Path | str],
+    out: Path,
+    stats_out: Path | None = None,
+    encoding: str = "bits",
+    ordering: str | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> PackResult:
+    """Pack task checkpoints already in memory (``names`` says where each came from, for
+    messages); ``provenance``, if given, is recorded in the manifest as ``source``."""
+    if encoding not in ENCODINGS:
+        raise PackError(f"unknown mask encoding {encoding!r}: expected one of {ENCODINGS}")
+    contents = PackContents(encoding, names)
+    for key in ("arch", "method", "backbone_sha256"):
+        contents.agree_on(key, checkpoints)
+    first = checkpoints[0]
+    load_method(first["method"]).pack(checkpoints, contents)
+    base = {key: first[key] for key in ("arch", "method", "backbone_sha256")}
+    manifest = write_pack(contents, out, {**base, "ordering_name": ordering}, stats_out, provenance)
+    return PackResult(manifest, contents.layers)

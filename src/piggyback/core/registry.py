@@ -1,0 +1,284 @@
+"""The method registry: each method's name, its file, whether it is sequential, and its
+hyperparameters with the paper's defaults.
+
+This module imports no torch: the config checks, the workflow's wildcard constraints and
+``train.py --help`` read it in processes that never train. Adding a method is one file in
+``piggyback/core/methods/`` (its behaviour, see :mod:`piggyback.core.methods.base`) and
+one entry below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One hyperparameter: its default, what it does, and the values it may take."""
+
+    default: Any
+    help: str
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    def json_schema(self) -> dict[str, Any]:
+        if self.choices is not None:
+            return {"enum": list(self.choices)}
+        schema: dict[str, Any] = {"type": {int: "integer", float: "number"}[self.kind]}
+        if self.minimum is not None:
+            schema["exclusiveMinimum" if self.exclusive_minimum else "minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        return schema
+
+
+# The training loop's own knobs, shared by every method; entries override the defaults.
+COMMON_KNOBS: dict[str, Knob] = {
+    "epochs": Knob(30, "epochs of training", minimum=1),
+    "batch_size": Knob(32, "images per training step", minimum=1),
+    "optimizer": Knob("adam", "adam or sgd", choices=("adam", "sgd")),
+    "lr": Knob(1e-4, "learning rate of what the method trains inside the backbone", minimum=0),
+    "lr_head": Knob(1e-4, "learning rate of the task head", minimum=0, exclusive_minimum=True),
+    "lr_decay_every": Knob(
+        15, "multiply the learning rates by lr_decay_factor every N epochs", minimum=1
+    ),
+    "lr_decay_factor": Knob(
+        0.1, "see lr_decay_every", minimum=0, exclusive_minimum=True, maximum=1
+    ),
+    "momentum": Knob(0.9, "SGD momentum", minimum=0, maximum=1),
+    "weight_decay": Knob(0.0, "L2 penalty of the optimiser", minimum=0),
+}
+
+MASK_KNOBS: dict[str, Knob] = {
+    "mask_init": Knob(
+        "1s",
+        "'1s': every entry = mask_scale; 'uniform' in [-scale, scale]",
+        choices=("1s", "uniform"),
+    ),
+    "mask_scale": Knob(
+        1e-2, "initial mask value (or range, for 'uniform')", minimum=0, exclusive_minimum=True
+    ),
+    "threshold": Knob(5e-3, "mask entries above it keep their weight", minimum=0),
+}
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method. ``defaults`` overrides the common knobs' defaults, ``knobs``
+    adds the method's own; ``options`` are fixed settings of a variant of the same
+    implementation (not hyperparameters a config may change)."""
+
+    name: str
+    module: str  # the file in piggyback/core/methods/ that implements it
+    label: str  # the row name in the paper's table
+    sequential: bool  # True: task k starts from task k-1's result, so orderings matter
+    summary: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    knobs: dict[str, Knob] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def all_knobs(self) -> dict[str, Knob]:
+        knobs = {**COMMON_KNOBS, **self.knobs}
+        return {
+            name: dataclasses.replace(knob, default=self.defaults.get(name, knob.default))
+            for name, knob in knobs.items()
+        }
+
+
+METHODS: dict[str, MethodEntry] = {
+    entry.name: entry
+    for entry in (
+        MethodEntry(
+            name="classifier_only",
+            module="classifier_only",
+            label="Classifier Only",
+            sequential=False,
+            summary="a new head on the frozen backbone",
+            defaults={"optimizer": "sgd", "lr": 0.0, "lr_head": 1e-3, "lr_decay_every": 30},
+        ),
+        MethodEntry(
+            name="finetune",
+            module="finetune",
+            label="Individual Networks",
+            sequential=False,
+            summary="the whole network fine-tuned per task, BatchNorm included",
+            defaults={"optimizer": "sgd", "lr": 1e-3, "lr_head": 1e-3},
+        ),
+        MethodEntry(
+            name="packnet",
+            module="packnet",
+            label="PackNet",
+            sequential=True,
+            summary="free weights trained per task, then pruned by magnitude for the next",
+            defaults={
+                "epochs": 20,
+                "optimizer": "sgd",
+                "lr": 1e-3,
+                "lr_head": 1e-3,
+                "lr_decay_every": 10,
+            },
+            knobs={
+                "prune_fraction": Knob(
+                    0.75,
+                    "share of a task's weights, per layer, freed for later tasks "
+                    "(the last task of an ordering is never pruned)",
+                    minimum=0,
+                    maximum=1,
+                ),
+                "prune_epochs": Knob(
+                    10, "epochs retraining the survivors after pruning", minimum=0
+                ),
+                "prune_lr": Knob(
+                    1e-4, "learning rate of that retraining", minimum=0, exclusive_minimum=True
+                ),
+                "prune_lr_decay_every": Knob(10, "its step decay, in epochs", minimum=1),
+                "start_prune_fraction": Knob(
+                    0.5,
+                    "share of the pretrained backbone's weights, per layer, freed at the start",
+                    minimum=0,
+                    maximum=1,
+                ),
+                "start_epochs": Knob(
+                    10,
+                    "epochs retraining the pruned backbone on its source (with start_dataset)",
+                    minimum=0,
+                ),
+                "start_lr": Knob(
+                    1e-4, "learning rate of that retraining", minimum=0, exclusive_minimum=True
+                ),
+                "start_lr_decay_every": Knob(5, "its step decay, in epochs", minimum=1),
+            },
+        ),
+        MethodEntry(
+            name="piggyback",
+            module="piggyback",
+            label="Piggyback",
+            sequential=False,
+            summary="a binary mask over the frozen backbone's weights, and a head, per task",
+            knobs=MASK_KNOBS,
+            options={"mask_kind": "binary"},
+        ),
+        MethodEntry(
+            name="piggyback_ternary",
+            module="piggyback",
+            label="Piggyback (ternary)",
+            sequential=False,
+            summary="as piggyback, with masks in {-1, 0, 1} (2 bits per weight)",
+            knobs=MASK_KNOBS,
+            options={"mask_kind": "ternary"},
+        ),
+    )
+}
+
+# Config keys a sequential method takes beside its knobs: not hyperparameters of a task's
+# training, but which data its start (the state the first task starts from) retrains on.
+START_DATASET = "start_dataset"
+
+
+class MethodError(ValueError):
+    """An unknown method or hyperparameter; the message names it and the known ones."""
+
+
+def method_entry(name: str) -> MethodEntry:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise MethodError(
+            f"unknown method {name!r}: expected one of {', '.join(METHODS)}"
+        ) from None
+
+
+def independent_methods() -> list[str]:
+    return [name for name, entry in METHODS.items() if not entry.sequential]
+
+
+def sequential_methods() -> list[str]:
+    return [name for name, entry in METHODS.items() if entry.sequential]
+
+
+class Hyperparameters(Mapping):
+    """A method's hyperparameters: its defaults with overrides, read as attributes."""
+
+    def __init__(self, method: str, values: dict[str, Any]):
+        self._method = method
+        self._values = dict(values)
+
+    @classmethod
+    def for_method(cls, method: str, **overrides: Any) -> Hyperparameters:
+        knobs = method_entry(method).all_knobs()
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(given.keys() - knobs.keys())
+        if unknown:
+            raise MethodError(
+                f"{method} has no hyperparameter {', '.join(unknown)}; it takes {', '.join(knobs)}"
+            )
+        values = {name: knob.default for name, knob in knobs.items()}
+        for name, value in given.items():
+            values[name] = _coerced(method, name, value, knobs[name])
+        return cls(method, values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(f"{self.__dict__.get('_method')} has no {name!r}") from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"{self._method}({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def _coerced(method: str, name: str, value: Any, knob: Knob) -> Any:
+    if knob.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not knob.kind:
+        raise MethodError(
+            f"{method}.{name} is {value!r}, but it takes a {knob.kind.__name__} "
+            f"(default {knob.default!r})"
+        )
+    if knob.choices is not None and value not in knob.choices:
+        raise MethodError(f"{method}.{name} is {value!r}; expected one of {knob.choices}")
+    return value
+
+
+def load_method(name: str, hp: Hyperparameters | None = None):
+    """The method's implementation (a :class:`piggyback.core.methods.base.Method`), built
+    with ``hp`` (default: the paper's); this imports torch."""
+    entry = method_entry(name)
+    module = importlib.import_module(f"piggyback.core.methods.{entry.module}")
+    return module.METHOD(entry, hp if hp is not None else Hyperparameters.for_method(name))
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON schema of the config's ``methods:`` section, read off the registry."""
+    properties = {}
+    for name, entry in METHODS.items():
+        knobs = {k: knob.json_schema() for k, knob in entry.all_knobs().items()}
+        if entry.sequential:
+            knobs[START_DATASET] = {
+                "type": "string",
+                "description": "a dataset to retrain the start on (PackNet: ImageNet)",
+            }
+        properties[name] = {"type": "object", "additionalProperties": False, "properties": knobs}
+    return {"type": "object", "additionalProperties": False, "properties": properties}

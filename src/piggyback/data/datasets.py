@@ -1,0 +1,163 @@
+"""A task's ImageFolder splits, and the loaders that batch them.
+
+What the data on disk may hold, and what happens (docs/reliability.md):
+- class folders: every non-hidden folder of ``<split>/`` is a class, in name order;
+  hidden ones (``.ipynb_checkpoints``) are ignored, so they can never shift the labels.
+  A split without class folders, a class folder without images, or a class in only
+  one of ``train/`` and ``test/`` stops the job with a ``DataError`` naming the folder.
+- files that are not images (by extension: ``README.txt``, ``Thumbs.db``) and hidden
+  files (``.DS_Store``, macOS ``._name.jpg``) are skipped, with their count in the log.
+- a file that claims to be an image but cannot be decoded (truncated, corrupt,
+  unreadable) stops the job with a ``DataError`` naming it, when the loader reaches it:
+  every image is read in the first epoch, so this costs no extra pass over the data.
+
+The transforms are :mod:`piggyback.data.transforms`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+from piggyback.data.transforms import TransformStyle, build_transform
+
+SPLITS = ("train", "test")
+
+
+class DataError(ValueError):
+    """The data on disk is not what the config says; the message names the folder or file."""
+
+
+def error_message(error: BaseException) -> str:
+    """The error's own message, without the traceback that a DataLoader worker process
+    prepends when it re-raises an error in the main process."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]  # "piggyback.data.datasets.DataError: <message>"
+    return last.split(": ", 1)[-1]
+
+
+def read_image(path: str) -> Image.Image:
+    """An image as RGB; a file that cannot be decoded raises a ``DataError`` naming it."""
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError...
+        raise DataError(
+            f"cannot read image {path} ({type(error).__name__}: {error}): the file is "
+            "truncated, corrupt or unreadable; replace it, or prepare the dataset again "
+            "(delete its data folder and rerun the workflow)"
+        ) from None
+
+
+class TaskImageFolder(datasets.ImageFolder):
+    """``ImageFolder`` that ignores hidden folders, skips (and counts) files that are not
+    images, refuses empty classes by name, and reads images with ``read_image``."""
+
+    def __init__(self, root: Path, transform=None):
+        self.skipped: list[str] = []
+        super().__init__(
+            str(root),
+            transform=transform,
+            loader=read_image,
+            is_valid_file=self._is_image,
+            allow_empty=True,  # checked below, with a message naming the folders
+        )
+        counts = Counter(self.targets)
+        empty = [name for index, name in enumerate(self.classes) if counts[index] == 0]
+        if empty:
+            more = f" (and {len(empty) - 1} more empty class folders)" if empty[1:] else ""
+            raise DataError(
+                f"{root}/{empty[0]} has no images{more}: every class needs at least one "
+                f"({' '.join(IMG_EXTENSIONS)}); fill or remove the folder (and fix "
+                "`classes:`), or prepare the dataset again"
+            )
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(
+            entry.name
+            for entry in os.scandir(directory)
+            if entry.is_dir() and not entry.name.startswith(".")
+        )
+        if not classes:
+            raise DataError(
+                f"{directory} holds no class folders: expected {directory}/<class>/<image>"
+            )
+        return classes, {name: index for index, name in enumerate(classes)}
+
+    def _is_image(self, path: str) -> bool:
+        relative = Path(path).relative_to(self.root)
+        hidden = any(part.startswith(".") for part in relative.parts)
+        if hidden or not has_file_allowed_extension(path, IMG_EXTENSIONS):
+            self.skipped.append(str(relative))
+            return False
+        return True
+
+
+def load_split(
+    root: Path,
+    split: str,
+    style: TransformStyle,
+    image_size: int,
+    train: bool,
+    log: Callable[[str], None] = print,
+) -> TaskImageFolder:
+    """One split; files that are not images are skipped and their count logged."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DataError(f"{folder} does not exist: expected {root}/<split>/<class>/<image>")
+    dataset = TaskImageFolder(folder, transform=build_transform(style, image_size, train))
+    if dataset.skipped:
+        log(
+            f"{folder}: skipped {len(dataset.skipped)} file(s) that are not images or are "
+            f"hidden (e.g. {dataset.skipped[0]}); using {len(dataset)} images"
+        )
+    return dataset
+
+
+def load_task_data(
+    root: Path,
+    style: TransformStyle,
+    image_size: int,
+    num_classes: int | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[TaskImageFolder, TaskImageFolder]:
+    """Train and test splits, checked to share one class list (and its expected size)."""
+    train = load_split(root, "train", style, image_size, train=True, log=log)
+    test = load_split(root, "test", style, image_size, train=False, log=log)
+    if train.classes != test.classes:
+        only_train = sorted(set(train.classes) - set(test.classes))
+        only_test = sorted(set(test.classes) - set(train.classes))
+        raise DataError(
+            f"{root}: train/ and test/ have different classes "
+            f"(only in train/: {only_train[:5]}, only in test/: {only_test[:5]})"
+        )
+    if num_classes is not None and len(train.classes) != num_classes:
+        raise DataError(
+            f"{root}: found {len(train.classes)} classes, the dataset registry says "
+            f"{num_classes}; fix `classes:` in the config or the data folder"
+        )
+    return train, test
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int, workers: int = 0) -> DataLoader:
+    """A loader whose order and augmentation depend only on ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )

@@ -1,0 +1,155 @@
+"""How a dataset becomes ``<out>/{train,test}/<class>/<image>``: the route's files, found in
+the downloads folder, are unpacked (the ``authors`` route), split and cropped
+(:mod:`piggyback.data.originals`) or written (``digits``).
+
+Preparation happens in a temporary folder beside ``out`` that is renamed at the end, and
+``prepared.json`` is written last, so a half-prepared dataset is never seen.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from piggyback.atomic import atomic_write_json
+from piggyback.data.archives import extract_archive, is_content_dir, replace_folder
+from piggyback.data.datasets import SPLITS
+from piggyback.data.digits import write_digits_task
+from piggyback.data.originals import ORIGINAL_ROUTES
+from piggyback.data.sources import (
+    SourceError,
+    authors_archive_name,
+    missing_file_message,
+    source_files,
+)
+
+PREPARED_MARKER = "prepared.json"
+
+
+def prepare_dataset(
+    dataset: str,
+    source: dict,
+    downloads: Path,
+    out: Path,
+    classes: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """Build ``out/{train,test}/<class>/<image>`` and ``out/prepared.json`` (last).
+
+    The work happens in temporary folders beside ``out``; ``out`` appears, or is
+    replaced, only once everything is written and the class count is as expected.
+    """
+    downloads, out = Path(downloads), Path(out)
+    files = {}
+    for needed in source_files(dataset, source):
+        path = downloads / needed.name
+        if not path.is_file():
+            raise SourceError(
+                missing_file_message(dataset, source, needed.name, downloads)
+                + " (download.py fetches it)"
+            )
+        files[needed.name] = path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.preparing-", dir=out.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.unpacked-", dir=out.parent))
+    try:
+        route = source["route"]
+        if route == "authors":
+            _prepare_authors(files, staging, scratch, progress)
+        elif route == "digits":
+            _prepare_digits(source, staging)
+        else:
+            ORIGINAL_ROUTES[source["kind"]](files, staging, scratch, dataset, progress)
+        shutil.rmtree(scratch)
+        summary = _summarise(dataset, source, staging, out, classes)
+        atomic_write_json(summary, staging / PREPARED_MARKER)
+        replace_folder(staging, out)
+    finally:
+        for folder in (staging, scratch):
+            if folder.exists():
+                shutil.rmtree(folder)
+    return summary
+
+
+def _summarise(dataset: str, source: dict, staging: Path, out: Path, classes: int | None) -> dict:
+    """Counts per split, after checking both splits have the registry's classes."""
+    found = {}
+    images = {}
+    for split in SPLITS:
+        folder = staging / split
+        class_dirs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        found[split] = [p.name for p in class_dirs]
+        images[split] = sum(
+            1 for d in class_dirs for f in d.iterdir() if f.is_file() and not f.name.startswith(".")
+        )
+    if found["train"] != found["test"]:
+        only_train = sorted(set(found["train"]) - set(found["test"]))
+        only_test = sorted(set(found["test"]) - set(found["train"]))
+        raise SourceError(
+            f"{out}: train/ and test/ would have different classes "
+            f"(only in train/: {only_train[:5]}, only in test/: {only_test[:5]})"
+        )
+    if classes is not None and len(found["train"]) != classes:
+        raise SourceError(
+            f"{out}: the prepared data has {len(found['train'])} classes, the dataset "
+            f"registry says {classes}; check the archive, or `classes:` for {dataset} "
+            "in the config"
+        )
+    summary = {
+        "dataset": dataset,
+        "route": source["route"],
+        "classes": len(found["train"]),
+        "images": images,
+    }
+    if source["route"] == "original":
+        summary["kind"] = source["kind"]
+    elif source["route"] == "authors":
+        summary["archive"] = authors_archive_name(dataset, source)
+    return summary
+
+
+# --- route: authors ---------------------------------------------------------------------
+
+
+def _prepare_authors(files: dict[str, Path], staging: Path, scratch: Path, progress: bool) -> None:
+    (archive,) = files.values()
+    unpacked = extract_archive(archive, scratch / "archive", progress=progress)
+    root = _find_split_root(unpacked, archive)
+    for split in SPLITS:
+        os.replace(root / split, staging / split)
+
+
+def _find_split_root(unpacked: Path, archive: Path) -> Path:
+    """The shallowest folder (at most two levels down) holding both train/ and test/."""
+    level = [unpacked]
+    for _ in range(3):
+        hits = [f for f in level if (f / "train").is_dir() and (f / "test").is_dir()]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            names = [str(h.relative_to(unpacked)) for h in hits]
+            raise SourceError(f"{archive} holds several datasets ({names}); expected one")
+        level = [c for f in level for c in sorted(f.iterdir()) if is_content_dir(c)]
+    raise SourceError(
+        f"{archive} holds no folder with both train/ and test/ "
+        "(expected <name>/train/<class>/... and <name>/test/<class>/...)"
+    )
+
+
+# --- route: digits ----------------------------------------------------------------------
+
+
+def _prepare_digits(source: dict, staging: Path) -> None:
+    try:
+        write_digits_task(
+            staging,
+            digits=[int(d) for d in source["digits"]],
+            view=source.get("view") or "plain",
+            test_fraction=float(source.get("test_fraction", 0.3)),
+            per_class=source.get("per_class"),
+            seed=int(source.get("seed", 0)),
+        )
+    except (ValueError, TypeError) as error:
+        raise SourceError(f"digits source entry {source}: {error}") from None
