@@ -34,22 +34,19 @@ from typing import Any
 
 import torch
 import torchvision
-from bench.measure import (
+from bench.feed import cached_feed_rates, loader_feed_rates, write_jpeg_task
+from bench.projection import gpu_hours, task_passes
+from bench.throughput import (
     BenchSettings,
     allocated_mb,
-    cached_feed_rates,
     device_name,
     epoch_eval_rates,
     eval_images_per_second,
-    gpu_hours,
-    loader_feed_rates,
     method_step,
     peak_memory_mb,
     reset_peak_memory,
     synthetic_batch,
-    task_passes,
     timed_rates,
-    write_jpeg_task,
 )
 from tabulate import tabulate
 
