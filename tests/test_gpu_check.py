@@ -9,16 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from gpu_check.check import (
-    CPU_PLAN,
-    GPU_PLAN,
-    METHOD_ORDER,
-    PAPER_COMPARISON,
-    OverBudget,
-    fitting_batch,
-    paper_comparison,
-    time_limit,
-)
+from gpu_check.figures import fitting_batch
+from gpu_check.plan import CPU_PLAN, GPU_PLAN, METHOD_ORDER, OverBudget, time_limit
+from gpu_check.summary import PAPER_COMPARISON, paper_comparison
 
 from piggyback.core.registry import METHODS
 
