@@ -9,9 +9,10 @@ def source_json(wildcards):
     return json.dumps(dataset_entry(wildcards.dataset)["source"], sort_keys=True)
 
 
-def cache_flag(wildcards, input):
-    """Param: `--cache FILE` for the rule's `cache` input, if it has one."""
-    return f"--cache {input.cache}" if input.cache else ""
+def cache_flag(dataset):
+    """`--cache FILE` when jobs read the dataset from its cache (`cached`)."""
+    cache = cached(dataset)
+    return f"--cache {cache}" if cache else ""
 
 
 def arch_flags(arch):
@@ -37,7 +38,7 @@ def hyperparameter_flags(hyperparameters):
     )
 
 
-def pretrain_flags(arch):
+def pretrain_hyperparameter_flags(arch):
     pretrain = config["pretrain"]
     overrides = pretrain.get("arch_hyperparameters", {}).get(arch, {})
     return hyperparameter_flags({**pretrain.get("hyperparameters", {}), **overrides})
@@ -50,17 +51,70 @@ def method_flags(method):
     return f"--method {method} {hyperparameter_flags(knobs)}"
 
 
-def start_data_flags(wildcards):
-    dataset = start_dataset(wildcards.method)
-    return data_flags(dataset) if dataset else ""
-
-
-def chain_flags(wildcards, input):
-    """Param: a sequential task's predecessor, and whether it ends its ordering."""
-    if not input.previous:
+def chain_flags(wildcards):
+    """A sequential task's predecessor, and whether it ends its ordering."""
+    previous = previous_checkpoint(wildcards)
+    if not previous:
         return ""
     last = series_tasks(wildcards.series)[-1] == wildcards.dataset
-    return f"--previous {input.previous}" + (" --last-in-ordering" if last else "")
+    return f"--previous {previous}" + (" --last-in-ordering" if last else "")
+
+
+# The rules train, start and pretrain share one command (train.smk); each passes what
+# its job trains as `job`. A job's flags derive from its wildcards alone, so that
+# Snakemake's params trigger reruns the job when any of them changes.
+def train_job_flags(wildcards):
+    """Param: one task of a series, after its predecessor for a sequential method."""
+    return " ".join(
+        [
+            arch_flags(wildcards.arch),
+            method_flags(series_method(wildcards.series)),
+            data_flags(wildcards.dataset),
+            cache_flag(wildcards.dataset),
+            chain_flags(wildcards),
+            f"--classes {dataset_entry(wildcards.dataset)['classes']}",
+            f"--seed {wildcards.run}",
+        ]
+    )
+
+
+def start_job_flags(wildcards):
+    """Param: a sequential method's start, retrained on its `start_dataset` if any."""
+    dataset = start_dataset(wildcards.method)
+    return " ".join(
+        [
+            "--start",
+            arch_flags(wildcards.arch),
+            method_flags(wildcards.method),
+            data_flags(dataset) if dataset else "",
+            cache_flag(dataset) if dataset else "",
+            f"--seed {wildcards.run}",
+        ]
+    )
+
+
+def pretrain_job_flags(wildcards):
+    """Param: an arch from random initialisation, fine-tuned on the `pretrain:` dataset."""
+    arch, dataset = wildcards.arch, config["pretrain"]["dataset"]
+    return " ".join(
+        [
+            f"--arch {arch} --builder {config['archs'][arch]['builder']} --weights random",
+            f"--method finetune {pretrain_hyperparameter_flags(arch)}",
+            data_flags(dataset),
+            cache_flag(dataset),
+            "--seed 0",
+        ]
+    )
+
+
+def output_flags(wildcards, output):
+    """Param: where a training job writes its checkpoint and per-epoch metrics."""
+    return f"--out {output.checkpoint} --metrics {output.metrics}"
+
+
+def pretrain_output_flags(wildcards, output):
+    """Param: as for training, and the backbone that pretraining exports."""
+    return f"{output_flags(wildcards, output)} --export-backbone {output.weights}"
 
 
 def ordering_flag(wildcards):
