@@ -1,4 +1,5 @@
-"""How a user runs the workflow: the local profile that Snakemake applies by itself."""
+"""How a user runs the workflow: the local profile that Snakemake applies by itself, and
+the README's rule graph."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from test_workflow import ROOT
+from test_workflow import ROOT, snakemake
 
 
 @pytest.mark.parametrize("where", ["checkout", "elsewhere"])
@@ -27,3 +28,21 @@ def test_the_local_profile_applies_unnamed_and_prints_a_failed_jobs_error(tmp_pa
     assert result.returncode != 0
     assert re.search(r"Using workflow specific profile \S*profiles/default for", output)
     assert "error: downloads/flowers.zip is missing: download 'flowers.zip'" in output
+
+
+def mermaid_graph(text: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """The rules and edges of a `--rulegraph mermaid-js` graph, by rule name (node
+    numbers and the order of lines are not part of the graph)."""
+    names = dict(re.findall(r"^\s*(id\d+)\[(\w+)\]$", text, re.MULTILINE))
+    edges = re.findall(r"^\s*(id\d+) --> (id\d+)$", text, re.MULTILINE)
+    return set(names.values()), {(names[source], names[target]) for source, target in edges}
+
+
+def test_the_readme_shows_the_current_rule_graph(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```mermaid\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
+    assert len(blocks) == 1, "the README has one mermaid block, the rule graph"
+    graph = snakemake("--rulegraph", "mermaid-js", "--forceall", workdir=tmp_path).stdout
+    rules, edges = mermaid_graph(graph)
+    assert {"download", "train", "pack", "evaluate", "aggregate"} <= rules and edges
+    assert mermaid_graph(blocks[0]) == (rules, edges), "out of date: run `make rulegraph`"
