@@ -1,5 +1,5 @@
-"""How a user runs the workflow: the local profile that Snakemake applies by itself, and
-the README's rule graph."""
+"""How a user runs the workflow: the local profile that Snakemake applies by itself, the
+README's rule graph, and the usage files that the Snakemake workflow catalog reads."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from test_workflow import ROOT, snakemake
 
 
@@ -46,3 +47,19 @@ def test_the_readme_shows_the_current_rule_graph(tmp_path):
     rules, edges = mermaid_graph(graph)
     assert {"download", "train", "pack", "evaluate", "aggregate"} <= rules and edges
     assert mermaid_graph(blocks[0]) == (rules, edges), "out of date: run `make rulegraph`"
+
+
+def test_config_readme_describes_every_config_file_and_top_level_key():
+    readme = (ROOT / "config" / "README.md").read_text()
+    files = sorted(p.name for p in (ROOT / "config").iterdir() if p.suffix in (".yaml", ".tsv"))
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert "workflow/schemas/config.schema.yaml" in readme
+    assert [name for name in files if f"`{name}`" not in readme] == []
+    assert [key for key in schema["properties"] if f"| `{key}` |" not in readme] == []
+
+
+def test_the_catalog_file_has_the_keys_the_catalog_reads():
+    usage = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
+    assert set(usage["mandatory-flags"]) == {"desc", "flags"}
+    assert set(usage["software-stack-deployment"]) <= {"conda", "apptainer", "apptainer+conda"}
