@@ -272,7 +272,7 @@ def test_workflow_with_the_cached_pipeline_caches_each_dataset_once(tmp_path):
     (tmp_path / "cached.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-        + ["--directory", str(tmp_path), "-n", "-p", "--cores", "8"]
+        + ["--workflow-profile", "none", "--directory", str(tmp_path), "-n", "-p", "--cores", "8"]
         + ["--configfile", str(tmp_path / "cached.yaml")],
         capture_output=True,
         text=True,
