@@ -15,7 +15,7 @@ import torch
 from piggyback.core.backbones import ArchSpec, build_task_model
 from piggyback.core.checkpoints import backbone_sha256
 from piggyback.core.evaluation import evaluate
-from piggyback.core.masks import bake_masks, maskable_layers, threshold_mask
+from piggyback.core.masks import bake_masks, masked_parameters, threshold_mask
 from piggyback.core.registry import Hyperparameters, load_method, method_entry
 from piggyback.core.run import SpeedOptions, TaskRun
 from piggyback.core.training import TrainStep, prepare_training
@@ -97,10 +97,8 @@ def eval_images_per_second(
     model = build_task_model(ArchSpec(arch), settings.classes, weights="random")
     generator = torch.Generator().manual_seed(0)
     masks = {
-        f"{name}.weight": threshold_mask(
-            torch.rand(module.weight.shape, generator=generator), "binary", 0.5
-        )
-        for name, module in maskable_layers(model.backbone)
+        name: threshold_mask(torch.rand(layer.shape, generator=generator), "binary", 0.5)
+        for name, layer in masked_parameters(model.backbone).items()
     }
     bake_masks(model.backbone, masks)
     model.to(device, memory_format=speed.memory_format).eval()
