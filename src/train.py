@@ -190,8 +190,16 @@ def task_batches(args: argparse.Namespace, batch_size: int, device):
     epoch's randomness depends only on (seed, epoch), which resuming relies on."""
     if args.data is None:
         return [], None, None
+    preprocessing = cli.preprocessing(args)
     if args.cache:
-        cache = load_task_cache(args.cache, args.transform, args.image_size, args.classes, device)
+        cache = load_task_cache(
+            args.cache,
+            args.transform,
+            args.image_size,
+            args.classes,
+            device,
+            preprocessing=preprocessing,
+        )
         return (
             cache.classes,
             lambda epoch: cached_batches(
@@ -199,7 +207,9 @@ def task_batches(args: argparse.Namespace, batch_size: int, device):
             ),
             cached_batches(cache, args.eval_batch_size, False, 0, device),
         )
-    train_data, test_data = load_task_data(args.data, args.transform, args.image_size, args.classes)
+    train_data, test_data = load_task_data(
+        args.data, args.transform, args.image_size, args.classes, preprocessing=preprocessing
+    )
     return (
         train_data.classes,
         lambda epoch: make_loader(

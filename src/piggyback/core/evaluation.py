@@ -22,7 +22,7 @@ from piggyback.core.run import SpeedOptions
 from piggyback.data.cache.batches import cached_batches
 from piggyback.data.cache.format import load_task_cache
 from piggyback.data.datasets import DataError, load_split, make_loader
-from piggyback.data.transforms import TransformStyle
+from piggyback.data.transforms import PAPER_PREPROCESSING, Preprocessing, TransformStyle
 
 
 @torch.no_grad()
@@ -61,11 +61,13 @@ def _evaluate(model: nn.Module, loader, device: torch.device, speed: SpeedOption
 
 @dataclass(frozen=True)
 class TaskData:
-    """Where a task's test images are: its prepared folder, or its decoded cache."""
+    """Where a task's test images are (its prepared folder, or its decoded cache) and
+    how they are transformed."""
 
     data: Path
     transform: TransformStyle
     cache: Path | None = None
+    preprocessing: Preprocessing = PAPER_PREPROCESSING
 
 
 def evaluate_pack(
@@ -140,11 +142,12 @@ def _backbone(packed: PackedFile, arch, spec, weights, weights_dir) -> tuple[nn.
 
 
 def _test_batches(task, source: TaskData, image_size, batch_size, device, workers):
+    style, preprocessing = source.transform, source.preprocessing
     if source.cache is None:
-        test = load_split(source.data, "test", source.transform, image_size, train=False)
+        test = load_split(source.data, "test", style, image_size, False, print, preprocessing)
         return test.classes, make_loader(test, batch_size, False, 0, workers)
     cached = load_task_cache(
-        source.cache, source.transform, image_size, None, device, splits=("test",)
+        source.cache, style, image_size, None, device, ("test",), print, preprocessing
     )
     return cached.classes, cached_batches(cached, batch_size, False, 0, device)
 
