@@ -20,6 +20,7 @@ from pathlib import Path
 from piggyback import cli
 from piggyback.core.backbones import BackboneError
 from piggyback.core.packed_file import ENCODINGS, PackError
+from piggyback.core.registry import released_methods
 from piggyback.data.datasets import error_message
 from piggyback.released.files import ARCH_KINDS, ReleasedError
 from piggyback.released.importing import AUTHORS_WEIGHTS, import_released, save_backbone_weights
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", help="import only these (default: all)")
     parser.add_argument(
         "--method",
-        choices=("piggyback", "piggyback_ternary"),
+        choices=released_methods(),
         help="default: piggyback, or piggyback_ternary if a mask holds -1",
     )
     parser.add_argument("--sha256", help="the file's expected sha256, checked first")

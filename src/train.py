@@ -26,7 +26,7 @@ from piggyback.core.backbones import (
     build_task_model,
     torchvision_state,
 )
-from piggyback.core.checkpoints import CheckpointError, atomic_save, load_checkpoint
+from piggyback.core.checkpoints import CheckpointError, atomic_save, load_task_checkpoint
 from piggyback.core.registry import METHODS, Hyperparameters, MethodError
 from piggyback.core.run import SpeedOptions, TaskRun, TrainingError
 from piggyback.core.training import train_task
@@ -138,7 +138,7 @@ def main() -> None:
         overrides = {name: getattr(args, name) for name in _all_knobs()}
         hp = Hyperparameters.for_method(args.method, **overrides)
         classes, train_batches_for, test_batches = task_batches(args, hp.batch_size, device)
-        previous = load_checkpoint(args.previous) if args.previous else None
+        previous = load_task_checkpoint(args.previous) if args.previous else None
         spec = cli.arch_spec(args)
         if args.start and args.data is not None:
             model = build_source_model(spec, args.weights, args.weights_dir, args.arch)
@@ -214,12 +214,11 @@ def write_outputs(args: argparse.Namespace, result: dict) -> None:
     the state folder): each written atomically, so a failure leaves the previous one."""
     atomic_write(args.metrics, lambda tmp: write_tsv(result["metrics"], tmp))
     if args.export_backbone:
-        best = load_checkpoint(result["best_path"])
-        if "weights" not in best:
+        best = load_task_checkpoint(result["best_path"])
+        if best.weights is None:
             cli.fail("--export-backbone needs a method that trains the backbone's weights")
         atomic_save(
-            torchvision_state(best["weights"], best["head"], best["head_name"]),
-            args.export_backbone,
+            torchvision_state(best.weights, best.head, best.head_name), args.export_backbone
         )
     atomic_move(result["best_path"], args.out)
 

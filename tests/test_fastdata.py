@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torchvision import transforms
 
 from piggyback.core.backbones import ArchSpec
-from piggyback.core.checkpoints import load_checkpoint
+from piggyback.core.checkpoints import load_task_checkpoint
 from piggyback.core.evaluation import TaskData, evaluate_pack
 from piggyback.core.packing import pack_tasks
 from piggyback.data.cache import batches as cache_batches
@@ -250,9 +250,9 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
         check=True,
         capture_output=True,
     )
-    checkpoint = load_checkpoint(out / "task.pt")
+    checkpoint = load_task_checkpoint(out / "task.pt")
     assert (out / "metrics.tsv").read_text().count("\n") == 2
-    assert checkpoint["test_images"] == 90 and checkpoint["classes"][0] == "digit_5"
+    assert checkpoint.test_images == 90 and checkpoint.classes[0] == "digit_5"
     pack_tasks([out / "task.pt"], tmp_path / "pack.safetensors")
 
     def evaluated(cache):
@@ -262,7 +262,7 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
 
     from_folder, from_cache = evaluated(None), evaluated(cache)
     assert from_cache == from_folder
-    assert from_cache["top1_error"] == checkpoint["test_top1_error"]
+    assert from_cache["top1_error"] == checkpoint.test_top1_error
 
 
 def test_workflow_with_the_cached_pipeline_caches_each_dataset_once(tmp_path):

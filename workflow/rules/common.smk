@@ -8,12 +8,15 @@ from pathlib import Path
 
 from piggyback.config import (
     PRETRAIN_WEIGHTS,
-    RELEASED_METHODS,
     ConfigError,
     check_config,
     experiment_datasets,
 )
-from piggyback.core.registry import METHODS as METHOD_REGISTRY, START_DATASET
+from piggyback.core.registry import (
+    METHODS as METHOD_REGISTRY,
+    START_DATASET,
+    released_methods,
+)
 
 try:
     check_config(config)
@@ -342,7 +345,7 @@ def stats_file(arch, series, run):
 
 
 def stores_masks(method):
-    return "mask_kind" in METHOD_REGISTRY[method].options
+    return METHOD_REGISTRY[method].stores_masks
 
 
 def packed_series():

@@ -52,7 +52,7 @@ rule import_released:
         f"{RESULTS}/logs/import_released/{{arch}}/{{series}}/run{{run}}.log",
     wildcard_constraints:
         arch=alternatives(RELEASED),
-        series=alternatives(RELEASED_METHODS),
+        series=alternatives(released_methods()),
     conda:
         "../../environment.yml"
     threads: compute("pack", "threads", 1)
