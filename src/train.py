@@ -34,6 +34,10 @@ from piggyback.data.cache.batches import cached_batches
 from piggyback.data.cache.format import load_task_cache
 from piggyback.data.datasets import DataError, error_message, load_task_data, make_loader
 
+# Flags that say where the task's data is and how it is fed: required, but for a start
+# that retrains on no source.
+DATA_FLAGS = ("dataset", "data", "transform", "image_size", "workers", "eval_batch_size")
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -48,15 +52,28 @@ def parse_args() -> argparse.Namespace:
     )
     cli.add_arch_arguments(parser)
     cli.add_data_arguments(parser, required=False)
-    cli.add_cache_argument(parser)
-    parser.add_argument("--method", choices=list(METHODS), default="piggyback")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--eval-batch-size",
         type=int,
-        default=64,
-        help="images per batch of the test evaluation after each epoch (default: 64)",
+        help="images per batch of the test evaluation after each epoch (config: eval_batch_size)",
     )
+    cli.add_cache_argument(parser)
+    parser.add_argument("--method", choices=list(METHODS), default="piggyback")
+    parser.add_argument("--seed", type=int, default=0)
+    _add_chain_arguments(parser)
+    _add_hyperparameter_arguments(parser)
+    _add_speed_arguments(parser)
+    _add_output_arguments(parser)
+    cli.add_runtime_arguments(parser)
+    args = parser.parse_args()
+    missing = [name for name in DATA_FLAGS if getattr(args, name) is None]
+    if missing and (args.data is not None or not args.start):
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in missing)
+        parser.error(f"{flags} missing: every run but a --start without --data needs them")
+    return args
+
+
+def _add_chain_arguments(parser: argparse.ArgumentParser) -> None:
     chain = parser.add_argument_group("sequential methods (a chain of tasks)")
     chain.add_argument(
         "--start",
@@ -68,6 +85,9 @@ def parse_args() -> argparse.Namespace:
     chain.add_argument(
         "--last-in-ordering", action="store_true", help="the ordering's last task (not pruned)"
     )
+
+
+def _add_hyperparameter_arguments(parser: argparse.ArgumentParser) -> None:
     hyperparameters = parser.add_argument_group("hyperparameters (default: the method's)")
     for name, knob in _all_knobs().items():
         hyperparameters.add_argument(
@@ -78,6 +98,9 @@ def parse_args() -> argparse.Namespace:
             metavar=knob.kind.__name__.upper() if knob.choices is None else None,
             help=knob.help,
         )
+
+
+def _add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     speed = parser.add_argument_group("speed (how fast, not what, is computed)")
     speed.add_argument(
         "--amp", choices=("off", "bf16"), default="off", help="bf16 autocast (default: off)"
@@ -90,6 +113,9 @@ def parse_args() -> argparse.Namespace:
     speed.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile"
     )
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("outputs")
     out.add_argument("--out", type=Path, required=True, help="best checkpoint (.pt)")
     out.add_argument("--metrics", type=Path, required=True, help="per-epoch metrics (.tsv)")
@@ -109,17 +135,12 @@ def parse_args() -> argparse.Namespace:
     out.add_argument(
         "--resume-every",
         type=float,
-        default=0.0,
+        required=True,
         metavar="SECONDS",
         help="write the resume state (and the best checkpoint) after an epoch only when "
-        "this long has passed since the last write, and at the end of each phase "
-        "(default 0: after every epoch)",
+        "this long has passed since the last write, and at the end of each phase; 0: "
+        "after every epoch (config: compute.resume_every)",
     )
-    cli.add_runtime_arguments(parser)
-    args = parser.parse_args()
-    if args.data is None and not args.start:
-        parser.error("--dataset, --data and --transform are required (except with --start)")
-    return args
 
 
 def _all_knobs() -> dict:

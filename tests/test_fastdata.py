@@ -214,8 +214,9 @@ def test_caches_for_other_settings_or_damaged_ones_are_refused(cache_files, tmp_
 def test_cache_script_writes_the_cache_or_fails_in_one_line(digits_target, tmp_path):
     out = tmp_path / "cache-32.safetensors"
     command = [sys.executable, str(SRC / "cache.py"), "--transform", "cropped"]
+    command += ["--image-size", "32", "--workers", "1"]
     done = subprocess.run(
-        [*command, "--data", str(digits_target), "--image-size", "32", "--out", str(out)],
+        [*command, "--data", str(digits_target), "--out", str(out)],
         capture_output=True,
         text=True,
         check=True,
@@ -243,6 +244,7 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
             str(SRC / "train.py"),
             *("--arch", "resnet18", "--weights", "random", "--dataset", "digits"),
             *("--data", str(digits_target), "--transform", "cropped", "--image-size", "32"),
+            *("--workers", "0", "--eval-batch-size", "64", "--resume-every", "0"),
             *("--cache", str(cache), "--classes", "5", "--epochs", "1", "--batch-size", "16"),
             *("--lr", "1e-3", "--lr-head", "1e-2", "--threads", "1", "--device", "cpu"),
             *("--out", str(out / "task.pt"), "--metrics", str(out / "metrics.tsv")),

@@ -52,7 +52,7 @@ def trained(digits_target, tmp_path_factory):
 
 def evaluate(pack, data, arch="resnet18", task="digits", weights="random"):
     tasks = {task: TaskData(data, "cropped")}
-    return evaluate_pack(pack, tasks, arch, ArchSpec(arch), 32, weights=weights)
+    return evaluate_pack(pack, tasks, arch, ArchSpec(arch), 32, 64, weights=weights)
 
 
 def test_bits_round_trip_and_use_numpy_order():

@@ -200,7 +200,7 @@ def evaluate(path_list, task_data, tmp_path, name):
     out = tmp_path / f"{name}.safetensors"
     pack(path_list, out, ordering="forward")
     tasks = {dataset: TaskData(task_data / dataset, "cropped") for dataset in TASKS}
-    return evaluate_pack(out, tasks, "resnet18", ArchSpec("resnet18"), 32, weights="random")
+    return evaluate_pack(out, tasks, "resnet18", ArchSpec("resnet18"), 32, 64, weights="random")
 
 
 def test_pack_then_evaluate_equals_the_end_of_training_evaluation(

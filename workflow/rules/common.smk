@@ -28,7 +28,7 @@ RESULTS = f"results/{config['name']}"
 DATA = config["paths"]["data"]
 DOWNLOADS = config["paths"]["downloads"]
 RESOURCES = config["paths"]["resources"]
-IMAGE_SIZE = config.get("image_size", 224)
+IMAGE_SIZE = config["image_size"]
 EXPERIMENT = config["experiment"]
 ARCHS = EXPERIMENT["archs"]
 METHODS = EXPERIMENT["methods"]
@@ -36,10 +36,11 @@ ORDERINGS = EXPERIMENT["orderings"]
 RUNS = list(range(EXPERIMENT["runs"]))
 DATASETS = experiment_datasets(config)
 WORKERS = config["compute"]["workers"]
-RESUME_EVERY = config["compute"].get("resume_every", 0)
+RESUME_EVERY = config["compute"]["resume_every"]
 # `cached`: train and evaluate read a decoded, pre-resized cache of each dataset and
 # augment on the device (docs/data-pipeline.md); `dataloader`: DataLoader workers.
-DATA_PIPELINE = config["compute"].get("data_pipeline", "dataloader")
+DATA_PIPELINE = config["compute"]["data_pipeline"]
+PACK_ENCODING = config["pack_encoding"]
 
 # The stage scripts by absolute path, so jobs find them whatever the working directory.
 # (workflow.source_path would hand back a per-run cache copy whose path changes on every
@@ -110,9 +111,10 @@ wildcard_constraints:
     size=r"\d+",
 
 
-def compute(stage, key, default):
-    """Threads, memory or runtime of a stage from `compute:`, else the default."""
-    return config["compute"].get(stage, {}).get(key, default)
+def compute(stage, key):
+    """Threads, memory, runtime or GPUs of a stage, from `compute:` (the schema's
+    defaults filled in where the config gives none)."""
+    return config["compute"][stage][key]
 
 
 def dataset_entry(dataset):
@@ -161,7 +163,7 @@ def arch_flags(arch):
     return flags
 
 
-EVAL_BATCH_SIZE = config.get("eval_batch_size", 64)
+EVAL_BATCH_SIZE = config["eval_batch_size"]
 
 
 def data_flags(dataset):

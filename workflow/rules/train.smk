@@ -14,11 +14,11 @@ rule pretrain:
         f"{RESULTS}/benchmarks/pretrain/{{arch}}.tsv"
     conda:
         "../../environment.yml"
-    threads: compute("train", "threads", 4)
+    threads: compute("train", "threads")
     resources:
-        gpu=compute("train", "gpus", 1),
-        mem_mb=compute("train", "mem_mb", 16000),
-        runtime=compute("train", "runtime", 720),
+        gpu=compute("train", "gpus"),
+        mem_mb=compute("train", "mem_mb"),
+        runtime=compute("train", "runtime"),
     params:
         python=PYTHON,
         script=SCRIPTS["train"],
@@ -54,11 +54,11 @@ rule start:
         f"{RESULTS}/benchmarks/start/{{arch}}/{{method}}/run{{run}}.tsv"
     conda:
         "../../environment.yml"
-    threads: compute("train", "threads", 4)
+    threads: compute("train", "threads")
     resources:
-        gpu=compute("train", "gpus", 1),
-        mem_mb=compute("train", "mem_mb", 16000),
-        runtime=compute("train", "runtime", 720),
+        gpu=compute("train", "gpus"),
+        mem_mb=compute("train", "mem_mb"),
+        runtime=compute("train", "runtime"),
     params:
         python=PYTHON,
         script=SCRIPTS["train"],
@@ -95,11 +95,11 @@ rule train:
         f"{RESULTS}/benchmarks/train/{{arch}}/{{series}}/run{{run}}/{{dataset}}.tsv"
     conda:
         "../../environment.yml"
-    threads: compute("train", "threads", 4)
+    threads: compute("train", "threads")
     resources:
-        gpu=compute("train", "gpus", 1),
-        mem_mb=compute("train", "mem_mb", 16000),
-        runtime=compute("train", "runtime", 720),
+        gpu=compute("train", "gpus"),
+        mem_mb=compute("train", "mem_mb"),
+        runtime=compute("train", "runtime"),
     params:
         python=PYTHON,
         script=SCRIPTS["train"],

@@ -74,7 +74,7 @@ def evaluate_pack(
     arch: str,
     spec: ArchSpec,
     image_size: int,
-    batch_size: int = 64,
+    batch_size: int,
     weights: str | Path | None = None,
     weights_dir: Path | None = None,
     device: torch.device | None = None,

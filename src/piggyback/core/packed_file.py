@@ -34,7 +34,8 @@ PACK_VERSION = 1  # what the default ``bits`` encoding writes
 ENTROPY_VERSION = 2  # files with entropy-coded planes: a version 1 reader would misread them
 OWNERS_VERSION = 3  # files with weight owners (PackNet), which older readers do not know
 READ_VERSIONS = (PACK_VERSION, ENTROPY_VERSION, OWNERS_VERSION)
-ENCODINGS = ("bits", "entropy")
+PLAIN_BITS = "bits"  # one bit per weight: what a plane is unless the manifest says otherwise
+ENCODINGS = (PLAIN_BITS, "entropy")
 ENTROPY_STATS_COLUMNS = ["entropy_bits_per_weight", "stored_bits_per_weight"]
 
 
@@ -76,7 +77,7 @@ class PackContents:
         """Store a boolean plane in the file's encoding; returns the bits it costs. An
         entropy-coded plane covers only the entries where ``within`` is set (the reader
         passes the same ``within``); a ``bits`` plane always covers every entry."""
-        if self.encoding == "bits":
+        if self.encoding == PLAIN_BITS:
             packed = pack_bits(bits)
         else:
             values = bits.cpu().numpy().reshape(-1)
@@ -143,8 +144,8 @@ class PackedFile:
     def plane(self, key: str, shape: list[int], within: torch.Tensor | None = None) -> torch.Tensor:
         """A stored plane as a boolean tensor of ``shape``. An entropy-coded plane written
         with ``within`` covers only those entries; elsewhere the result is False."""
-        encoding = self.manifest.get("encodings", {}).get(key, "bits")
-        if encoding == "bits":
+        encoding = self.manifest.get("encodings", {}).get(key, PLAIN_BITS)
+        if encoding == PLAIN_BITS:
             return unpack_bits(self.tensors[key], shape)
         if within is None:
             return self._decode(key, int(np.prod(shape))).reshape(shape)
@@ -226,7 +227,7 @@ def write_pack(
     metadata = {"piggyback": text, "piggyback_sha256": hashlib.sha256(text.encode()).hexdigest()}
     atomic_write(out, lambda tmp: save_file(contents.tensors, str(tmp), metadata=metadata))
     if stats_out is not None:
-        write_stats(contents.layers, stats_out, with_entropy=contents.encoding != "bits")
+        write_stats(contents.layers, stats_out, with_entropy=contents.encoding != PLAIN_BITS)
     return manifest
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from piggyback.core.checkpoints import TaskCheckpoint, load_task_checkpoint
-from piggyback.core.packed_file import ENCODINGS, PackContents, PackError, write_pack
+from piggyback.core.packed_file import ENCODINGS, PLAIN_BITS, PackContents, PackError, write_pack
 from piggyback.core.registry import load_method, method_entry
 
 
@@ -42,7 +42,7 @@ def pack_tasks(
     checkpoint_paths: list[Path],
     out: Path,
     stats_out: Path | None = None,
-    encoding: str = "bits",
+    encoding: str = PLAIN_BITS,
     ordering: str | None = None,
 ) -> dict:
     """Pack the tasks' checkpoints, in the order given, into ``out``; returns the manifest."""
@@ -53,7 +53,7 @@ def pack(
     checkpoint_paths: list[Path],
     out: Path,
     stats_out: Path | None = None,
-    encoding: str = "bits",
+    encoding: str = PLAIN_BITS,
     ordering: str | None = None,
 ) -> PackResult:
     """:func:`pack_tasks`, also returning the per-layer statistics. ``ordering`` names
@@ -71,7 +71,7 @@ def pack_checkpoints(
     names: list[Path | str],
     out: Path,
     stats_out: Path | None = None,
-    encoding: str = "bits",
+    encoding: str = PLAIN_BITS,
     ordering: str | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> PackResult:

@@ -141,15 +141,13 @@ def _find_split_root(unpacked: Path, archive: Path) -> Path:
 # --- route: digits ----------------------------------------------------------------------
 
 
+DIGITS_OPTIONS = ("view", "per_class", "test_fraction", "seed")
+
+
 def _prepare_digits(source: dict, staging: Path) -> None:
+    """What the entry leaves out (or sets to null) takes ``write_digits_task``'s default."""
+    options = {key: source[key] for key in DIGITS_OPTIONS if source.get(key) is not None}
     try:
-        write_digits_task(
-            staging,
-            digits=[int(d) for d in source["digits"]],
-            view=source.get("view") or "plain",
-            test_fraction=float(source.get("test_fraction", 0.3)),
-            per_class=source.get("per_class"),
-            seed=int(source.get("seed", 0)),
-        )
+        write_digits_task(staging, digits=[int(d) for d in source["digits"]], **options)
     except (ValueError, TypeError) as error:
         raise SourceError(f"digits source entry {source}: {error}") from None

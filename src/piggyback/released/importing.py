@@ -12,6 +12,7 @@ from torch import nn
 
 from piggyback.core.backbones import ArchSpec, BackboneError, build_backbone, weights_file_name
 from piggyback.core.checkpoints import MaskRule, TaskCheckpoint, atomic_save, backbone_sha256
+from piggyback.core.packed_file import PLAIN_BITS
 from piggyback.core.packing import pack_checkpoints
 from piggyback.core.registry import METHODS, Hyperparameters, released_methods
 from piggyback.data.download import file_digests, hash_prefix_in_name
@@ -108,7 +109,7 @@ def import_released(
     datasets: list[str] | None = None,
     method: str | None = None,
     sha256: str | None = None,
-    encoding: str = "bits",
+    encoding: str = PLAIN_BITS,
     stats_out: Path | None = None,
     authors_backbone: Path | None = None,
 ) -> ImportResult:
