@@ -28,11 +28,10 @@ from piggyback.core.backbones import (
 )
 from piggyback.core.checkpoints import CheckpointError, atomic_save, load_task_checkpoint
 from piggyback.core.registry import METHODS, Hyperparameters, MethodError
-from piggyback.core.run import SpeedOptions, TaskRun, TrainingError
+from piggyback.core.run import SpeedOptions, TaskRun, TrainingError, epoch_seed
 from piggyback.core.training import train_task
-from piggyback.data.cache.batches import cached_batches
-from piggyback.data.cache.format import load_task_cache
-from piggyback.data.datasets import DataError, error_message, load_task_data, make_loader
+from piggyback.data.datasets import DataError, error_message
+from piggyback.data.feed import open_task_feed
 
 # Flags that say where the task's data is and how it is fed: required, but for a start
 # that retrains on no source.
@@ -205,28 +204,18 @@ def main() -> None:
 
 
 def task_batches(args: argparse.Namespace, batch_size: int, device):
-    """The task's classes, its train batches for an epoch, and its test batches: from
-    the data folder through DataLoaders, or with --cache from the decoded cache,
-    augmented on the device (none for a start without source data). Either way an
-    epoch's randomness depends only on (seed, epoch), which resuming relies on."""
+    """The task's classes, its train batches for an epoch, and its test batches (none for
+    a start without source data). An epoch's randomness depends only on (seed, epoch),
+    which resuming relies on."""
     if args.data is None:
         return [], None, None
-    if args.cache:
-        cache = load_task_cache(args.cache, args.transform, args.image_size, args.classes, device)
-        return (
-            cache.classes,
-            lambda epoch: cached_batches(
-                cache, batch_size, True, args.seed * 1_000_003 + epoch, device
-            ),
-            cached_batches(cache, args.eval_batch_size, False, 0, device),
-        )
-    train_data, test_data = load_task_data(args.data, args.transform, args.image_size, args.classes)
+    feed = open_task_feed(
+        args.data, args.transform, args.image_size, args.cache, device, args.workers, args.classes
+    )
     return (
-        train_data.classes,
-        lambda epoch: make_loader(
-            train_data, batch_size, True, args.seed * 1_000_003 + epoch, args.workers
-        ),
-        make_loader(test_data, args.eval_batch_size, False, 0, args.workers),
+        feed.classes,
+        lambda epoch: feed.batches("train", batch_size, epoch_seed(args.seed, epoch)),
+        feed.batches("test", args.eval_batch_size, 0),
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from piggyback.atomic import atomic_write_json
 from piggyback.data.archives import extract_archive, is_content_dir, replace_folder
-from piggyback.data.datasets import SPLITS
+from piggyback.data.datasets import SPLITS, check_class_count
 from piggyback.data.digits import write_digits_task
 from piggyback.data.originals import ORIGINAL_ROUTES
 from piggyback.data.sources import (
@@ -91,12 +91,8 @@ def _summarise(dataset: str, source: dict, staging: Path, out: Path, classes: in
             f"{out}: train/ and test/ would have different classes "
             f"(only in train/: {only_train[:5]}, only in test/: {only_test[:5]})"
         )
-    if classes is not None and len(found["train"]) != classes:
-        raise SourceError(
-            f"{out}: the prepared data has {len(found['train'])} classes, the dataset "
-            f"registry says {classes}; check the archive, or `classes:` for {dataset} "
-            "in the config"
-        )
+    counted = f"{out}: the prepared data has"
+    check_class_count(counted, len(found["train"]), classes, "the archive", SourceError)
     summary = {
         "dataset": dataset,
         "route": source["route"],
