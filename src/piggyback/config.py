@@ -7,10 +7,9 @@ from typing import Any
 
 import jsonschema
 
-from piggyback.core.registry import METHODS, START_DATASET, config_schema
+from piggyback.core.registry import METHODS, START_DATASET, config_schema, released_methods
 
 PRETRAIN_WEIGHTS = "pretrain"
-RELEASED_METHODS = ("piggyback", "piggyback_ternary")  # what the authors' mask files hold
 
 
 class ConfigError(ValueError):
@@ -70,7 +69,7 @@ def _check_transforms(config: dict[str, Any], arch: str) -> None:
     the cached pipeline, which reproduces bilinear resizing only, refuses other ones
     before any job starts rather than train on other images."""
     entry = config["archs"][arch]
-    if entry.get("transforms", "paper") != "weights":
+    if entry.get("transforms") != "weights":  # absent before the schema's defaults
         return
     weights = entry["weights"]
     if not (weights.isidentifier() and weights.upper() == weights):
@@ -79,10 +78,13 @@ def _check_transforms(config: dict[str, Any], arch: str) -> None:
             "torchvision enum name (such as IMAGENET1K_V1) that says its preprocessing: "
             "set `transforms: paper`"
         )
-    if config["compute"].get("data_pipeline", "dataloader") == "cached":
-        from piggyback.data.transforms import weights_preprocessing
+    if config.get("compute", {}).get("data_pipeline") == "cached":
+        from piggyback.data.transforms import PreprocessingError, weights_preprocessing
 
-        interpolation = weights_preprocessing(f"{entry['builder']}.{weights}").interpolation
+        try:
+            interpolation = weights_preprocessing(f"{entry['builder']}.{weights}").interpolation
+        except PreprocessingError as error:
+            raise ConfigError(f"archs.{arch}: {error}") from None
         if interpolation != "bilinear":
             raise ConfigError(
                 f"archs.{arch} resizes with {interpolation}, as its weights were trained "
@@ -103,11 +105,12 @@ def _check_released(config: dict[str, Any]) -> None:
                 f"experiment.archs[{index}] is {arch!r}, which has no `released:` entry: with "
                 "`released:`, every arch is imported from the authors' file, not trained"
             )
+    released_as = released_methods()
     for index, method in enumerate(experiment["methods"]):
-        if method not in RELEASED_METHODS:
+        if method not in released_as:
             raise ConfigError(
                 f"experiment.methods[{index}] is {method!r}: the authors' released files "
-                f"hold {' or '.join(RELEASED_METHODS)} masks, and nothing is trained"
+                f"hold {' or '.join(released_as)} masks, and nothing is trained"
             )
 
 

@@ -27,7 +27,7 @@ def weights_transforms(arch):
     """`<builder>.<ENUM>` for an arch whose transforms follow its torchvision weights
     (`transforms: weights`), else None (the paper's)."""
     entry = config["archs"][arch]
-    if entry.get("transforms", "paper") != "weights":
+    if entry["transforms"] != "weights":
         return None
     return f"{entry['builder']}.{entry['weights']}"
 
