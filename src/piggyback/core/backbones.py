@@ -8,6 +8,7 @@ release of the weights does not.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +129,10 @@ def _split_model(spec: ArchSpec, weights, weights_dir) -> tuple[nn.Module, int, 
     if state is not None:
         prefix = head_name + "."
         head_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        state = {k: v for k, v in state.items() if not k.startswith((prefix, *dropped))}
+        metadata = getattr(state, "_metadata", None)  # module versions (MNASNet reads its)
+        dropped_prefixes = (prefix, *dropped)
+        state = OrderedDict((k, v) for k, v in state.items() if not k.startswith(dropped_prefixes))
+        state._metadata = metadata
         try:
             model.load_state_dict(state, assign=True)
         except RuntimeError as error:

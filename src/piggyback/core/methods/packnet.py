@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.core.checkpoints import TaskCheckpoint, backbone_state
+from piggyback.core.checkpoints import TaskCheckpoint, backbone_state, load_backbone_state
 from piggyback.core.masks import mask_coverage, masked_parameters
 from piggyback.core.methods.base import Method
 from piggyback.core.registry import MethodError
@@ -82,7 +82,7 @@ class PackNet(Method):
         if self.task_id > MAX_OWNER:
             raise TrainingError(f"packnet holds at most {MAX_OWNER - 1} tasks")
         model.head.reset_parameters()
-        model.backbone.load_state_dict(previous.weights)
+        load_backbone_state(model.backbone, previous.weights)
         self.owners = {name: owner.clone() for name, owner in previous.owners.items()}
         for owner in self.owners.values():
             owner[owner == FREE] = self.task_id
@@ -175,7 +175,7 @@ class PackNet(Method):
 
     def load_trained_state(self, model, state: dict[str, Any]) -> None:
         super().load_trained_state(model, state)
-        model.backbone.load_state_dict(state["weights"])
+        load_backbone_state(model.backbone, state["weights"])
         for name, owner in state["owners"].items():
             self.owners[name].copy_(owner)
 
@@ -231,7 +231,7 @@ class PackNet(Method):
 
     def apply(self, backbone: nn.Module, packed, task: str) -> None:
         manifest = packed.manifest
-        backbone.load_state_dict(packed.tensors_under("network/"))
+        load_backbone_state(backbone, packed.tensors_under("network/"))
         task_id = manifest["tasks"][task]["owner"]
         layers = masked_parameters(backbone)
         with torch.no_grad():
