@@ -100,7 +100,7 @@ CPU_PLAN = Plan(
     source_size=(48, 40),
     pipeline_epochs=1,
     compile=(("shufflenet_v2_x0_5", "piggyback"),),
-    transformer="shufflenet_v2_x0_5",  # ViT-B/16 takes 224 px only: seconds per CPU step
+    transformer="shufflenet_v2_x0_5",  # ViT-B/16 is built for 224 px: seconds a CPU step
     sections={
         "correctness": 60,
         "train": 120,
