@@ -229,32 +229,42 @@ def _count(n: int) -> str:
 
 def threshold_mask(mask_real: torch.Tensor, kind: ThresholdKind, threshold: float) -> torch.Tensor:
     """The discrete mask: binary {0, 1} (1 where > threshold) or ternary {-1, 0, 1}."""
+    return discrete_factor(mask_real, kind, threshold).to(mask_real.dtype)
+
+
+def discrete_factor(mask_real: torch.Tensor, kind: ThresholdKind, threshold: float) -> torch.Tensor:
+    """The discrete mask in the narrowest type a weight multiplies by exactly: bool for
+    binary, int8 for ternary. ``weight * factor`` equals ``weight * threshold_mask(...)``
+    to the bit (signed zeros included), with no float mask written and a quarter of the
+    memory where the backward keeps it."""
     above = mask_real > threshold
     if kind == "binary":
-        return above.to(mask_real.dtype)
+        return above
     if kind == "ternary":
-        return above.to(mask_real.dtype) - (mask_real < 0).to(mask_real.dtype)
+        return above.to(torch.int8) - (mask_real < 0).to(torch.int8)
     raise ValueError(f"unknown threshold kind {kind!r}: expected 'binary' or 'ternary'")
 
 
 class _MaskedWeight(torch.autograd.Function):
     """``threshold(mask_real) * weight`` with the straight-through gradient, fused.
 
-    One function instead of threshold-then-multiply keeps the autograd graph to a
-    single node per layer: the mask adds one element-wise product to the step.
+    One node per layer, and the backward keeps only what it reads: the weight for the
+    mask's gradient; the discrete mask only for a weight that trains too (a frozen
+    backbone never needs it).
     """
 
     @staticmethod
     def forward(ctx, mask_real, weight, kind, threshold):
-        discrete = threshold_mask(mask_real, kind, threshold)
-        ctx.save_for_backward(weight, discrete)
-        return discrete * weight
+        factor = discrete_factor(mask_real, kind, threshold)
+        train_mask, train_weight = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(weight if train_mask else None, factor if train_weight else None)
+        return weight * factor
 
     @staticmethod
     def backward(ctx, grad_effective):
-        weight, discrete = ctx.saved_tensors
-        grad_mask = grad_effective * weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad_effective * discrete if ctx.needs_input_grad[1] else None
+        weight, factor = ctx.saved_tensors
+        grad_mask = grad_effective * weight if weight is not None else None
+        grad_weight = grad_effective * factor if factor is not None else None
         return grad_mask, grad_weight, None, None
 
 
@@ -286,6 +296,8 @@ class WeightMask(nn.Module):
         mask_real = self.mask_real
         if mask_real.dtype != torch.float32:
             mask_real = mask_real.float()
+        if not torch.is_grad_enabled():  # evaluation, and parametrize.cached's one pass
+            return weight * discrete_factor(mask_real, self.kind, self.threshold)
         return _MaskedWeight.apply(mask_real, weight, self.kind, self.threshold)
 
     def discrete(self) -> torch.Tensor:
