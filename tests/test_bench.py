@@ -45,12 +45,20 @@ def test_bench_writes_the_figures_per_arch(tmp_path):
     assert set(figures) == {
         "piggyback_train_img_s",
         "finetune_train_img_s",
+        "peer_train_img_s",
         "overhead_ratio",
+        "peer_ratio",
+        "floor_ratio",
+        "floor_added_s",
         "eval_img_s",
         "peak_mem_mb",
     }
-    ratio = figures["finetune_train_img_s"] / figures["piggyback_train_img_s"]
+    piggyback = figures["piggyback_train_img_s"]
+    ratio = figures["finetune_train_img_s"] / piggyback
     assert abs(figures["overhead_ratio"] - ratio) < 0.01
+    assert abs(figures["peer_ratio"] - figures["peer_train_img_s"] / piggyback) < 0.01
+    floor_step_s = 32 / figures["finetune_train_img_s"] + figures["floor_added_s"]
+    assert abs(figures["floor_ratio"] - 32 / floor_step_s / piggyback) < 0.01
 
 
 def test_paper_table_cost_counts_every_epoch_of_train_and_test():
