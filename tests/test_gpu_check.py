@@ -91,6 +91,20 @@ def test_a_vision_transformer_is_measured_masked_whole(cpu_run):
     assert GPU_PLAN.transformer == "vit_b_16"
 
 
+def test_the_mask_cost_is_measured_beside_the_pipelines_step(cpu_run):
+    report, _, out = cpu_run
+    peer, floor = report["mask_cost"]
+    assert (peer["figure"], floor["figure"]) == ("peer", "floor")
+    assert peer["arch"] == floor["arch"] == CPU_PLAN.archs[0] and peer["img_s"] > 0
+    assert floor.keys() >= {"mask_passes_s", "mask_optimizer_s", "weight_optimizer_s"}
+    parts = floor["mask_passes_s"] + floor["mask_optimizer_s"] - floor["weight_optimizer_s"]
+    assert floor["added_s"] == pytest.approx(parts, abs=1e-5)
+    rendered = (out / "gpu_check.md").read_text()
+    for figure in ("over the peer's", "over fine-tuning + floor"):
+        (line,) = [line for line in rendered.splitlines() if figure in line]
+        assert "| - " not in line, line  # measured, not a blank
+
+
 def test_correctness_checks_pass(cpu_run):
     report, _, _ = cpu_run
     checks = {r["name"]: r for r in report["correctness"]}

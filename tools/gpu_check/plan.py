@@ -69,6 +69,7 @@ GPU_PLAN = Plan(
     sections={
         "correctness": 25,
         "train": 140,
+        "mask_cost": 10,
         "eval": 20,
         "input": 40,
         "largest_batch": 65,
@@ -79,6 +80,7 @@ GPU_PLAN = Plan(
     unit_s={
         "correctness": 20,
         "train": 25,
+        "mask_cost": 8,
         "eval": 10,
         "input": 25,
         "largest_batch": 20,
@@ -104,6 +106,7 @@ CPU_PLAN = Plan(
     sections={
         "correctness": 60,
         "train": 120,
+        "mask_cost": 30,
         "eval": 30,
         "input": 60,
         "largest_batch": 60,

@@ -15,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.feed import cached_feed_rates, loader_feed_rates
+from bench.floor import floor_seconds
+from bench.peer import peer_images_per_second
 from bench.throughput import BenchSettings
 
 from gpu_check import summary
@@ -26,7 +28,7 @@ from gpu_check.figures import (
     prepare_input,
     train_figures,
 )
-from gpu_check.plan import HEADLINE_METHODS, METHOD_ORDER
+from gpu_check.plan import HEADLINE_METHODS, METHOD_ORDER, SWITCHES
 from gpu_check.runner import GpuCheck, need
 
 OTHER_METHODS = METHOD_ORDER[len(HEADLINE_METHODS) :]
@@ -53,6 +55,25 @@ def train(check: GpuCheck) -> None:
             for arch in check.plan.archs:
                 for method in methods:
                     _train_unit(check, arch, method, switches, check.plan.settings)
+
+
+def mask_cost(check: GpuCheck) -> None:
+    """What the mask costs the headline arch's step, switches on, the paper's batch: the
+    straightforward port's step (the peer) and the element-wise passes a mask cannot
+    avoid (the floor), beside the train section's pipeline and fine-tuning figures."""
+    arch, settings = check.plan.archs[0], check.plan.settings
+    speed = SWITCHES["on"].resolve(check.device)
+
+    def peer() -> dict:
+        return {"img_s": round(peer_images_per_second(arch, settings, check.device, speed), 1)}
+
+    def floor() -> dict:
+        parts = floor_seconds(arch, settings, check.device, speed)
+        return {name: round(seconds, 6) for name, seconds in parts.items()}
+
+    keys = {"arch": arch, "switches": "on", "batch": settings.batch_size}
+    check.measure(f"{arch} peer on b{settings.batch_size}", peer, figure="peer", **keys)
+    check.measure(f"{arch} floor on", floor, figure="floor", **keys)
 
 
 def evaluation(check: GpuCheck) -> None:
@@ -136,6 +157,7 @@ def summary_figures(check: GpuCheck) -> None:
 SECTIONS: dict[str, Callable[[GpuCheck], None]] = {
     "correctness": correctness,
     "train": train,
+    "mask_cost": mask_cost,
     "eval": evaluation,
     "input": input_pipelines,
     "largest_batch": largest_batch,

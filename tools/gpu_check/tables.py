@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.floor import floor_images_per_second
 from tabulate import tabulate
 
 from gpu_check.correctness import CHECKS
@@ -88,6 +89,36 @@ def transformer_rows(report: Report, plan: Plan) -> list[dict]:
     return [_row(figure, record and record["img_s"])]
 
 
+def mask_cost_rows(report: Report, plan: Plan) -> list[dict]:
+    """The pipeline's step against the straightforward port's and against fine-tuning's
+    plus the floor (step-time ratios: under 1, the pipeline is faster)."""
+    arch, batch = plan.archs[0], plan.settings.batch_size
+    keys = {"arch": arch, "switches": "on", "batch": batch}
+    pipeline = report.find("train", method="piggyback", **keys)
+    finetune = report.find("train", method="finetune", **keys)
+    peer = report.find("mask_cost", figure="peer", **keys)
+    floor = report.find("mask_cost", figure="floor", **keys)
+    peer_ratio = pipeline and peer and peer["img_s"] / pipeline["img_s"]
+    floor_ratio = None
+    if pipeline and finetune and floor:
+        floor_img_s = floor_images_per_second(finetune["img_s"], floor["added_s"], batch)
+        floor_ratio = floor_img_s / pipeline["img_s"]
+    return [
+        _row(
+            f"{arch} peer (straightforward mask) training img/s, batch {batch}, on",
+            peer and peer["img_s"],
+        ),
+        _row(f"{arch} Piggyback step over the peer's, on", peer_ratio, "<=", 1.0),
+        _row(f"{arch} floor: seconds a mask adds at least, on", floor and floor["added_s"]),
+        _row(
+            f"{arch} Piggyback step over fine-tuning + floor, on",
+            floor_ratio,
+            "<=",
+            GOALS["overhead"],
+        ),
+    ]
+
+
 def feed_rows(report: Report, plan: Plan) -> list[dict]:
     feed = _summary_figure(report, "feed", "pipelines") or {}
     rows = []
@@ -115,7 +146,7 @@ def correctness_rows(report: Report, plan: Plan) -> list[dict]:
 
 
 # The goals table's rows, in order; a measurement with a goal adds its rows here.
-GOAL_ROWS = (speed_rows, transformer_rows, feed_rows, correctness_rows)
+GOAL_ROWS = (speed_rows, mask_cost_rows, transformer_rows, feed_rows, correctness_rows)
 # After the heading, in order; the goals table stays last.
 TABLES = (configuration_table, goals_table)
 
