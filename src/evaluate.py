@@ -21,6 +21,7 @@ from piggyback.atomic import atomic_write_json
 from piggyback.core.backbones import BackboneError
 from piggyback.core.evaluation import TaskData, evaluate_pack
 from piggyback.core.packed_file import PackError
+from piggyback.core.run import SpeedOptions
 from piggyback.data.datasets import DataError, error_message
 
 
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=4, help="data loader processes")
     parser.add_argument("--out", type=Path, required=True, help="results (.json)")
+    cli.add_tf32_argument(parser)
     cli.add_runtime_arguments(parser)
     args = parser.parse_args()
     try:
@@ -51,6 +53,8 @@ def main() -> None:
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
         cli.fail(f"--tasks-json is not a JSON object of {{task: {{data, transform}}}}: {error}")
     device = cli.select_device(args)
+    speed = SpeedOptions(tf32=args.tf32).resolve(device)
+    speed.set_float32_precision()
     try:
         result = evaluate_pack(
             args.pack,
@@ -64,7 +68,7 @@ def main() -> None:
             device,
             args.workers,
         )
-        atomic_write_json(result, args.out)
+        atomic_write_json({**result, "speed": speed.as_dict()}, args.out)
     except SafetensorError as error:
         cli.fail(f"weights file {args.weights} is not a readable safetensors file: {error}")
     except (BackboneError, DataError, PackError, OSError) as error:

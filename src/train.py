@@ -78,7 +78,7 @@ def parse_args() -> argparse.Namespace:
             metavar=knob.kind.__name__.upper() if knob.choices is None else None,
             help=knob.help,
         )
-    speed = parser.add_argument_group("speed (how fast, not what, is computed)")
+    speed = parser.add_argument_group("speed (how fast; --amp and --tf32 also change the rounding)")
     speed.add_argument(
         "--amp", choices=("off", "bf16"), default="off", help="bf16 autocast (default: off)"
     )
@@ -90,6 +90,7 @@ def parse_args() -> argparse.Namespace:
     speed.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile"
     )
+    cli.add_tf32_argument(speed)
     out = parser.add_argument_group("outputs")
     out.add_argument("--out", type=Path, required=True, help="best checkpoint (.pt)")
     out.add_argument("--metrics", type=Path, required=True, help="per-epoch metrics (.tsv)")
@@ -165,7 +166,13 @@ def main() -> None:
             state_dir,
             device,
             progress=args.progress,
-            speed=SpeedOptions(args.amp, args.channels_last, args.compile, args.fused_optimizer),
+            speed=SpeedOptions(
+                amp=args.amp,
+                channels_last=args.channels_last,
+                compile=args.compile,
+                fused_optimizer=args.fused_optimizer,
+                tf32=args.tf32,
+            ),
             resume_every=args.resume_every,
         )
         write_outputs(args, result)

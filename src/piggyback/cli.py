@@ -76,6 +76,17 @@ def add_cache_argument(parser) -> None:
     )
 
 
+def add_tf32_argument(parser) -> None:
+    parser.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="TF32 for CUDA matmuls and cuDNN convolutions, faster on Ampere and later "
+        "GPUs but rounded to a 10-bit mantissa (default: off, true fp32 as the authors "
+        "ran; on the CPU it changes nothing)",
+    )
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("runtime")
     group.add_argument(

@@ -93,7 +93,9 @@ def eval_images_per_second(
     arch: str, settings: BenchSettings, device: torch.device, speed: SpeedOptions
 ) -> float:
     """Evaluation of a packed task: the plain backbone with a mask baked in (about half
-    its weights zeroed, as the evaluate stage does), eval mode."""
+    its weights zeroed, as the evaluate stage does), eval mode, at the switches' float32
+    precision (evaluate.py sets it too)."""
+    speed.set_float32_precision()
     model = build_task_model(ArchSpec(arch), settings.classes, weights="random")
     generator = torch.Generator().manual_seed(0)
     masks = {

@@ -29,6 +29,8 @@ RESUME_EVERY = config["compute"].get("resume_every", 0)
 # augment on the device (docs/data-pipeline.md); `dataloader`: DataLoader workers.
 DATA_PIPELINE = config["compute"].get("data_pipeline", "dataloader")
 EVAL_BATCH_SIZE = config.get("eval_batch_size", 64)
+# TF32 matmuls and convolutions (a speed option that changes the rounding); off: fp32.
+TF32 = config["compute"].get("tf32", False)
 
 # The stage scripts by absolute path, so jobs find them whatever the working directory.
 # (workflow.source_path would hand back a per-run cache copy whose path changes on every

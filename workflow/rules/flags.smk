@@ -31,6 +31,11 @@ def data_flags(dataset):
     )
 
 
+def numerics_flag():
+    """`--tf32` when `compute: {tf32: true}`; without it the scripts compute in fp32."""
+    return "--tf32" if TF32 else ""
+
+
 def hyperparameter_flags(hyperparameters):
     return " ".join(
         f"--{key.replace('_', '-')} {value}"
@@ -74,6 +79,7 @@ def train_job_flags(wildcards):
             chain_flags(wildcards),
             f"--classes {dataset_entry(wildcards.dataset)['classes']}",
             f"--seed {wildcards.run}",
+            numerics_flag(),
         ]
     )
 
@@ -89,6 +95,7 @@ def start_job_flags(wildcards):
             data_flags(dataset) if dataset else "",
             cache_flag(dataset) if dataset else "",
             f"--seed {wildcards.run}",
+            numerics_flag(),
         ]
     )
 
@@ -103,6 +110,7 @@ def pretrain_job_flags(wildcards):
             data_flags(dataset),
             cache_flag(dataset),
             "--seed 0",
+            numerics_flag(),
         ]
     )
 
