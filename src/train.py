@@ -28,7 +28,7 @@ from piggyback.core.backbones import (
 )
 from piggyback.core.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from piggyback.core.registry import METHODS, Hyperparameters, MethodError
-from piggyback.core.run import SpeedOptions, TaskRun, TrainingError
+from piggyback.core.run import SpeedOptions, TaskRun, TrainingError, epoch_seed
 from piggyback.core.training import train_task
 from piggyback.data.cache.batches import cached_batches
 from piggyback.data.cache.format import load_task_cache
@@ -202,15 +202,17 @@ def task_batches(args: argparse.Namespace, batch_size: int, device):
         return (
             cache.classes,
             lambda epoch: cached_batches(
-                cache, batch_size, True, args.seed * 1_000_003 + epoch, device
+                cache, batch_size, True, epoch_seed(args.seed, epoch), device, crop=args.crop
             ),
             cached_batches(cache, args.eval_batch_size, False, 0, device),
         )
-    train_data, test_data = load_task_data(args.data, args.transform, args.image_size, args.classes)
+    train_data, test_data = load_task_data(
+        args.data, args.transform, args.image_size, args.classes, crop=args.crop
+    )
     return (
         train_data.classes,
         lambda epoch: make_loader(
-            train_data, batch_size, True, args.seed * 1_000_003 + epoch, args.workers
+            train_data, batch_size, True, epoch_seed(args.seed, epoch), args.workers
         ),
         make_loader(test_data, args.eval_batch_size, False, 0, args.workers),
     )

@@ -48,6 +48,14 @@ def add_data_arguments(
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", required=required, help="dataset (task) name, e.g. flowers")
     add_image_folder_arguments(group, required)
+    group.add_argument(
+        "--crop",
+        choices=("2017", "modern"),
+        default="2017",
+        help="the 'standard' transform's random crop: '2017', torchvision 0.1.9's "
+        "RandomSizedCrop that the authors trained with (default), or 'modern', today's "
+        "RandomResizedCrop",
+    )
     if classes:
         group.add_argument("--classes", type=int, help="expected number of classes (checked)")
     group.add_argument("--workers", type=int, default=4, help="data loader processes (default: 4)")

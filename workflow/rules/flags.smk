@@ -25,10 +25,13 @@ def arch_flags(arch):
 
 def data_flags(dataset):
     entry = dataset_entry(dataset)
-    return (
+    flags = (
         f"--dataset {dataset} --data {DATA}/{dataset} --transform {entry['transform']} "
         f"--image-size {IMAGE_SIZE} --workers {WORKERS} --eval-batch-size {EVAL_BATCH_SIZE}"
     )
+    if entry["transform"] == "standard":  # the only transform with a random crop
+        flags += f" --crop {entry.get('crop', '2017')}"
+    return flags
 
 
 def numerics_flag():

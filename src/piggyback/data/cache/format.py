@@ -4,8 +4,8 @@ in its header (docs/data-pipeline.md).
 
 ``build_transform`` (piggyback.data.transforms) is split in three by ``plan``: the
 deterministic steps in front (``Resize``, ``CenterCrop``) run once, with torchvision and
-PIL, when the cache is built; the random steps (``RandomResizedCrop``,
-``RandomHorizontalFlip``) run per batch on the device (:mod:`piggyback.data.cache.batches`);
+PIL, when the cache is built; the random steps (the random crop, ``RandomHorizontalFlip``)
+run per batch on the device (:mod:`piggyback.data.cache.batches`);
 ``ToTensor`` + ``Normalize`` become a 256-entry lookup table per channel, made by those
 very transforms.
 """
@@ -28,13 +28,19 @@ from torchvision.transforms import InterpolationMode
 
 from piggyback.atomic import atomic_write
 from piggyback.data.datasets import SPLITS, DataError, load_task_data, read_image
-from piggyback.data.transforms import TransformStyle, build_transform
+from piggyback.data.transforms import (
+    CropSampler,
+    RandomSizedCrop2017,
+    TransformStyle,
+    build_transform,
+)
 
 FORMAT = "piggyback.cache"
 VERSION = 1
 
 
 DETERMINISTIC_STEPS = (transforms.Resize, transforms.CenterCrop)
+RANDOM_CROPS = (RandomSizedCrop2017, transforms.RandomResizedCrop)
 CACHE_TENSORS = ("pixels", "offsets", "shapes", "labels")
 
 
@@ -51,7 +57,7 @@ class Plan:
     steps for the device, and the tensor conversion (``ToTensor`` + ``Normalize``)."""
 
     cached: transforms.Compose
-    crop: transforms.RandomResizedCrop | None
+    crop: RandomSizedCrop2017 | transforms.RandomResizedCrop | None
     flip: float
     to_tensor: transforms.Compose
 
@@ -62,14 +68,15 @@ class Plan:
         return self.to_tensor(Image.fromarray(ramp, "RGB"))[:, 0, :].contiguous()
 
 
-def plan(style: TransformStyle, image_size: int, train: bool) -> Plan:
+def plan(style: TransformStyle, image_size: int, train: bool, crop: CropSampler = "2017") -> Plan:
     """Refuses a ``build_transform`` this module cannot reproduce exactly, so that a
-    change there fails loudly here instead of silently training on other images."""
-    steps = list(build_transform(style, image_size, train).transforms)
+    change there fails loudly here instead of silently training on other images. The
+    crop sampler changes only the random steps: one cache serves both."""
+    steps = list(build_transform(style, image_size, train, crop).transforms)
     cached = []
     while steps and isinstance(steps[0], DETERMINISTIC_STEPS):
         cached.append(steps.pop(0))
-    crop = steps.pop(0) if steps and isinstance(steps[0], transforms.RandomResizedCrop) else None
+    crop = steps.pop(0) if steps and isinstance(steps[0], RANDOM_CROPS) else None
     flip = 0.0
     if steps and isinstance(steps[0], transforms.RandomHorizontalFlip):
         flip = float(steps.pop(0).p)
@@ -78,7 +85,7 @@ def plan(style: TransformStyle, image_size: int, train: bool) -> Plan:
             f"build_transform({style!r}, {image_size}, train={train}) has steps the cached "
             f"pipeline does not reproduce: {steps}"
         )
-    if crop is not None and (
+    if isinstance(crop, transforms.RandomResizedCrop) and (
         crop.interpolation != InterpolationMode.BILINEAR
         or crop.antialias is False
         or tuple(crop.size) != (image_size, image_size)
