@@ -2,7 +2,7 @@
 
 import json
 
-from piggyback.core.registry import START_DATASET
+from piggyback.core.registry import START_DATASET, position_settings
 
 
 def source_json(wildcards):
@@ -52,11 +52,20 @@ def pretrain_hyperparameter_flags(arch):
     return hyperparameter_flags({**pretrain.get("hyperparameters", {}), **overrides})
 
 
-def method_flags(method):
-    """The method and its hyperparameters (the config's; the rest are the paper's)."""
+def method_flags(method, position=None):
+    """The method and its hyperparameters (the config's; the rest are the paper's), those
+    given per position of the ordering at the task's ``position``."""
     settings = config["methods"].get(method, {})
     knobs = {key: value for key, value in settings.items() if key != START_DATASET}
+    knobs = position_settings(method, knobs, position)
     return f"--method {method} {hyperparameter_flags(knobs)}"
+
+
+def task_position(wildcards):
+    """A sequential task's 0-based position in its ordering; None for an independent one."""
+    if not is_sequential(series_method(wildcards.series)):
+        return None
+    return series_tasks(wildcards.series).index(wildcards.dataset)
 
 
 def chain_flags(wildcards):
@@ -76,7 +85,7 @@ def train_job_flags(wildcards):
     return " ".join(
         [
             arch_flags(wildcards.arch),
-            method_flags(series_method(wildcards.series)),
+            method_flags(series_method(wildcards.series), task_position(wildcards)),
             data_flags(wildcards.dataset),
             cache_flag(wildcards.dataset),
             chain_flags(wildcards),
