@@ -14,6 +14,7 @@ from pathlib import Path
 from piggyback import cli
 from piggyback.data.cache.format import write_cache
 from piggyback.data.datasets import DataError, error_message
+from piggyback.data.folders import check_folder
 
 
 def main() -> None:
@@ -30,6 +31,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     try:
+        if args.prepared:
+            check_folder(args.data, args.prepared)
         summary = write_cache(args.data, args.transform, args.image_size, args.out, args.workers)
     except (DataError, OSError) as error:
         cli.fail(error_message(error))

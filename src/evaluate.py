@@ -23,6 +23,7 @@ from piggyback.core.evaluation import TaskData, evaluate_pack
 from piggyback.core.packed_file import PackError
 from piggyback.core.run import SpeedOptions
 from piggyback.data.datasets import DataError, error_message
+from piggyback.data.folders import check_folder
 
 
 def main() -> None:
@@ -36,7 +37,8 @@ def main() -> None:
         metavar="JSON",
         required=True,
         help='each task\'s test data: {"<task>": {"data": DIR, "transform": "cropped" or '
-        '"standard", "cache": FILE or null}}',
+        '"standard", "cache": FILE or null, "prepared": FILE or null}}; with "prepared" '
+        "(a dataset read where it is, route folder), DIR is checked against its record",
     )
     parser.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -46,12 +48,20 @@ def main() -> None:
     cli.add_runtime_arguments(parser)
     args = parser.parse_args()
     try:
+        entries = json.loads(args.tasks_json)
         tasks = {
             name: TaskData(Path(entry["data"]), entry["transform"], _path(entry.get("cache")))
-            for name, entry in json.loads(args.tasks_json).items()
+            for name, entry in entries.items()
         }
+        records = {name: _path(entry.get("prepared")) for name, entry in entries.items()}
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
         cli.fail(f"--tasks-json is not a JSON object of {{task: {{data, transform}}}}: {error}")
+    try:
+        for name, record in records.items():
+            if record is not None:
+                check_folder(tasks[name].data, record)
+    except DataError as error:
+        cli.fail(str(error))
     device = cli.select_device(args)
     speed = SpeedOptions(tf32=args.tf32).resolve(device)
     speed.set_float32_precision()

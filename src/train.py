@@ -33,6 +33,7 @@ from piggyback.core.training import train_task
 from piggyback.data.cache.batches import cached_batches
 from piggyback.data.cache.format import load_task_cache
 from piggyback.data.datasets import DataError, error_message, load_task_data, make_loader
+from piggyback.data.folders import check_folder
 
 
 def parse_args() -> argparse.Namespace:
@@ -197,6 +198,8 @@ def task_batches(args: argparse.Namespace, batch_size: int, device):
     epoch's randomness depends only on (seed, epoch), which resuming relies on."""
     if args.data is None:
         return [], None, None
+    if args.prepared:
+        check_folder(args.data, args.prepared)
     if args.cache:
         cache = load_task_cache(args.cache, args.transform, args.image_size, args.classes, device)
         return (

@@ -73,6 +73,13 @@ def add_image_folder_arguments(parser, required: bool = True) -> None:
         help="'cropped': resize to a square; 'standard': shorter side, random resized crop",
     )
     parser.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
+    parser.add_argument(
+        "--prepared",
+        type=Path,
+        metavar="JSON",
+        help="the prepare stage's record of a dataset read where it is (route folder): "
+        "--data is checked against its list of files and sizes before it is read",
+    )
 
 
 def add_cache_argument(parser) -> None:

@@ -26,12 +26,18 @@ def arch_flags(arch):
 def data_flags(dataset):
     entry = dataset_entry(dataset)
     flags = (
-        f"--dataset {dataset} --data {DATA}/{dataset} --transform {entry['transform']} "
+        f"--dataset {dataset} --data {data_folder(dataset)} --transform {entry['transform']} "
         f"--image-size {IMAGE_SIZE} --workers {WORKERS} --eval-batch-size {EVAL_BATCH_SIZE}"
     )
     if entry["transform"] == "standard":  # the only transform with a random crop
         flags += f" --crop {entry.get('crop', '2017')}"
-    return flags
+    return flags + folder_record_flag(dataset)
+
+
+def folder_record_flag(dataset):
+    """`--prepared RECORD` for a dataset read where it is, which the job checks first."""
+    record = folder_record(dataset)
+    return f" --prepared {record}" if record else ""
 
 
 def numerics_flag():
@@ -147,9 +153,10 @@ def tasks_json(wildcards):
     return json.dumps(
         {
             dataset: {
-                "data": f"{DATA}/{dataset}",
+                "data": data_folder(dataset),
                 "transform": dataset_entry(dataset)["transform"],
                 "cache": cached(dataset) or None,
+                "prepared": folder_record(dataset),
             }
             for dataset in series_tasks(wildcards.series)
         },
