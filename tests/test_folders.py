@@ -113,7 +113,7 @@ def unreadable_image(root):
         (remove_split, 3, "test does not exist"),
         (empty_class, 3, "train/rose has no images"),
         (other_classes, 3, "only in train/: ['tulip'], only in test/: ['lily']"),
-        (None, 5, "3 class folders, but the config says 5"),
+        (None, 5, "has 3 classes, the dataset registry says 5"),
         (unreadable_image, 3, "cannot read image"),
     ],
     ids=["missing_split", "empty_class", "other_classes", "class_count", "unreadable_image"],
@@ -174,17 +174,20 @@ def test_the_jobs_that_read_a_changed_folder_stop_in_one_line(folder, tmp_path):
     change(folder, "added")
     record = out / PREPARED_MARKER
     data = ["--data", str(folder), "--transform", "standard", "--image-size", "16"]
+    data += ["--workers", "0", "--prepared", str(record)]
     tasks = {"flowers": {"data": str(folder), "transform": "standard", "prepared": str(record)}}
     commands = {
         "train.py": [
             *("--arch", "resnet18", "--weights", "random", "--dataset", "flowers", *data),
-            *("--prepared", str(record), "--device", "cpu"),
-            *("--out", str(tmp_path / "t.pt"), "--metrics", str(tmp_path / "t.tsv")),
+            *("--crop", "2017", "--eval-batch-size", "8", "--resume-every", "0"),
+            *("--device", "cpu", "--out", str(tmp_path / "t.pt")),
+            *("--metrics", str(tmp_path / "t.tsv")),
         ],
-        "cache.py": [*data, "--prepared", str(record), "--out", str(tmp_path / "c.safetensors")],
+        "cache.py": [*data, "--out", str(tmp_path / "c.safetensors")],
         "evaluate.py": [
             *(str(tmp_path / "packed.safetensors"), "--arch", "resnet18"),
-            *("--tasks-json", json.dumps(tasks), "--out", str(tmp_path / "e.json")),
+            *("--tasks-json", json.dumps(tasks), "--image-size", "16", "--batch-size", "8"),
+            *("--workers", "0", "--out", str(tmp_path / "e.json")),
         ],
     }
     for script, arguments in commands.items():

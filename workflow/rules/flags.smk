@@ -27,10 +27,9 @@ def data_flags(dataset):
     entry = dataset_entry(dataset)
     flags = (
         f"--dataset {dataset} --data {data_folder(dataset)} --transform {entry['transform']} "
-        f"--image-size {IMAGE_SIZE} --workers {WORKERS} --eval-batch-size {EVAL_BATCH_SIZE}"
+        f"--image-size {IMAGE_SIZE} --crop {entry['crop']} --workers {WORKERS} "
+        f"--eval-batch-size {EVAL_BATCH_SIZE}"
     )
-    if entry["transform"] == "standard":  # the only transform with a random crop
-        flags += f" --crop {entry.get('crop', '2017')}"
     return flags + folder_record_flag(dataset)
 
 

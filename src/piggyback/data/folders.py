@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from piggyback.data.datasets import SPLITS, DataError, image_files
+from piggyback.data.datasets import SPLITS, DataError, check_class_count, image_files
 from piggyback.data.sources import SourceError
 
 SHOWN = 3  # files named per kind of change
@@ -54,11 +54,7 @@ def prepare_folder(
             f"{where}: train/ and test/ have different classes (only in train/: "
             f"{only_train[:5]}, only in test/: {only_test[:5]}); fix the folder"
         )
-    if classes is not None and len(found["train"]) != classes:
-        raise SourceError(
-            f"{where}: {len(found['train'])} class folders, but the config says {classes}; "
-            f"fix `classes:` for {dataset} or the folder"
-        )
+    check_class_count(f"{where}: has", len(found["train"]), classes, "the folder", SourceError)
     try:
         large = scan(root, files)
     except DataError as error:
