@@ -135,8 +135,8 @@ def test_the_fallback_is_scale_then_centre_crop_of_the_whole_image():
 
 def test_the_modern_sampler_stays_selectable():
     names = [type(step).__name__ for step in build_transform("standard", 24, True).transforms]
-    modern = build_transform("standard", 24, True, "modern").transforms
+    modern = build_transform("standard", 24, True, crop="modern").transforms
     assert names[1] == "RandomSizedCrop2017"
     assert type(modern[1]).__name__ == "RandomResizedCrop"
     with pytest.raises(ValueError, match="unknown crop sampler"):
-        build_transform("standard", 24, True, "2018")
+        build_transform("standard", 24, True, crop="2018")

@@ -197,7 +197,7 @@ def load_split(
     folder = Path(root) / split
     if not folder.is_dir():
         raise DataError(f"{folder} does not exist: expected {root}/<split>/<class>/<image>")
-    transform = build_transform(style, image_size, train, preprocessing, crop)
+    transform = build_transform(style, image_size, train, preprocessing, crop=crop)
     dataset = TaskImageFolder(folder, transform=transform)
     if dataset.skipped:
         log(

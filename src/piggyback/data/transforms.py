@@ -142,6 +142,7 @@ def build_transform(
     image_size: int,
     train: bool,
     preprocessing: Preprocessing = PAPER_PREPROCESSING,
+    *,
     crop: CropSampler = "2017",
 ) -> transforms.Compose:
     interpolation = InterpolationMode(preprocessing.interpolation)

@@ -93,7 +93,7 @@ def plan(
             "own preprocessing, `transforms: weights`): train this arch with "
             "`compute: {data_pipeline: dataloader}`"
         )
-    steps = list(build_transform(style, image_size, train, preprocessing, crop).transforms)
+    steps = list(build_transform(style, image_size, train, preprocessing, crop=crop).transforms)
     cached = []
     while steps and isinstance(steps[0], DETERMINISTIC_STEPS):
         cached.append(steps.pop(0))
