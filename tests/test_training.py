@@ -163,8 +163,9 @@ def _train_command(data, out, epochs):
 
 
 def test_sigkilled_training_job_resumes_to_the_same_masks(digits_target, tmp_path):
-    """A real SIGKILL mid-run, then the same command again."""
-    subprocess.run(_train_command(digits_target, tmp_path / "a", 3), check=True)
+    """A real SIGKILL mid-run, then the same command again. The uninterrupted run to
+    compare with runs beside the killed one (a thread each), not before it."""
+    uninterrupted = subprocess.Popen(_train_command(digits_target, tmp_path / "a", 3))
     killed = tmp_path / "b"
     job = subprocess.Popen(_train_command(digits_target, killed, 3))
     resume = killed / "task.pt.state" / "resume.pt"
@@ -175,6 +176,7 @@ def test_sigkilled_training_job_resumes_to_the_same_masks(digits_target, tmp_pat
     job.wait()
     assert not (killed / "task.pt").exists(), "the job finished before it could be killed"
     subprocess.run(_train_command(digits_target, killed, 3), check=True)
+    assert uninterrupted.wait(timeout=600) == 0
     a, b = load_checkpoint(tmp_path / "a" / "task.pt"), load_checkpoint(killed / "task.pt")
     assert all(torch.equal(a["masks"][k], b["masks"][k]) for k in a["masks"])
     assert not (killed / "task.pt.state").exists(), "resume state is removed after success"
