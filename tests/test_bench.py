@@ -4,7 +4,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from bench.measure import PAPER_EPOCHS, PAPER_IMAGES, gpu_hours, paper_table_gpu_hours, task_passes
+from bench.projection import (
+    PAPER_EPOCHS,
+    PAPER_IMAGES,
+    gpu_hours,
+    paper_table_gpu_hours,
+    task_passes,
+)
 
 from piggyback.core.registry import Hyperparameters
 

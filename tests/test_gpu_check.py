@@ -6,19 +6,16 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from gpu_check.check import (
-    CPU_PLAN,
-    GPU_PLAN,
-    METHOD_ORDER,
-    PAPER_COMPARISON,
-    OverBudget,
-    fitting_batch,
-    paper_comparison,
-    time_limit,
-)
+import torch
+from gpu_check.figures import fitting_batch
+from gpu_check.plan import CPU_PLAN, GPU_PLAN, METHOD_ORDER, OverBudget, time_limit
+from gpu_check.runner import GpuCheck
+from gpu_check.sections import SECTIONS
+from gpu_check.summary import PAPER_COMPARISON, paper_comparison
 
 from piggyback.core.registry import METHODS
 
@@ -162,3 +159,29 @@ def test_the_comparison_is_read_from_the_config_or_its_copy(tmp_path):
     assert copy["source"].startswith("built-in copy")
     for key in ("archs", "methods", "orderings"):
         assert set(map(str, read[key])) == set(map(str, copy[key])), key
+
+
+def test_a_new_measurement_is_a_section_and_its_time(tmp_path):
+    """A section added to the table and given time in the plan runs, is written at once
+    and rendered, with the runner unchanged; a planned section the table lacks stops the
+    run before it starts."""
+
+    def extra(check):
+        figures = {"img_s": 1.0, "earlier": check.report.find("train")}
+        check.measure("toy", lambda: figures, arch="toy")
+
+    plan = replace(
+        CPU_PLAN,
+        sections={**dict.fromkeys(CPU_PLAN.sections, 0), "extra": 5},
+        unit_s={**CPU_PLAN.unit_s, "extra": 5},
+    )
+    config = ROOT / "config" / "config.yaml"
+    check = GpuCheck(plan, torch.device("cpu"), tmp_path, config, {**SECTIONS, "extra": extra})
+    report = check.run()
+    (record,) = report["extra"]
+    assert record["status"] == "ok" and record["img_s"] == 1.0 and record["earlier"] is None
+    assert all(r["status"] == "skipped" for s in CPU_PLAN.sections for r in report[s])
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["extra"] == [record]
+    assert (tmp_path / "gpu_check.md").read_text().endswith("(-: cpu mode) |\n")
+    with pytest.raises(ValueError, match="'extra'.*sections.py"):
+        GpuCheck(plan, torch.device("cpu"), tmp_path, config, SECTIONS)

@@ -188,6 +188,7 @@ def kill_test_config(workdir: Path) -> Path:
 def snakemake_command(workdir: Path, config: Path) -> list[str]:
     return [
         *(sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")),
+        *("--workflow-profile", "none"),  # no local profile: this test names every flag
         *("--directory", str(workdir), "--configfile", str(config), "--cores", "2"),
     ]
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from bench.measure import (
+from bench.projection import paper_table_gpu_hours
+from bench.throughput import (
     BenchSettings,
     device_name,
     eval_images_per_second,
-    paper_table_gpu_hours,
     peak_memory_mb,
     reset_peak_memory,
     train_images_per_second,

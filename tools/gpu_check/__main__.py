@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from gpu_check.check import CPU_PLAN, GPU_PLAN, GpuCheck
+from gpu_check.plan import CPU_PLAN, GPU_PLAN
+from gpu_check.runner import GpuCheck
+from gpu_check.sections import SECTIONS
 
 
 def main() -> None:
@@ -47,7 +49,7 @@ def main() -> None:
         sys.exit("error: no CUDA device here; --cpu runs the CPU mode")
     if args.budget is not None:
         plan = plan.scaled(args.budget)
-    check = GpuCheck(plan, device, args.out, args.config)
+    check = GpuCheck(plan, device, args.out, args.config, SECTIONS)
     report = check.run()
     print(f"\nwrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}\n")
     print(check.tables(), flush=True)

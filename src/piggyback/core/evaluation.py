@@ -19,9 +19,8 @@ from piggyback.core.checkpoints import backbone_sha256
 from piggyback.core.packed_file import PackedFile, PackError, read_pack
 from piggyback.core.registry import load_method
 from piggyback.core.run import SpeedOptions
-from piggyback.data.cache.batches import cached_batches
-from piggyback.data.cache.format import load_task_cache
-from piggyback.data.datasets import DataError, load_split, make_loader
+from piggyback.data.datasets import DataError
+from piggyback.data.feed import open_task_feed
 from piggyback.data.transforms import TransformStyle
 
 
@@ -74,7 +73,7 @@ def evaluate_pack(
     arch: str,
     spec: ArchSpec,
     image_size: int,
-    batch_size: int = 64,
+    batch_size: int,
     weights: str | Path | None = None,
     weights_dir: Path | None = None,
     device: torch.device | None = None,
@@ -99,7 +98,7 @@ def evaluate_pack(
         backbone.load_state_dict(pristine)
         method.apply(backbone, packed, task)
         entry = manifest["tasks"][task]
-        classes, batches = _test_batches(task, tasks[task], image_size, batch_size, device, workers)
+        classes, batches = _test_batches(tasks[task], image_size, batch_size, device, workers)
         _check_classes(classes, entry["classes"], task, tasks[task], pack_path)
         head = nn.Linear(features, len(classes))
         head.load_state_dict(packed.head(task))
@@ -139,14 +138,11 @@ def _backbone(packed: PackedFile, arch, spec, weights, weights_dir) -> tuple[nn.
     return backbone, features
 
 
-def _test_batches(task, source: TaskData, image_size, batch_size, device, workers):
-    if source.cache is None:
-        test = load_split(source.data, "test", source.transform, image_size, train=False)
-        return test.classes, make_loader(test, batch_size, False, 0, workers)
-    cached = load_task_cache(
-        source.cache, source.transform, image_size, None, device, splits=("test",)
+def _test_batches(source: TaskData, image_size, batch_size, device, workers):
+    feed = open_task_feed(
+        source.data, source.transform, image_size, source.cache, device, workers, splits=("test",)
     )
-    return cached.classes, cached_batches(cached, batch_size, False, 0, device)
+    return feed.classes, feed.batches("test", batch_size, 0)
 
 
 def _check_classes(found: list[str], trained: list[str] | int, task, source, pack_path) -> None:

@@ -1,0 +1,65 @@
+"""How a user runs the workflow: the local profile that Snakemake applies by itself, the
+README's rule graph, and the usage files that the Snakemake workflow catalog reads."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from test_workflow import ROOT, snakemake
+
+
+@pytest.mark.parametrize("where", ["checkout", "elsewhere"])
+def test_the_local_profile_applies_unnamed_and_prints_a_failed_jobs_error(tmp_path, where):
+    """The README's command, no profile named, without the data: the job's one-line error
+    reaches the console, run from the checkout or from another folder."""
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+    command += ["--cores", "1", "downloads/flowers.downloaded"]
+    if where == "checkout":
+        cwd, command = ROOT, [*command, "--directory", str(tmp_path)]
+    else:
+        cwd = tmp_path
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert re.search(r"Using workflow specific profile \S*profiles/default for", output)
+    assert "error: downloads/flowers.zip is missing: download 'flowers.zip'" in output
+
+
+def mermaid_graph(text: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """The rules and edges of a `--rulegraph mermaid-js` graph, by rule name (node
+    numbers and the order of lines are not part of the graph)."""
+    names = dict(re.findall(r"^\s*(id\d+)\[(\w+)\]$", text, re.MULTILINE))
+    edges = re.findall(r"^\s*(id\d+) --> (id\d+)$", text, re.MULTILINE)
+    return set(names.values()), {(names[source], names[target]) for source, target in edges}
+
+
+def test_the_readme_shows_the_current_rule_graph(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```mermaid\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
+    assert len(blocks) == 1, "the README has one mermaid block, the rule graph"
+    graph = snakemake("--rulegraph", "mermaid-js", "--forceall", workdir=tmp_path).stdout
+    rules, edges = mermaid_graph(graph)
+    assert {"download", "train", "pack", "evaluate", "aggregate"} <= rules and edges
+    assert mermaid_graph(blocks[0]) == (rules, edges), "out of date: run `make rulegraph`"
+
+
+def test_config_readme_describes_every_config_file_and_top_level_key():
+    readme = (ROOT / "config" / "README.md").read_text()
+    files = sorted(p.name for p in (ROOT / "config").iterdir() if p.suffix in (".yaml", ".tsv"))
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert "workflow/schemas/config.schema.yaml" in readme
+    assert [name for name in files if f"`{name}`" not in readme] == []
+    assert [key for key in schema["properties"] if f"| `{key}` |" not in readme] == []
+
+
+def test_the_catalog_file_has_the_keys_the_catalog_reads():
+    usage = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
+    assert set(usage["mandatory-flags"]) == {"desc", "flags"}
+    assert set(usage["software-stack-deployment"]) <= {"conda", "apptainer", "apptainer+conda"}

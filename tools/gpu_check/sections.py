@@ -1,0 +1,151 @@
+"""The GPU check's sections, and ``SECTIONS``, the table the runner walks: each section
+is a function that asks the runner to ``measure`` its configurations, the most important
+first, so that a section cut short by its time has measured those.
+
+A new measurement is a function here and its entry in ``SECTIONS``, with its seconds in
+each plan (gpu_check/plan.py). It reads earlier figures with ``check.report.find``; goal
+rows or a table of its own go into gpu_check/tables.py's ``GOAL_ROWS`` or ``TABLES``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from bench.feed import cached_feed_rates, loader_feed_rates
+from bench.throughput import BenchSettings
+
+from gpu_check import summary
+from gpu_check.correctness import CHECKS
+from gpu_check.figures import (
+    eval_figures,
+    largest_figures,
+    median_rates,
+    prepare_input,
+    train_figures,
+)
+from gpu_check.plan import HEADLINE_METHODS, METHOD_ORDER
+from gpu_check.runner import GpuCheck, need
+
+OTHER_METHODS = METHOD_ORDER[len(HEADLINE_METHODS) :]
+
+
+def correctness(check: GpuCheck) -> None:
+    plan = check.plan
+    settings = replace(plan.settings, batch_size=plan.check_batch)
+    for name, entry in CHECKS.items():
+        check.measure(
+            name,
+            lambda entry=entry: entry.measure(plan.check_arch, settings, check.device),
+            arch=plan.check_arch,
+            batch=settings.batch_size,
+            image_size=settings.image_size,
+        )
+
+
+def train(check: GpuCheck) -> None:
+    """The paper's batch: switches on before off (the projection needs on), the mask
+    overhead's two methods before the rest, the headline arch first."""
+    for switches in ("on", "off"):
+        for methods in (HEADLINE_METHODS, OTHER_METHODS):
+            for arch in check.plan.archs:
+                for method in methods:
+                    _train_unit(check, arch, method, switches, check.plan.settings)
+
+
+def evaluation(check: GpuCheck) -> None:
+    settings = check.plan.settings
+    for switches in ("on", "off"):
+        for arch in check.plan.archs:
+            check.measure(
+                f"{arch} {switches} b{settings.eval_batch_size}",
+                lambda arch=arch, switches=switches: eval_figures(
+                    check.device, arch, switches, settings
+                ),
+                arch=arch,
+                switches=switches,
+                batch=settings.eval_batch_size,
+            )
+
+
+def input_pipelines(check: GpuCheck) -> None:
+    """JPEGs and their cache written into a temporary folder, then each pipeline's feed
+    rate over them."""
+    plan, device = check.plan, check.device
+    size, batch, epochs = plan.settings.image_size, plan.settings.batch_size, plan.pipeline_epochs
+    workers = check.report["device"]["cpus"]
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as folder:
+        root, cache = Path(folder) / "task", Path(folder) / "task.safetensors"
+        prepared = check.measure("prepare", lambda: prepare_input(plan, root, cache, workers))
+
+        def cached():
+            need(prepared["status"] == "ok", "the images were not prepared")
+            return median_rates(cached_feed_rates(cache, size, batch, device, epochs))
+
+        def loader():
+            need(prepared["status"] == "ok", "the images were not prepared")
+            rates = loader_feed_rates(root, size, batch, device, workers, epochs)
+            return {**median_rates(rates), "workers": workers}
+
+        keys = {"batch": batch, "image_size": size, "epochs": epochs}
+        check.measure("cached", cached, pipeline="cached", **keys)
+        check.measure("dataloader", loader, pipeline="dataloader", **keys)
+
+
+def largest_batch(check: GpuCheck) -> None:
+    """Per arch and method, sized from its training figures at the paper's batch."""
+
+    def figures(arch: str, method: str) -> dict:
+        base = check.report.find("train", arch=arch, method=method, switches="on")
+        capacity = check.report["device"].get("memory_mib")
+        return largest_figures(check.device, check.plan, base, capacity)
+
+    for methods in (HEADLINE_METHODS, OTHER_METHODS):
+        for arch in check.plan.archs:
+            for method in methods:
+                check.measure(
+                    f"{arch} {method} on",
+                    lambda arch=arch, method=method: figures(arch, method),
+                    arch=arch,
+                    method=method,
+                    switches="on",
+                )
+
+
+def compiled(check: GpuCheck) -> None:
+    for arch, method in check.plan.compile:
+        _train_unit(check, arch, method, "compile", check.plan.settings)
+
+
+def summary_figures(check: GpuCheck) -> None:
+    report = check.report
+    check.measure("overhead", lambda: {"ratios": summary.overheads(report)})
+    check.measure("projection", lambda: summary.projection(report, check.plan, check.config))
+    check.measure("feed", lambda: summary.feed(report))
+
+
+# Each section of the plans, by the name the plans and the report give it.
+SECTIONS: dict[str, Callable[[GpuCheck], None]] = {
+    "correctness": correctness,
+    "train": train,
+    "eval": evaluation,
+    "input": input_pipelines,
+    "largest_batch": largest_batch,
+    "compile": compiled,
+    "summary": summary_figures,
+}
+
+
+def _train_unit(
+    check: GpuCheck, arch: str, method: str, switches: str, settings: BenchSettings
+) -> dict:
+    return check.measure(
+        f"{arch} {method} {switches} b{settings.batch_size}",
+        lambda: train_figures(check.device, arch, method, switches, settings),
+        arch=arch,
+        method=method,
+        switches=switches,
+        batch=settings.batch_size,
+    )

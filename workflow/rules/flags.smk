@@ -1,0 +1,157 @@
+"""The command-line flags and JSON arguments the rules pass to the stage scripts."""
+
+import json
+
+from piggyback.core.registry import START_DATASET
+
+
+def source_json(wildcards):
+    return json.dumps(dataset_entry(wildcards.dataset)["source"], sort_keys=True)
+
+
+def cache_flag(dataset):
+    """`--cache FILE` when jobs read the dataset from its cache (`cached`)."""
+    cache = cached(dataset)
+    return f"--cache {cache}" if cache else ""
+
+
+def arch_flags(arch):
+    entry = config["archs"][arch]
+    flags = f"--arch {arch} --builder {entry['builder']} --weights {weights_file(arch)}"
+    if "head" in entry:
+        flags += f" --head {entry['head']}"
+    return flags
+
+
+def data_flags(dataset):
+    entry = dataset_entry(dataset)
+    return (
+        f"--dataset {dataset} --data {DATA}/{dataset} --transform {entry['transform']} "
+        f"--image-size {IMAGE_SIZE} --workers {WORKERS} --eval-batch-size {EVAL_BATCH_SIZE}"
+    )
+
+
+def hyperparameter_flags(hyperparameters):
+    return " ".join(
+        f"--{key.replace('_', '-')} {value}"
+        for key, value in sorted(hyperparameters.items())
+    )
+
+
+def pretrain_hyperparameter_flags(arch):
+    pretrain = config["pretrain"]
+    overrides = pretrain.get("arch_hyperparameters", {}).get(arch, {})
+    return hyperparameter_flags({**pretrain.get("hyperparameters", {}), **overrides})
+
+
+def method_flags(method):
+    """The method and its hyperparameters (the config's; the rest are the paper's)."""
+    settings = config["methods"].get(method, {})
+    knobs = {key: value for key, value in settings.items() if key != START_DATASET}
+    return f"--method {method} {hyperparameter_flags(knobs)}"
+
+
+def chain_flags(wildcards):
+    """A sequential task's predecessor, and whether it ends its ordering."""
+    previous = previous_checkpoint(wildcards)
+    if not previous:
+        return ""
+    last = series_tasks(wildcards.series)[-1] == wildcards.dataset
+    return f"--previous {previous}" + (" --last-in-ordering" if last else "")
+
+
+# The rules train, start and pretrain share one command (train.smk); each passes what
+# its job trains as `job`. A job's flags derive from its wildcards alone, so that
+# Snakemake's params trigger reruns the job when any of them changes.
+def train_job_flags(wildcards):
+    """Param: one task of a series, after its predecessor for a sequential method."""
+    return " ".join(
+        [
+            arch_flags(wildcards.arch),
+            method_flags(series_method(wildcards.series)),
+            data_flags(wildcards.dataset),
+            cache_flag(wildcards.dataset),
+            chain_flags(wildcards),
+            f"--classes {dataset_entry(wildcards.dataset)['classes']}",
+            f"--seed {wildcards.run}",
+        ]
+    )
+
+
+def start_job_flags(wildcards):
+    """Param: a sequential method's start, retrained on its `start_dataset` if any."""
+    dataset = start_dataset(wildcards.method)
+    return " ".join(
+        [
+            "--start",
+            arch_flags(wildcards.arch),
+            method_flags(wildcards.method),
+            data_flags(dataset) if dataset else "",
+            cache_flag(dataset) if dataset else "",
+            f"--seed {wildcards.run}",
+        ]
+    )
+
+
+def pretrain_job_flags(wildcards):
+    """Param: an arch from random initialisation, fine-tuned on the `pretrain:` dataset."""
+    arch, dataset = wildcards.arch, config["pretrain"]["dataset"]
+    return " ".join(
+        [
+            f"--arch {arch} --builder {config['archs'][arch]['builder']} --weights random",
+            f"--method finetune {pretrain_hyperparameter_flags(arch)}",
+            data_flags(dataset),
+            cache_flag(dataset),
+            "--seed 0",
+        ]
+    )
+
+
+def output_flags(wildcards, output):
+    """Param: where a training job writes its checkpoint and per-epoch metrics."""
+    return f"--out {output.checkpoint} --metrics {output.metrics}"
+
+
+def pretrain_output_flags(wildcards, output):
+    """Param: as for training, and the backbone that pretraining exports."""
+    return f"{output_flags(wildcards, output)} --export-backbone {output.weights}"
+
+
+def ordering_flag(wildcards):
+    ordering = series_ordering(wildcards.series)
+    return f"--ordering {ordering}" if ordering else ""
+
+
+def tasks_json(wildcards):
+    """Param: each task's test data, for evaluate.py --tasks-json."""
+    return json.dumps(
+        {
+            dataset: {
+                "data": f"{DATA}/{dataset}",
+                "transform": dataset_entry(dataset)["transform"],
+                "cache": cached(dataset) or None,
+            }
+            for dataset in series_tasks(wildcards.series)
+        },
+        sort_keys=True,
+    )
+
+
+def reference_flags():
+    reference = config.get("reference")
+    if reference is None:
+        return ""
+    return f"--reference {reference['file']} --tolerance {reference['tolerance']}"
+
+
+def tolerance_flag():
+    reference = config.get("reference")
+    return f"--tolerance {reference['tolerance']}" if reference else ""
+
+
+def classes_json():
+    return json.dumps({d: dataset_entry(d)["classes"] for d in DATASETS})
+
+
+def orderings_json():
+    return json.dumps({o: config["orderings"][o] for o in ORDERINGS})

@@ -1,0 +1,118 @@
+"""The files the rules read and write, and the input functions that choose them."""
+
+from piggyback.config import PRETRAIN_WEIGHTS
+from piggyback.core.registry import START_DATASET
+
+
+def prepared(dataset):
+    """The marker prepare.py writes last, once the dataset folder is complete."""
+    return f"{DATA}/{dataset}/prepared.json"
+
+
+def cache_file(dataset):
+    """The decoded, pre-resized cache of a prepared dataset (rule `cache`)."""
+    return f"{DATA}/{dataset}/cache-{IMAGE_SIZE}.safetensors"
+
+
+def cached(dataset):
+    """Input: the dataset's cache when `compute: {data_pipeline: cached}`, else none."""
+    return cache_file(dataset) if DATA_PIPELINE == "cached" else []
+
+
+def weights_file(arch):
+    """The backbone weights file an arch's jobs read: fetched, pretrained, or given."""
+    weights = config["archs"][arch]["weights"]
+    if weights == PRETRAIN_WEIGHTS:
+        return f"{RESULTS}/pretrain/{arch}.pth"
+    if weights.isidentifier() and weights.upper() == weights:
+        return f"{RESOURCES}/weights/{config['archs'][arch]['builder']}.{weights}.pth"
+    return weights
+
+
+def start_dataset(method):
+    """The source dataset a sequential method's start retrains on, if the config names one."""
+    return config["methods"].get(method, {}).get(START_DATASET)
+
+
+def start_data(wildcards):
+    dataset = start_dataset(wildcards.method)
+    return prepared(dataset) if dataset else []
+
+
+def start_cache(wildcards):
+    dataset = start_dataset(wildcards.method)
+    return cached(dataset) if dataset else []
+
+
+def start_checkpoint(arch, method, run):
+    return f"{RESULTS}/start/{arch}/{method}/run{run}.pt"
+
+
+def train_checkpoint(arch, series, run, dataset):
+    return f"{RESULTS}/train/{arch}/{series}/run{run}/{dataset}.pt"
+
+
+def previous_checkpoint(wildcards):
+    """Input: a sequential task's predecessor in its ordering (the start, for the first
+    task); none for an independent method."""
+    method = series_method(wildcards.series)
+    if not is_sequential(method):
+        return []
+    tasks = series_tasks(wildcards.series)
+    position = tasks.index(wildcards.dataset)
+    if position == 0:
+        return start_checkpoint(wildcards.arch, method, wildcards.run)
+    return train_checkpoint(
+        wildcards.arch, wildcards.series, wildcards.run, tasks[position - 1]
+    )
+
+
+def series_checkpoints(wildcards):
+    return [
+        train_checkpoint(wildcards.arch, wildcards.series, wildcards.run, dataset)
+        for dataset in series_tasks(wildcards.series)
+    ]
+
+
+def packed_file(arch, series, run):
+    return f"{RESULTS}/packed/{arch}/{series}/run{run}.safetensors"
+
+
+def stats_file(arch, series, run):
+    return f"{RESULTS}/packed/{arch}/{series}/run{run}.stats.tsv"
+
+
+def series_data(wildcards):
+    """Input: every task's prepared data (and cache) of a series."""
+    tasks = series_tasks(wildcards.series)
+    return [prepared(d) for d in tasks] + [c for d in tasks for c in [cached(d)] if c]
+
+
+def evaluation_outputs():
+    return [
+        f"{RESULTS}/eval/{arch}/{series}/run{run}.json"
+        for arch in ARCHS
+        for series in SERIES
+        for run in RUNS
+    ]
+
+
+def table_outputs():
+    return [f"{RESULTS}/table.md", f"{RESULTS}/table.tsv"]
+
+
+def reference_inputs():
+    reference = config.get("reference")
+    return [reference["file"]] if reference else []
+
+
+# The report's figures, one `plot_<name>` rule each (report.smk).
+PLOTS = "reference error_curves mask_density ownership storage runtimes".split()
+
+
+def plot_file(name, suffix="png"):
+    return f"{RESULTS}/plots/{name}.{suffix}"
+
+
+def plot_outputs():
+    return [plot_file(name) for name in PLOTS]
