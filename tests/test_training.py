@@ -15,6 +15,7 @@ from piggyback.core.registry import METHODS, Hyperparameters
 from piggyback.core.run import TaskRun, TrainingError
 from piggyback.core.training import train_task
 from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.data.digits import write_digits_task
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -53,6 +54,15 @@ def _train(
     return model, result
 
 
+@pytest.fixture(scope="module")
+def small_target(tmp_path_factory):
+    """Digits 5-9 mirrored, 20 a class (70 training images, three batches an epoch): the
+    resume tests compare runs bit for bit, which needs a few steps, not learning."""
+    root = tmp_path_factory.mktemp("small_target")
+    write_digits_task(root, [5, 6, 7, 8, 9], view="mirrored", per_class=20)
+    return root
+
+
 FROZEN = [name for name, entry in METHODS.items() if entry.freezes_backbone]
 
 
@@ -77,12 +87,12 @@ def test_finetune_changes_the_backbone(digits_target, tmp_path):
     assert not torch.equal(before["conv1.weight"], after["conv1.weight"])
 
 
-def test_interrupted_training_resumes_to_the_same_result(digits_target, tmp_path):
-    _, uninterrupted = _train(digits_target, tmp_path / "a", epochs=3, lr=1e-3)
+def test_interrupted_training_resumes_to_the_same_result(small_target, tmp_path):
+    _, uninterrupted = _train(small_target, tmp_path / "a", epochs=3, lr=1e-3)
     with pytest.raises(KeyboardInterrupt):
-        _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3, fail_at=2)
+        _train(small_target, tmp_path / "b", epochs=3, lr=1e-3, fail_at=2)
     assert load_checkpoint(tmp_path / "b" / "resume.pt")["epochs_done"] == 2
-    _, resumed = _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3)
+    _, resumed = _train(small_target, tmp_path / "b", epochs=3, lr=1e-3)
     a, b = (load_task_checkpoint(r["best_path"]) for r in (uninterrupted, resumed))
     assert a.epoch == b.epoch
     for name in a.masks:
@@ -94,7 +104,7 @@ def test_interrupted_training_resumes_to_the_same_result(digits_target, tmp_path
 
 
 def test_deferred_writes_keep_the_best_epoch_and_resume_to_the_same_result(
-    digits_target, tmp_path, monkeypatch
+    small_target, tmp_path, monkeypatch
 ):
     """With writes deferred, the best epoch (here the second of three) is kept as it
     was, not as the tensors are later; a run killed before any write starts afresh."""
@@ -111,14 +121,14 @@ def test_deferred_writes_keep_the_best_epoch_and_resume_to_the_same_result(
         }
 
     monkeypatch.setattr(training, "evaluate", scripted_evaluate)
-    _, every_epoch = _train(digits_target, tmp_path / "a", epochs=3, lr=1e-2)
+    _, every_epoch = _train(small_target, tmp_path / "a", epochs=3, lr=1e-2)
     evaluations.clear()
     with pytest.raises(KeyboardInterrupt):
-        _train(digits_target, tmp_path / "b", epochs=3, lr=1e-2, fail_at=2, resume_every=3600)
+        _train(small_target, tmp_path / "b", epochs=3, lr=1e-2, fail_at=2, resume_every=3600)
     assert not (tmp_path / "b" / "resume.pt").exists()
     assert not (tmp_path / "b" / "best.pt").exists()
     evaluations.clear()
-    _, deferred = _train(digits_target, tmp_path / "b", epochs=3, lr=1e-2, resume_every=3600)
+    _, deferred = _train(small_target, tmp_path / "b", epochs=3, lr=1e-2, resume_every=3600)
     a, b = (load_task_checkpoint(r["best_path"]) for r in (every_epoch, deferred))
     assert a.epoch == b.epoch == 2
     for name in a.masks:
