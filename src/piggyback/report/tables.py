@@ -28,7 +28,8 @@ COLUMNS = [
     "reference_source",
     "reference_setting",
 ]
-SUMMARIES = ["mask_density", "owned_share"]  # per-task figures a method's pack reports
+# per-task figures a method's pack reports (PackNet's prune_fraction: 0, not pruned)
+SUMMARIES = ["mask_density", "owned_share", "prune_fraction"]
 
 
 def load_results(paths: list[Path]) -> pd.DataFrame:
@@ -182,11 +183,17 @@ def _blocks(table: pd.DataFrame, methods: list[str]):
 
 def _summary_lines(block: pd.DataFrame, datasets: list[str], archs: list[str]) -> list[str]:
     """What the method's packed files say of each task (Piggyback: the share of mask
-    entries kept; PackNet: the share of the backbone the task owns)."""
+    entries kept; PackNet: the share of the backbone the task owns, and the fraction of
+    its weights pruning freed)."""
     lines = []
-    for column, what in (
-        ("mask_density", "Share of mask entries kept (%)"),
-        ("owned_share", "Share of the backbone's weights the task owns (%)"),
+    for column, what, shown in (
+        ("mask_density", "Share of mask entries kept (%)", _percent),
+        ("owned_share", "Share of the backbone's weights the task owns (%)", _percent),
+        (
+            "prune_fraction",
+            "Share of the task's weights per layer freed for later tasks (prune_fraction)",
+            _fraction,
+        ),
     ):
         if column not in block or block[column].isna().all():
             continue
@@ -195,10 +202,18 @@ def _summary_lines(block: pd.DataFrame, datasets: list[str], archs: list[str]) -
             row = {"dataset": dataset}
             for arch in archs:
                 cell = block[(block["dataset"] == dataset) & (block["arch"] == arch)]
-                row[arch] = f"{100.0 * cell[column].iloc[0]:.2f}" if len(cell) else "not run"
+                row[arch] = shown(cell[column].iloc[0]) if len(cell) else "not run"
             rows.append(row)
         lines += [f"{what}:", "", _markdown(rows), ""]
     return lines
+
+
+def _percent(share: float) -> str:
+    return f"{100.0 * share:.2f}"
+
+
+def _fraction(fraction: float) -> str:
+    return "not pruned" if fraction == 0 else f"{fraction:g}"
 
 
 def verdict(table: pd.DataFrame, tolerance: float) -> list[str]:
