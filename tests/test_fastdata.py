@@ -252,24 +252,27 @@ def test_caches_for_other_settings_or_damaged_ones_are_refused(cache_files, tmp_
 
 
 def test_cache_script_writes_the_cache_or_fails_in_one_line(digits_target, tmp_path):
+    """Both runs at once: each spends most of its time importing torch."""
     out = tmp_path / "cache-32.safetensors"
     command = [sys.executable, str(SRC / "cache.py"), "--transform", "cropped"]
     command += ["--image-size", "32", "--workers", "1"]
+    failing = subprocess.Popen(
+        [*command, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     done = subprocess.run(
         [*command, "--data", str(digits_target), "--out", str(out)],
         capture_output=True,
         text=True,
         check=True,
     )
+    _, stderr = failing.communicate(timeout=600)
     assert json.loads(done.stdout.splitlines()[-1])["images"] == {"train": 210, "test": 90}
     assert cache_file.read_metadata(out)["classes"][0] == "digit_5"
-    failed = subprocess.run(
-        [*command, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
-        capture_output=True,
-        text=True,
-    )
-    assert failed.returncode == 1
-    assert failed.stderr.startswith("error: ") and len(failed.stderr.splitlines()) == 1
+    assert failing.returncode == 1
+    assert stderr.startswith("error: ") and len(stderr.splitlines()) == 1
 
 
 def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 from browser import Browser, chromium
-from test_workflow import job_counts, shrunk_demo_config, snakemake
+from test_workflow import job_counts, snakemake
 
 from piggyback.core.checkpoints import load_checkpoint
 from piggyback.core.packed_file import read_manifest
@@ -31,16 +31,19 @@ needs_chromium = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The shrunk demo (Piggyback and PackNet on DenseNet-121), run once, and its report."""
-    workdir = tmp_path_factory.mktemp("report")
-    config = shrunk_demo_config(workdir)
-    snakemake("--cores", "2", "--configfile", str(config), workdir=workdir)
-    results = workdir / "results" / "demo"
-    report = results / "report.html"
-    snakemake("--report", str(report), "--configfile", str(config), workdir=workdir)
+def demo(shrunk_demo):
+    """The shrunk demo (Piggyback and PackNet on DenseNet-121), the run the end-to-end
+    test reads too, and its report."""
+    report = shrunk_demo.results / "report.html"
+    snakemake(
+        "--report",
+        str(report),
+        "--configfile",
+        str(shrunk_demo.config),
+        workdir=shrunk_demo.workdir,
+    )
     print(f"report: {report} ({report.stat().st_size} bytes)")
-    return SimpleNamespace(workdir=workdir, config=config, results=results, report=report)
+    return SimpleNamespace(**vars(shrunk_demo), report=report)
 
 
 def _read(path: Path) -> pd.DataFrame:

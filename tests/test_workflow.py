@@ -232,12 +232,10 @@ def shrunk_demo_config(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_the_demo_runs_end_to_end(tmp_path):
-    config = shrunk_demo_config(tmp_path)
-    result = snakemake("--cores", "2", "--configfile", str(config), workdir=tmp_path)
-    out = result.stdout + result.stderr
-    assert "piggyback: mean error" in out, "the verdict is printed"
-    table = (tmp_path / "results" / "demo" / "table.tsv").read_text().splitlines()
+def test_the_demo_runs_end_to_end(shrunk_demo):
+    config, results = shrunk_demo.config, shrunk_demo.results
+    assert "piggyback: mean error" in shrunk_demo.output, "the verdict is printed"
+    table = (results / "table.tsv").read_text().splitlines()
     header = table[0].split("\t")
     assert header[:8] == ["method", "ordering", "arch", "dataset", "position", "error", "std", "n"]
     rows = [dict(zip(header, line.split("\t"), strict=True)) for line in table[1:]]
@@ -250,14 +248,14 @@ def test_the_demo_runs_end_to_end(tmp_path):
     assert all(float(r["error"]) < float(r["chance_error"]) - 30 for r in piggyback)
     assert all(r["n"] == "1" for r in rows), "one run: a cell is one evaluation"
     assert all(r["reference"] == "" for r in rows), "the demo has no reference numbers"
-    markdown = (tmp_path / "results" / "demo" / "table.md").read_text()
+    markdown = (results / "table.md").read_text()
     assert "## Piggyback (piggyback)" in markdown and "no reference" in markdown
     assert "ordering reverse: digits_5to9_rotated → digits_5to9" in markdown
     assert "± 0.00" not in markdown
-    packed = tmp_path / "results" / "demo" / "packed" / "densenet121"
+    packed = results / "packed" / "densenet121"
     assert {p.name for p in packed.iterdir()} >= {"piggyback", "packnet"}
     assert {p.name for p in (packed / "packnet").iterdir()} == {"forward", "reverse"}
-    again = snakemake("--cores", "2", "--configfile", str(config), workdir=tmp_path)
+    again = snakemake("--cores", "2", "--configfile", str(config), workdir=shrunk_demo.workdir)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
