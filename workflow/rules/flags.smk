@@ -137,6 +137,20 @@ def tasks_json(wildcards):
     )
 
 
+def source_task_flags():
+    """Param: the source task's test data, for evaluate_source.py."""
+    entry = dataset_entry(SOURCE_TASK)
+    return (
+        f"--dataset {SOURCE_TASK} --data {DATA}/{SOURCE_TASK} --transform {entry['transform']} "
+        f"--image-size {IMAGE_SIZE} {cache_flag(SOURCE_TASK)}"
+    )
+
+
+def start_flag(wildcards, input):
+    """Param: the start a sequential method's source-task evaluation runs on."""
+    return f"--start {input.start}"
+
+
 def reference_flags():
     reference = config.get("reference")
     if reference is None:
@@ -150,7 +164,9 @@ def tolerance_flag():
 
 
 def classes_json():
-    return json.dumps({d: dataset_entry(d)["classes"] for d in DATASETS})
+    """Param: each dataset's class count (its chance error), the source task's too."""
+    datasets = DATASETS + ([SOURCE_TASK] if SOURCE_TASK else [])
+    return json.dumps({d: dataset_entry(d)["classes"] for d in datasets})
 
 
 def orderings_json():
