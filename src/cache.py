@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from piggyback import cli
@@ -25,8 +24,8 @@ def main() -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=min(8, os.cpu_count() or 1),
-        help="decoding threads (default: %(default)s)",
+        required=True,
+        help="decoding threads (config: compute.cache.threads)",
     )
     args = parser.parse_args()
     try:

@@ -38,9 +38,15 @@ def main() -> None:
         help='each task\'s test data: {"<task>": {"data": DIR, "transform": "cropped" or '
         '"standard", "cache": FILE or null}}',
     )
-    parser.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=4, help="data loader processes")
+    parser.add_argument(
+        "--image-size", type=int, required=True, help="crop size (config: image_size)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, required=True, help="images per batch (config: eval_batch_size)"
+    )
+    parser.add_argument(
+        "--workers", type=int, required=True, help="data loader processes (config: workers)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="results (.json)")
     parser.add_argument(
         "--images",

@@ -20,6 +20,7 @@ from pathlib import Path
 from piggyback import cli
 from piggyback.core.backbones import BackboneError
 from piggyback.core.packed_file import ENCODINGS, PackError
+from piggyback.core.registry import released_methods
 from piggyback.data.datasets import error_message
 from piggyback.released.files import ARCH_KINDS, ReleasedError
 from piggyback.released.importing import AUTHORS_WEIGHTS, import_released, save_backbone_weights
@@ -27,10 +28,11 @@ from piggyback.released.importing import AUTHORS_WEIGHTS, import_released, save_
 EXAMPLE = """example:
   python src/import_released.py downloads/resnet50_binary.pt --kind resnet50 \\
     --arch resnet50 --weights resources/weights/resnet50.IMAGENET1K_V1.pth \\
-    --out results/released/packed/resnet50/piggyback/run0.safetensors
+    --encoding bits --out results/released/packed/resnet50/piggyback/run0.safetensors
   python src/evaluate.py results/released/packed/resnet50/piggyback/run0.safetensors \\
     --arch resnet50 --weights resources/weights/resnet50.IMAGENET1K_V1.pth \\
     --tasks-json '{"flowers": {"data": "data/flowers", "transform": "standard"}}' \\
+    --image-size 224 --batch-size 64 --workers 8 \\
     --out results/released/eval/resnet50/piggyback/run0.json
 """
 
@@ -65,14 +67,14 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", help="import only these (default: all)")
     parser.add_argument(
         "--method",
-        choices=("piggyback", "piggyback_ternary"),
+        choices=released_methods(),
         help="default: piggyback, or piggyback_ternary if a mask holds -1",
     )
     parser.add_argument("--sha256", help="the file's expected sha256, checked first")
     parser.add_argument("--out", type=Path, required=True, help="packed file (.safetensors)")
     parser.add_argument("--stats", type=Path, help="per-layer share of 0 and -1 (.tsv)")
     parser.add_argument(
-        "--encoding", choices=ENCODINGS, default="bits", help="as pack.py's (default: bits)"
+        "--encoding", choices=ENCODINGS, required=True, help="as pack.py's: bits or entropy"
     )
     args = parser.parse_args()
     weights = args.weights

@@ -38,9 +38,9 @@ def main() -> None:
     parser.add_argument(
         "--encoding",
         choices=ENCODINGS,
-        default="bits",
-        help="bit planes as plain bits, 1 per weight (format version 1, the default), or "
-        "entropy-coded (version 2)",
+        required=True,
+        help="bit planes as plain bits, 1 per weight (format version 1), or entropy-coded "
+        "(version 2) (config: pack_encoding)",
     )
     args = parser.parse_args()
     try:

@@ -26,13 +26,16 @@ from piggyback.core.backbones import (
     build_task_model,
     torchvision_state,
 )
-from piggyback.core.checkpoints import CheckpointError, atomic_save, load_checkpoint
+from piggyback.core.checkpoints import CheckpointError, atomic_save, load_task_checkpoint
 from piggyback.core.registry import METHODS, Hyperparameters, MethodError
-from piggyback.core.run import SpeedOptions, TaskRun, TrainingError
+from piggyback.core.run import SpeedOptions, TaskRun, TrainingError, epoch_seed
 from piggyback.core.training import train_task
-from piggyback.data.cache.batches import cached_batches
-from piggyback.data.cache.format import load_task_cache
-from piggyback.data.datasets import DataError, error_message, load_task_data, make_loader
+from piggyback.data.datasets import DataError, error_message
+from piggyback.data.feed import open_task_feed
+
+# Flags that say where the task's data is and how it is fed: required, but for a start
+# that retrains on no source.
+DATA_FLAGS = ("dataset", "data", "transform", "image_size", "workers", "eval_batch_size")
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,15 +51,28 @@ def parse_args() -> argparse.Namespace:
     )
     cli.add_arch_arguments(parser)
     cli.add_data_arguments(parser, required=False)
-    cli.add_cache_argument(parser)
-    parser.add_argument("--method", choices=list(METHODS), default="piggyback")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--eval-batch-size",
         type=int,
-        default=64,
-        help="images per batch of the test evaluation after each epoch (default: 64)",
+        help="images per batch of the test evaluation after each epoch (config: eval_batch_size)",
     )
+    cli.add_cache_argument(parser)
+    parser.add_argument("--method", choices=list(METHODS), default="piggyback")
+    parser.add_argument("--seed", type=int, default=0)
+    _add_chain_arguments(parser)
+    _add_hyperparameter_arguments(parser)
+    _add_speed_arguments(parser)
+    _add_output_arguments(parser)
+    cli.add_runtime_arguments(parser)
+    args = parser.parse_args()
+    missing = [name for name in DATA_FLAGS if getattr(args, name) is None]
+    if missing and (args.data is not None or not args.start):
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in missing)
+        parser.error(f"{flags} missing: every run but a --start without --data needs them")
+    return args
+
+
+def _add_chain_arguments(parser: argparse.ArgumentParser) -> None:
     chain = parser.add_argument_group("sequential methods (a chain of tasks)")
     chain.add_argument(
         "--start",
@@ -68,6 +84,9 @@ def parse_args() -> argparse.Namespace:
     chain.add_argument(
         "--last-in-ordering", action="store_true", help="the ordering's last task (not pruned)"
     )
+
+
+def _add_hyperparameter_arguments(parser: argparse.ArgumentParser) -> None:
     hyperparameters = parser.add_argument_group("hyperparameters (default: the method's)")
     for name, knob in _all_knobs().items():
         hyperparameters.add_argument(
@@ -78,6 +97,9 @@ def parse_args() -> argparse.Namespace:
             metavar=knob.kind.__name__.upper() if knob.choices is None else None,
             help=knob.help,
         )
+
+
+def _add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     speed = parser.add_argument_group("speed (how fast, not what, is computed)")
     speed.add_argument(
         "--amp", choices=("off", "bf16"), default="off", help="bf16 autocast (default: off)"
@@ -90,6 +112,9 @@ def parse_args() -> argparse.Namespace:
     speed.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile"
     )
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("outputs")
     out.add_argument("--out", type=Path, required=True, help="best checkpoint (.pt)")
     out.add_argument("--metrics", type=Path, required=True, help="per-epoch metrics (.tsv)")
@@ -109,17 +134,12 @@ def parse_args() -> argparse.Namespace:
     out.add_argument(
         "--resume-every",
         type=float,
-        default=0.0,
+        required=True,
         metavar="SECONDS",
         help="write the resume state (and the best checkpoint) after an epoch only when "
-        "this long has passed since the last write, and at the end of each phase "
-        "(default 0: after every epoch)",
+        "this long has passed since the last write, and at the end of each phase; 0: "
+        "after every epoch (config: compute.resume_every)",
     )
-    cli.add_runtime_arguments(parser)
-    args = parser.parse_args()
-    if args.data is None and not args.start:
-        parser.error("--dataset, --data and --transform are required (except with --start)")
-    return args
 
 
 def _all_knobs() -> dict:
@@ -138,7 +158,7 @@ def main() -> None:
         overrides = {name: getattr(args, name) for name in _all_knobs()}
         hp = Hyperparameters.for_method(args.method, **overrides)
         classes, train_batches_for, test_batches = task_batches(args, hp.batch_size, device)
-        previous = load_checkpoint(args.previous) if args.previous else None
+        previous = load_task_checkpoint(args.previous) if args.previous else None
         spec = cli.arch_spec(args)
         if args.start and args.data is not None:
             model = build_source_model(spec, args.weights, args.weights_dir, args.arch)
@@ -184,28 +204,18 @@ def main() -> None:
 
 
 def task_batches(args: argparse.Namespace, batch_size: int, device):
-    """The task's classes, its train batches for an epoch, and its test batches: from
-    the data folder through DataLoaders, or with --cache from the decoded cache,
-    augmented on the device (none for a start without source data). Either way an
-    epoch's randomness depends only on (seed, epoch), which resuming relies on."""
+    """The task's classes, its train batches for an epoch, and its test batches (none for
+    a start without source data). An epoch's randomness depends only on (seed, epoch),
+    which resuming relies on."""
     if args.data is None:
         return [], None, None
-    if args.cache:
-        cache = load_task_cache(args.cache, args.transform, args.image_size, args.classes, device)
-        return (
-            cache.classes,
-            lambda epoch: cached_batches(
-                cache, batch_size, True, args.seed * 1_000_003 + epoch, device
-            ),
-            cached_batches(cache, args.eval_batch_size, False, 0, device),
-        )
-    train_data, test_data = load_task_data(args.data, args.transform, args.image_size, args.classes)
+    feed = open_task_feed(
+        args.data, args.transform, args.image_size, args.cache, device, args.workers, args.classes
+    )
     return (
-        train_data.classes,
-        lambda epoch: make_loader(
-            train_data, batch_size, True, args.seed * 1_000_003 + epoch, args.workers
-        ),
-        make_loader(test_data, args.eval_batch_size, False, 0, args.workers),
+        feed.classes,
+        lambda epoch: feed.batches("train", batch_size, epoch_seed(args.seed, epoch)),
+        feed.batches("test", args.eval_batch_size, 0),
     )
 
 
@@ -214,12 +224,11 @@ def write_outputs(args: argparse.Namespace, result: dict) -> None:
     the state folder): each written atomically, so a failure leaves the previous one."""
     atomic_write(args.metrics, lambda tmp: write_tsv(result["metrics"], tmp))
     if args.export_backbone:
-        best = load_checkpoint(result["best_path"])
-        if "weights" not in best:
+        best = load_task_checkpoint(result["best_path"])
+        if best.weights is None:
             cli.fail("--export-backbone needs a method that trains the backbone's weights")
         atomic_save(
-            torchvision_state(best["weights"], best["head"], best["head_name"]),
-            args.export_backbone,
+            torchvision_state(best.weights, best.head, best.head_name), args.export_backbone
         )
     atomic_move(result["best_path"], args.out)
 

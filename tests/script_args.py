@@ -1,5 +1,6 @@
 """The command-line arguments the stage scripts take for the test digits task: a
-random-initialised backbone, the task's folder, small images, no loader workers."""
+random-initialised backbone, the task's folder, small images, no loader workers, test
+batches of 64, and (training) the resume state written after every epoch."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def digits_task_args(data: Path, arch: str = "resnet18") -> list[str]:
         "32",
         "--workers",
         "0",
+        "--eval-batch-size",
+        "64",
+        "--resume-every",
+        "0",
     ]
 
 
@@ -31,5 +36,5 @@ def digits_evaluate_args(data: Path, arch: str = "resnet18", task: str = "digits
     tasks = {task: {"data": str(data), "transform": "cropped"}}
     return [
         *("--arch", arch, "--weights", "random", "--tasks-json", json.dumps(tasks)),
-        *("--image-size", "32", "--workers", "0"),
+        *("--image-size", "32", "--batch-size", "64", "--workers", "0"),
     ]

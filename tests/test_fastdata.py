@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torchvision import transforms
 
 from piggyback.core.backbones import ArchSpec
-from piggyback.core.checkpoints import load_checkpoint
+from piggyback.core.checkpoints import load_task_checkpoint
 from piggyback.core.evaluation import TaskData, evaluate_pack
 from piggyback.core.packing import pack_tasks
 from piggyback.data.cache import batches as cache_batches
@@ -217,8 +217,9 @@ def test_caches_for_other_settings_or_damaged_ones_are_refused(cache_files, tmp_
 def test_cache_script_writes_the_cache_or_fails_in_one_line(digits_target, tmp_path):
     out = tmp_path / "cache-32.safetensors"
     command = [sys.executable, str(SRC / "cache.py"), "--transform", "cropped"]
+    command += ["--image-size", "32", "--workers", "1"]
     done = subprocess.run(
-        [*command, "--data", str(digits_target), "--image-size", "32", "--out", str(out)],
+        [*command, "--data", str(digits_target), "--out", str(out)],
         capture_output=True,
         text=True,
         check=True,
@@ -246,6 +247,7 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
             str(SRC / "train.py"),
             *("--arch", "resnet18", "--weights", "random", "--dataset", "digits"),
             *("--data", str(digits_target), "--transform", "cropped", "--image-size", "32"),
+            *("--workers", "0", "--eval-batch-size", "64", "--resume-every", "0"),
             *("--cache", str(cache), "--classes", "5", "--epochs", "1", "--batch-size", "16"),
             *("--lr", "1e-3", "--lr-head", "1e-2", "--threads", "1", "--device", "cpu"),
             *("--out", str(out / "task.pt"), "--metrics", str(out / "metrics.tsv")),
@@ -253,9 +255,9 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
         check=True,
         capture_output=True,
     )
-    checkpoint = load_checkpoint(out / "task.pt")
+    checkpoint = load_task_checkpoint(out / "task.pt")
     assert (out / "metrics.tsv").read_text().count("\n") == 2
-    assert checkpoint["test_images"] == 90 and checkpoint["classes"][0] == "digit_5"
+    assert checkpoint.test_images == 90 and checkpoint.classes[0] == "digit_5"
     pack_tasks([out / "task.pt"], tmp_path / "pack.safetensors")
 
     def evaluated(cache):
@@ -265,7 +267,7 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
 
     from_folder, from_cache = evaluated(None), evaluated(cache)
     assert from_cache == from_folder
-    assert from_cache["top1_error"] == checkpoint["test_top1_error"]
+    assert from_cache["top1_error"] == checkpoint.test_top1_error
 
 
 def test_workflow_with_the_cached_pipeline_caches_each_dataset_once(tmp_path):

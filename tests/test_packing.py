@@ -6,14 +6,22 @@ import pytest
 import torch
 
 from piggyback.core.backbones import ArchSpec, build_task_model
+from piggyback.core.checkpoints import (
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    load_task_checkpoint,
+)
 from piggyback.core.evaluation import TaskData, evaluate_pack
 from piggyback.core.methods.piggyback import discrete_masks, task_masks
 from piggyback.core.packed_file import PackError, pack_bits, read_manifest, read_pack, unpack_bits
 from piggyback.core.packing import pack_tasks
-from piggyback.core.registry import Hyperparameters
+from piggyback.core.registry import METHODS, Hyperparameters, independent_methods
 from piggyback.core.run import TaskRun
 from piggyback.core.training import train_task
 from piggyback.data.datasets import load_task_data, make_loader
+
+MASK_METHODS = [name for name, entry in METHODS.items() if entry.stores_masks]
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +30,9 @@ def trained(digits_target, tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     train, test = load_task_data(digits_target, "cropped", 32)
     paths = {}
-    for method in ("piggyback", "piggyback_ternary", "finetune", "classifier_only"):
+    for method in independent_methods():
         model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
-        masked = {"mask_init": "uniform"} if method.startswith("piggyback") else {}
+        masked = {"mask_init": "uniform"} if METHODS[method].stores_masks else {}
         hp = Hyperparameters.for_method(method, epochs=1, lr=1e-3, **masked)
         run = TaskRun("resnet18", method, "digits", train.classes, 0, hp)
         result = train_task(
@@ -44,7 +52,7 @@ def trained(digits_target, tmp_path_factory):
 
 def evaluate(pack, data, arch="resnet18", task="digits", weights="random"):
     tasks = {task: TaskData(data, "cropped")}
-    return evaluate_pack(pack, tasks, arch, ArchSpec(arch), 32, weights=weights)
+    return evaluate_pack(pack, tasks, arch, ArchSpec(arch), 32, 64, weights=weights)
 
 
 def test_bits_round_trip_and_use_numpy_order():
@@ -55,20 +63,54 @@ def test_bits_round_trip_and_use_numpy_order():
     assert torch.equal(unpack_bits(packed, keep.shape), keep)
 
 
-@pytest.mark.parametrize("method", ["piggyback", "piggyback_ternary"])
+def test_a_task_checkpoint_is_a_plain_dict_on_disk_with_the_keys_of_version_2(trained, tmp_path):
+    """Training writes the record as the dict it always wrote: the same keys in the same
+    order, the method's own ones only where it has them; a dict with other keys is
+    refused by name."""
+    identity = ["format", "version", "arch", "method", "role", "dataset", "classes", "seed"]
+    identity += ["hyperparameters", "backbone_sha256", "head_name", "speed"]
+    best = ["epoch", "phase", "test_top1_error", "test_top5_error", "test_images", "head"]
+    own = {"mask": (["mask"], ["masks"]), "weights": ([], ["weights"]), "head": ([], [])}
+    for method, path in trained.items():
+        on_disk = load_checkpoint(path)
+        meta, learned = own[METHODS[method].stores]
+        assert list(on_disk) == identity + meta + best + learned, method
+        record = load_task_checkpoint(path)
+        assert list(record.to_dict()) == list(on_disk)
+    atomic_save({**on_disk, "epochs_done": 3}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other.pt is not a task checkpoint.*epochs_done"):
+        load_task_checkpoint(tmp_path / "other.pt")
+
+
+def test_a_packed_task_stores_what_its_registry_entry_says(trained, tmp_path):
+    """The entry's ``stores`` is what the file holds besides the head: nothing, mask
+    planes (a sign plane too for ternary masks) or a whole network."""
+    parts = {"head": set(), "weights": {"weights"}}
+    for method, path in trained.items():
+        entry = METHODS[method]
+        out = tmp_path / f"{method}.safetensors"
+        manifest = pack_tasks([path], out)
+        assert manifest["tasks"]["digits"]["storage"] == entry.stores
+        stored = {key.split("/")[1] for key in read_pack(out).tensors} - {"head"}
+        ternary = entry.options.get("mask_kind") == "ternary"
+        expected = parts.get(entry.stores, {"mask", "sign"} if ternary else {"mask"})
+        assert stored == expected, method
+
+
+@pytest.mark.parametrize("method", MASK_METHODS)
 def test_pack_then_unpack_is_bit_exact(trained, tmp_path, method):
-    checkpoint = torch.load(trained[method], weights_only=True)
+    checkpoint = load_task_checkpoint(trained[method])
     out = tmp_path / "pack.safetensors"
     pack_tasks([trained[method]], out, tmp_path / "stats.tsv")
     packed = read_pack(out)
     masks = task_masks(packed, "digits")
     expected = discrete_masks(checkpoint)
-    if method == "piggyback_ternary":
+    if METHODS[method].options["mask_kind"] == "ternary":
         assert any((m < 0).any() for m in expected.values()), "test needs some -1 entries"
     assert expected.keys() == masks.keys()
     for name, mask in expected.items():
         assert torch.equal(mask, masks[name]), name
-    assert torch.equal(packed.head("digits")["weight"], checkpoint["head"]["weight"])
+    assert torch.equal(packed.head("digits")["weight"], checkpoint.head["weight"])
 
 
 def test_packed_masks_cost_one_bit_per_weight(trained, tmp_path):
@@ -90,19 +132,17 @@ def test_packed_masks_cost_one_bit_per_weight(trained, tmp_path):
     assert stats[-1].startswith("digits\tTOTAL\t" + str(weights))
 
 
-@pytest.mark.parametrize(
-    "method", ["piggyback", "piggyback_ternary", "finetune", "classifier_only"]
-)
+@pytest.mark.parametrize("method", independent_methods())
 def test_packed_evaluation_equals_end_of_training_evaluation(
     trained, digits_target, tmp_path, method
 ):
-    checkpoint = torch.load(trained[method], weights_only=True)
+    checkpoint = load_task_checkpoint(trained[method])
     out = tmp_path / "pack.safetensors"
     pack_tasks([trained[method]], out)
     result = evaluate(out, digits_target)["tasks"][0]
-    assert result["top1_error"] == checkpoint["test_top1_error"]
-    assert result["top5_error"] == checkpoint["test_top5_error"]
-    assert result["images"] == checkpoint["test_images"]
+    assert result["top1_error"] == checkpoint.test_top1_error
+    assert result["top5_error"] == checkpoint.test_top5_error
+    assert result["images"] == checkpoint.test_images
 
 
 def test_evaluation_refuses_other_backbone_weights(trained, digits_target, tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from piggyback.core.checkpoints import load_task_checkpoint
 from piggyback.core.entropy import (
     ENUM_ONES,
     GOLOMB_ONES,
@@ -192,8 +193,8 @@ def test_entropy_packing_reads_back_the_masks_of_the_bits_packing(checkpoints, t
     }
     assert entropy_file.stat().st_size < bits_file.stat().st_size
     for path in paths:
-        checkpoint = torch.load(path, weights_only=True)
-        task = checkpoint["dataset"]
+        checkpoint = load_task_checkpoint(path)
+        task = checkpoint.dataset
         bits_pack, entropy_pack = read_pack(bits_file), read_pack(entropy_file)
         from_bits, from_entropy = task_masks(bits_pack, task), task_masks(entropy_pack, task)
         expected = discrete_masks(checkpoint)
@@ -203,7 +204,7 @@ def test_entropy_packing_reads_back_the_masks_of_the_bits_packing(checkpoints, t
         for name, mask in expected.items():
             assert torch.equal(from_bits[name], mask), name
             assert torch.equal(from_entropy[name], mask), name
-        assert torch.equal(entropy_pack.head(task)["weight"], checkpoint["head"]["weight"])
+        assert torch.equal(entropy_pack.head(task)["weight"], checkpoint.head["weight"])
         classes = entropy_pack.manifest["tasks"][task]["classes"]
         assert classes == bits_pack.manifest["tasks"][task]["classes"]
 

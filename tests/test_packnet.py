@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.checkpoints import load_checkpoint
+from piggyback.core.checkpoints import load_task_checkpoint
 from piggyback.core.evaluation import TaskData, evaluate_pack
 from piggyback.core.methods.packnet import FREE, SOURCE
 from piggyback.core.packed_file import PackError, read_pack
 from piggyback.core.packing import pack
-from piggyback.core.registry import Hyperparameters
+from piggyback.core.registry import METHODS, Hyperparameters
 from piggyback.core.run import TaskRun, TrainingError
 from piggyback.core.training import train_task
 from piggyback.data.datasets import load_task_data, make_loader
@@ -56,7 +56,7 @@ def train(task_data, state_dir, dataset=None, previous=None, last=False, fail_at
         0,
         hp,
         role="task" if dataset else "start",
-        previous=load_checkpoint(previous) if previous else None,
+        previous=load_task_checkpoint(previous) if previous else None,
         last_in_ordering=last,
     )
     result = train_task(
@@ -92,22 +92,22 @@ def trained_chain(task_data, tmp_path_factory):
 def test_owners_are_the_chain_and_free_weights_are_zero(trained_chain):
     start, paths, _ = trained_chain
     for position, path in enumerate([start, *paths]):
-        checkpoint = load_checkpoint(path)
-        assert checkpoint["task_id"] == SOURCE + position
-        for name, owner in checkpoint["owners"].items():
-            assert set(owner.unique().tolist()) <= set(range(checkpoint["task_id"] + 1))
-            assert torch.all(checkpoint["weights"][name][owner == FREE] == 0), name
+        checkpoint = load_task_checkpoint(path)
+        assert checkpoint.task_id == SOURCE + position
+        for name, owner in checkpoint.owners.items():
+            assert set(owner.unique().tolist()) <= set(range(checkpoint.task_id + 1))
+            assert torch.all(checkpoint.weights[name][owner == FREE] == 0), name
 
 
 def test_the_start_frees_the_smaller_half_of_every_layer(trained_chain):
     """round(n / 2) weights per layer, more only where the pretrained weights tie at
     the cutoff magnitude (a random float32 init of millions of weights has some)."""
-    start = load_checkpoint(trained_chain[0])
+    start = load_task_checkpoint(trained_chain[0])
     pretrained = build_task_model(ArchSpec("resnet18"), 5, weights="random").backbone
     for name, weight in pretrained.state_dict().items():
-        if name not in start["owners"]:
+        if name not in start.owners:
             continue
-        freed = start["owners"][name] == FREE
+        freed = start.owners[name] == FREE
         rank = round(0.5 * weight.numel())
         cutoff = weight.abs().flatten().kthvalue(rank).values
         ties = int((weight.abs() == cutoff).sum())
@@ -147,7 +147,7 @@ def test_weights_tied_at_the_cutoff_are_freed_together(trained_chain):
 
 def prepared_run(start):
     hp = Hyperparameters.for_method("packnet", prune_fraction=PRUNE, **HP)
-    return TaskRun("resnet18", "packnet", "plain", [], 0, hp, previous=load_checkpoint(start))
+    return TaskRun("resnet18", "packnet", "plain", [], 0, hp, previous=load_task_checkpoint(start))
 
 
 def prepared_task(start):
@@ -164,43 +164,43 @@ def prepared_task(start):
 
 def test_each_pruned_task_frees_at_least_its_share(trained_chain):
     start, paths, _ = trained_chain
-    before = load_checkpoint(start)
+    before = load_task_checkpoint(start)
     for path in paths[:-1]:
-        after = load_checkpoint(path)
-        for name, owner in after["owners"].items():
-            handed = before["owners"][name] == FREE
+        after = load_task_checkpoint(path)
+        for name, owner in after.owners.items():
+            handed = before.owners[name] == FREE
             freed = handed & (owner == FREE)
-            assert torch.equal(handed, freed | (owner == after["task_id"])), name
+            assert torch.equal(handed, freed | (owner == after.task_id)), name
             assert int(freed.sum()) >= round(PRUNE * int(handed.sum())), name
         before = after
 
 
 def test_the_last_task_is_not_pruned(trained_chain):
     _, paths, results = trained_chain
-    last = load_checkpoint(paths[-1])
-    assert all(not (owner == FREE).any() for owner in last["owners"].values())
+    last = load_task_checkpoint(paths[-1])
+    assert all(not (owner == FREE).any() for owner in last.owners.values())
     assert {row["phase"] for row in results[-1]["metrics"]} == {"finetune"}
     assert {row["phase"] for row in results[0]["metrics"]} == {"finetune", "prune"}
 
 
 def test_later_tasks_leave_earlier_weights_biases_and_batchnorm_bit_identical(trained_chain):
     start, paths, _ = trained_chain
-    checkpoints = [load_checkpoint(p) for p in [start, *paths]]
+    checkpoints = [load_task_checkpoint(p) for p in [start, *paths]]
     for earlier, later in zip(checkpoints, checkpoints[1:], strict=False):
-        for name, value in earlier["weights"].items():
-            if name in earlier["owners"]:
-                owned = earlier["owners"][name] != FREE
-                assert torch.equal(later["weights"][name][owned], value[owned]), name
-                assert torch.equal(later["owners"][name][owned], earlier["owners"][name][owned])
+        for name, value in earlier.weights.items():
+            if name in earlier.owners:
+                owned = earlier.owners[name] != FREE
+                assert torch.equal(later.weights[name][owned], value[owned]), name
+                assert torch.equal(later.owners[name][owned], earlier.owners[name][owned])
             else:  # biases, BatchNorm parameters and running statistics
-                assert torch.equal(later["weights"][name], value), name
+                assert torch.equal(later.weights[name], value), name
 
 
 def evaluate(path_list, task_data, tmp_path, name):
     out = tmp_path / f"{name}.safetensors"
     pack(path_list, out, ordering="forward")
     tasks = {dataset: TaskData(task_data / dataset, "cropped") for dataset in TASKS}
-    return evaluate_pack(out, tasks, "resnet18", ArchSpec("resnet18"), 32, weights="random")
+    return evaluate_pack(out, tasks, "resnet18", ArchSpec("resnet18"), 32, 64, weights="random")
 
 
 def test_pack_then_evaluate_equals_the_end_of_training_evaluation(
@@ -211,10 +211,20 @@ def test_pack_then_evaluate_equals_the_end_of_training_evaluation(
     assert [t["dataset"] for t in result["tasks"]] == list(TASKS)
     assert result["ordering"] == "forward" and result["start"]["source"] is None
     for task, path in zip(result["tasks"], paths, strict=True):
-        checkpoint = load_checkpoint(path)
-        assert task["top1_error"] == checkpoint["test_top1_error"], task["dataset"]
-        assert task["top5_error"] == checkpoint["test_top5_error"]
-        assert task["images"] == checkpoint["test_images"]
+        checkpoint = load_task_checkpoint(path)
+        assert task["top1_error"] == checkpoint.test_top1_error, task["dataset"]
+        assert task["top5_error"] == checkpoint.test_top5_error
+        assert task["images"] == checkpoint.test_images
+
+
+def test_the_pack_holds_owners_as_the_registry_entry_says_in_format_version_3(
+    trained_chain, tmp_path
+):
+    _, paths, _ = trained_chain
+    manifest = pack(paths, tmp_path / "chain.safetensors", ordering="forward").manifest
+    assert METHODS["packnet"].stores == "owners"
+    assert {task["storage"] for task in manifest["tasks"].values()} == {"owners"}
+    assert manifest["version"] == 3  # a version 1 or 2 reader knows no owners
 
 
 def test_an_earlier_task_evaluates_bit_identically_before_and_after_the_next(

@@ -10,8 +10,8 @@ import torch
 from script_args import digits_task_args
 
 from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.checkpoints import backbone_state, load_checkpoint
-from piggyback.core.registry import Hyperparameters
+from piggyback.core.checkpoints import backbone_state, load_checkpoint, load_task_checkpoint
+from piggyback.core.registry import METHODS, Hyperparameters
 from piggyback.core.run import TaskRun, TrainingError
 from piggyback.core.training import train_task
 from piggyback.data.datasets import load_task_data, make_loader
@@ -53,7 +53,10 @@ def _train(
     return model, result
 
 
-@pytest.mark.parametrize("method", ["piggyback", "piggyback_ternary", "classifier_only"])
+FROZEN = [name for name, entry in METHODS.items() if entry.freezes_backbone]
+
+
+@pytest.mark.parametrize("method", FROZEN)
 def test_frozen_backbone_tensors_stay_bit_identical(digits_target, tmp_path, method):
     train, _ = load_task_data(digits_target, "cropped", 32)
     reference = build_task_model(ArchSpec("resnet18"), 5, weights="random")
@@ -62,8 +65,8 @@ def test_frozen_backbone_tensors_stay_bit_identical(digits_target, tmp_path, met
     after = backbone_state(model.backbone)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    if method != "classifier_only":
-        masks = load_checkpoint(result["best_path"])["masks"]
+    if METHODS[method].stores_masks:
+        masks = load_task_checkpoint(result["best_path"]).masks
         assert any(not torch.all(m == 1e-2) for m in masks.values()), "masks never moved"
 
 
@@ -80,11 +83,11 @@ def test_interrupted_training_resumes_to_the_same_result(digits_target, tmp_path
         _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3, fail_at=2)
     assert load_checkpoint(tmp_path / "b" / "resume.pt")["epochs_done"] == 2
     _, resumed = _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3)
-    a, b = load_checkpoint(uninterrupted["best_path"]), load_checkpoint(resumed["best_path"])
-    assert a["epoch"] == b["epoch"]
-    for name in a["masks"]:
-        assert torch.equal(a["masks"][name], b["masks"][name]), name
-    assert torch.equal(a["head"]["weight"], b["head"]["weight"])
+    a, b = (load_task_checkpoint(r["best_path"]) for r in (uninterrupted, resumed))
+    assert a.epoch == b.epoch
+    for name in a.masks:
+        assert torch.equal(a.masks[name], b.masks[name]), name
+    assert torch.equal(a.head["weight"], b.head["weight"])
     assert [m["test_top1_error"] for m in uninterrupted["metrics"]] == [
         m["test_top1_error"] for m in resumed["metrics"]
     ]
@@ -116,11 +119,11 @@ def test_deferred_writes_keep_the_best_epoch_and_resume_to_the_same_result(
     assert not (tmp_path / "b" / "best.pt").exists()
     evaluations.clear()
     _, deferred = _train(digits_target, tmp_path / "b", epochs=3, lr=1e-2, resume_every=3600)
-    a, b = load_checkpoint(every_epoch["best_path"]), load_checkpoint(deferred["best_path"])
-    assert a["epoch"] == b["epoch"] == 2
-    for name in a["masks"]:
-        assert torch.equal(a["masks"][name], b["masks"][name]), name
-    assert torch.equal(a["head"]["weight"], b["head"]["weight"])
+    a, b = (load_task_checkpoint(r["best_path"]) for r in (every_epoch, deferred))
+    assert a.epoch == b.epoch == 2
+    for name in a.masks:
+        assert torch.equal(a.masks[name], b.masks[name]), name
+    assert torch.equal(a.head["weight"], b.head["weight"])
     assert every_epoch["metrics"] == [
         {**m, "seconds": e["seconds"]}
         for m, e in zip(deferred["metrics"], every_epoch["metrics"], strict=True)
@@ -175,6 +178,9 @@ def test_sigkilled_training_job_resumes_to_the_same_masks(digits_target, tmp_pat
     job.wait()
     assert not (killed / "task.pt").exists(), "the job finished before it could be killed"
     subprocess.run(_train_command(digits_target, killed, 3), check=True)
-    a, b = load_checkpoint(tmp_path / "a" / "task.pt"), load_checkpoint(killed / "task.pt")
-    assert all(torch.equal(a["masks"][k], b["masks"][k]) for k in a["masks"])
+    a, b = (
+        load_task_checkpoint(tmp_path / "a" / "task.pt"),
+        load_task_checkpoint(killed / "task.pt"),
+    )
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
     assert not (killed / "task.pt.state").exists(), "resume state is removed after success"

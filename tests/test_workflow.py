@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from piggyback.core.registry import METHODS, independent_methods, sequential_methods
+
 ROOT = Path(__file__).resolve().parents[1]
 # Without the local profile (profiles/default): a test names every flag it relies on.
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--workflow-profile", "none"]
@@ -102,10 +104,10 @@ def test_dry_run_of_the_paper_lists_the_whole_comparison_without_duplicates(tmp_
 
 
 def test_dry_run_with_every_method_and_three_runs(tmp_path):
-    methods = ["piggyback", "piggyback_ternary", "classifier_only", "finetune", "packnet"]
-    config = paper_config(tmp_path, methods=methods, runs=3)
+    config = paper_config(tmp_path, methods=list(METHODS), runs=3)
     result = snakemake("-n", "--cores", "8", "--configfile", str(config), workdir=tmp_path)
-    assert job_counts(result.stdout) == expected_jobs(3, 5, 2, 4, 1, 3)
+    independent, sequential = len(independent_methods()), len(sequential_methods())
+    assert job_counts(result.stdout) == expected_jobs(3, 5, 2, independent, sequential, 3)
 
 
 def test_piggyback_alone_is_one_overlay_away(tmp_path):

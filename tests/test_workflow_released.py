@@ -108,7 +108,8 @@ def run(script: str, *args) -> subprocess.CompletedProcess:
 
 
 def import_args(path, arch: str, out, *extra) -> list:
-    return [path, "--kind", arch, "--arch", arch, "--weights", "random", "--out", out, *extra]
+    flags = ["--kind", arch, "--arch", arch, "--weights", "random", "--encoding", "bits"]
+    return [path, *flags, "--out", out, *extra]
 
 
 @pytest.mark.parametrize(
@@ -183,6 +184,7 @@ def test_an_imported_file_evaluates_as_the_weights_zeroed_by_hand(
         arch,
         ArchSpec(arch),
         IMAGE_SIZE,
+        64,
         weights=weights,
     )
     assert evaluation["tasks"][0]["dataset"] == "flowers"

@@ -1,4 +1,8 @@
-"""Command-line pieces shared by the stage scripts in ``src/``."""
+"""Command-line pieces shared by the stage scripts in ``src/``.
+
+A flag that carries a config value (image size, loader workers, batch sizes...) has no
+default here: the workflow passes it from the config, whose schema states the default
+(workflow/schemas/config.schema.yaml), and a command typed by hand says it."""
 
 from __future__ import annotations
 
@@ -42,15 +46,14 @@ def arch_spec(args: argparse.Namespace) -> ArchSpec:
     return ArchSpec(builder=args.builder or args.arch, weights=args.weights, head=args.head)
 
 
-def add_data_arguments(
-    parser: argparse.ArgumentParser, classes: bool = True, required: bool = True
-) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", required=required, help="dataset (task) name, e.g. flowers")
     add_image_folder_arguments(group, required)
-    if classes:
-        group.add_argument("--classes", type=int, help="expected number of classes (checked)")
-    group.add_argument("--workers", type=int, default=4, help="data loader processes (default: 4)")
+    group.add_argument("--classes", type=int, help="expected number of classes (checked)")
+    group.add_argument(
+        "--workers", type=int, required=required, help="data loader processes (config: workers)"
+    )
 
 
 def add_image_folder_arguments(parser, required: bool = True) -> None:
@@ -64,7 +67,9 @@ def add_image_folder_arguments(parser, required: bool = True) -> None:
         required=required,
         help="'cropped': resize to a square; 'standard': shorter side, random resized crop",
     )
-    parser.add_argument("--image-size", type=int, default=224, help="crop size (default: 224)")
+    parser.add_argument(
+        "--image-size", type=int, required=required, help="crop size (config: image_size)"
+    )
 
 
 def add_cache_argument(parser) -> None:

@@ -7,10 +7,9 @@ from typing import Any
 
 import jsonschema
 
-from piggyback.core.registry import METHODS, START_DATASET, config_schema
+from piggyback.core.registry import METHODS, START_DATASET, config_schema, released_methods
 
 PRETRAIN_WEIGHTS = "pretrain"
-RELEASED_METHODS = ("piggyback", "piggyback_ternary")  # what the authors' mask files hold
 
 
 class ConfigError(ValueError):
@@ -76,11 +75,12 @@ def _check_released(config: dict[str, Any]) -> None:
                 f"experiment.archs[{index}] is {arch!r}, which has no `released:` entry: with "
                 "`released:`, every arch is imported from the authors' file, not trained"
             )
+    released_as = released_methods()
     for index, method in enumerate(experiment["methods"]):
-        if method not in RELEASED_METHODS:
+        if method not in released_as:
             raise ConfigError(
                 f"experiment.methods[{index}] is {method!r}: the authors' released files "
-                f"hold {' or '.join(RELEASED_METHODS)} masks, and nothing is trained"
+                f"hold {' or '.join(released_as)} masks, and nothing is trained"
             )
 
 

@@ -16,7 +16,7 @@ RESULTS = f"results/{config['name']}"
 DATA = config["paths"]["data"]
 DOWNLOADS = config["paths"]["downloads"]
 RESOURCES = config["paths"]["resources"]
-IMAGE_SIZE = config.get("image_size", 224)
+IMAGE_SIZE = config["image_size"]
 EXPERIMENT = config["experiment"]
 ARCHS = EXPERIMENT["archs"]
 METHODS = EXPERIMENT["methods"]
@@ -26,11 +26,12 @@ DATASETS = experiment_datasets(config)
 # The backbone's source task (`source_task: true`): the table's ImageNet row, if any.
 SOURCE_TASK = source_task(config)
 WORKERS = config["compute"]["workers"]
-RESUME_EVERY = config["compute"].get("resume_every", 0)
+RESUME_EVERY = config["compute"]["resume_every"]
 # `cached`: train and evaluate read a decoded, pre-resized cache of each dataset and
 # augment on the device (docs/data-pipeline.md); `dataloader`: DataLoader workers.
-DATA_PIPELINE = config["compute"].get("data_pipeline", "dataloader")
-EVAL_BATCH_SIZE = config.get("eval_batch_size", 64)
+DATA_PIPELINE = config["compute"]["data_pipeline"]
+EVAL_BATCH_SIZE = config["eval_batch_size"]
+PACK_ENCODING = config["pack_encoding"]
 
 # The stage scripts by absolute path, so jobs find them whatever the working directory.
 # (workflow.source_path would hand back a per-run cache copy whose path changes on every
@@ -52,9 +53,10 @@ SCRIPTS = {
 }
 
 
-def compute(stage, key, default):
-    """Threads, memory or runtime of a stage from `compute:`, else the default."""
-    return config["compute"].get(stage, {}).get(key, default)
+def compute(stage, key):
+    """Threads, memory, runtime or GPUs of a stage, from `compute:` (the schema's
+    defaults filled in where the config gives none)."""
+    return config["compute"][stage][key]
 
 
 def dataset_entry(dataset):

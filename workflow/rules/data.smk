@@ -57,10 +57,10 @@ rule cache:
         f"{RESULTS}/logs/cache/{{dataset}}-{{size}}.log",
     conda:
         "../../environment.yml"
-    threads: compute("cache", "threads", 4)
+    threads: compute("cache", "threads")
     resources:
-        mem_mb=compute("cache", "mem_mb", 32000),
-        runtime=compute("cache", "runtime", 120),
+        mem_mb=compute("cache", "mem_mb"),
+        runtime=compute("cache", "runtime"),
     params:
         python=PYTHON,
         script=SCRIPTS["cache"],

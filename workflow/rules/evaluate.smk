@@ -16,11 +16,11 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate/{{arch}}/{{series}}/run{{run}}.tsv"
     conda:
         "../../environment.yml"
-    threads: compute("evaluate", "threads", 4)
+    threads: compute("evaluate", "threads")
     resources:
-        gpu=compute("evaluate", "gpus", 1),
-        mem_mb=compute("evaluate", "mem_mb", 8000),
-        runtime=compute("evaluate", "runtime", 60),
+        gpu=compute("evaluate", "gpus"),
+        mem_mb=compute("evaluate", "mem_mb"),
+        runtime=compute("evaluate", "runtime"),
     params:
         python=PYTHON,
         script=SCRIPTS["evaluate"],
@@ -53,11 +53,11 @@ rule evaluate_source:
         f"{RESULTS}/benchmarks/evaluate_source/{{arch}}/backbone.tsv"
     conda:
         "../../environment.yml"
-    threads: compute("evaluate", "threads", 4)
+    threads: compute("evaluate", "threads")
     resources:
-        gpu=compute("evaluate", "gpus", 1),
-        mem_mb=compute("evaluate", "mem_mb", 8000),
-        runtime=compute("evaluate", "runtime", 60),
+        gpu=compute("evaluate", "gpus"),
+        mem_mb=compute("evaluate", "mem_mb"),
+        runtime=compute("evaluate", "runtime"),
     params:
         python=PYTHON,
         script=SCRIPTS["evaluate_source"],

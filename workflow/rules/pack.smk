@@ -10,14 +10,14 @@ rule pack:
         f"{RESULTS}/logs/pack/{{arch}}/{{series}}/run{{run}}.log",
     conda:
         "../../environment.yml"
-    threads: compute("pack", "threads", 1)
+    threads: compute("pack", "threads")
     resources:
-        mem_mb=compute("pack", "mem_mb", 8000),
-        runtime=compute("pack", "runtime", 30),
+        mem_mb=compute("pack", "mem_mb"),
+        runtime=compute("pack", "runtime"),
     params:
         python=PYTHON,
         script=SCRIPTS["pack"],
-        encoding=config.get("pack_encoding", "bits"),
+        encoding=PACK_ENCODING,
         ordering=ordering_flag,
     shell:
         "{params.python} {params.script} {input} --out {output.packed} --stats {output.stats} "

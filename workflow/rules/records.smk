@@ -18,7 +18,7 @@ def records_json(records):
 
 
 def stores_masks(method):
-    return "mask_kind" in METHOD_REGISTRY[method].options
+    return METHOD_REGISTRY[method].stores_masks
 
 
 def packed_series():

@@ -52,13 +52,13 @@ rule import_released:
         f"{RESULTS}/logs/import_released/{{arch}}/{{series}}/run{{run}}.log",
     wildcard_constraints:
         arch=alternatives(RELEASED),
-        series=alternatives(RELEASED_METHODS),
+        series=alternatives(released_methods()),
     conda:
         "../../environment.yml"
-    threads: compute("pack", "threads", 1)
+    threads: compute("pack", "threads")
     resources:
-        mem_mb=compute("pack", "mem_mb", 8000),
-        runtime=compute("pack", "runtime", 30),
+        mem_mb=compute("pack", "mem_mb"),
+        runtime=compute("pack", "runtime"),
     params:
         python=PYTHON,
         script=RELEASED_SCRIPTS["import_released"],
@@ -66,7 +66,7 @@ rule import_released:
         kind=lambda wildcards: RELEASED[wildcards.arch]["kind"],
         arch=lambda wildcards: arch_flags(wildcards.arch),
         datasets=DATASETS,
-        encoding=config.get("pack_encoding", "bits"),
+        encoding=PACK_ENCODING,
     shell:
         "{params.python} {params.script} {params.path} --kind {params.kind} {params.arch} "
         "--method {wildcards.series} --datasets {params.datasets} --encoding {params.encoding} "

@@ -17,11 +17,11 @@ rule train:
         f"{RESULTS}/benchmarks/train/{{arch}}/{{series}}/run{{run}}/{{dataset}}.tsv"
     conda:
         "../../environment.yml"
-    threads: compute("train", "threads", 4)
+    threads: compute("train", "threads")
     resources:
-        gpu=compute("train", "gpus", 1),
-        mem_mb=compute("train", "mem_mb", 16000),
-        runtime=compute("train", "runtime", 720),
+        gpu=compute("train", "gpus"),
+        mem_mb=compute("train", "mem_mb"),
+        runtime=compute("train", "runtime"),
     params:
         python=PYTHON,
         script=SCRIPTS["train"],

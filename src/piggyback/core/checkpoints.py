@@ -1,11 +1,14 @@
-"""Saving and loading checkpoints (atomically, and without running pickled code), and the
-identity of tensors: what a backbone is, whatever file it came from."""
+"""Saving and loading checkpoints (atomically, and without running pickled code), the task
+checkpoint that training writes and packing reads, and the identity of tensors: what a
+backbone is, whatever file it came from."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +17,103 @@ from torch import nn
 
 from piggyback.atomic import atomic_write
 
+CHECKPOINT_FORMAT = "piggyback.task"
+CHECKPOINT_VERSION = 2
+
+Tensors = dict[str, torch.Tensor]
+
 
 class CheckpointError(ValueError):
     """A file cannot be read as the checkpoint it should be; the message names it."""
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """How a task's real-valued masks become discrete ones: binary or ternary, and the
+    threshold (what packing needs to store them as bit planes)."""
+
+    kind: str
+    threshold: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskCheckpoint:
+    """One trained task (or a sequential method's start), as training writes it and
+    packing reads it; the authors' released masks are imported as such records too.
+
+    On disk it is a plain dict of tensors, lists and scalars (``to_dict``), so that
+    ``load_checkpoint`` reads it with ``weights_only=True``. The fields are in the order
+    of the file's keys. A field that is None and not in ``_NONE_IS_WRITTEN`` is not part
+    of this checkpoint (another method's, or a task without a predecessor) and is left
+    out; those of ``_NONE_IS_WRITTEN`` say "none" or "not measured" with None.
+    """
+
+    format: str = CHECKPOINT_FORMAT
+    version: int = CHECKPOINT_VERSION
+    # what run this is (training's identity of the run)
+    arch: str
+    method: str
+    role: str = "task"  # or "start", the state a sequential method's first task starts from
+    dataset: str | None  # None: a start that retrains on no source
+    classes: list[str] | int  # the class names; only their count for released masks
+    seed: int | None = None  # None: the authors' released masks say nothing of their runs
+    hyperparameters: dict[str, Any] | None = None
+    backbone_sha256: str  # the pretrained backbone's (checkpoints.backbone_sha256)
+    head_name: str | None = None
+    speed: dict[str, Any] | None = None
+    previous: dict[str, Any] | None = None  # a sequential task's predecessor: dataset, sha256
+    last_in_ordering: bool | None = None
+    # what the method adds (PackNet: its owner id, chain and start; Piggyback: the rule)
+    task_id: int | None = None
+    chain: list[str] | None = None
+    start: dict[str, Any] | None = None
+    mask: MaskRule | None = None
+    # the kept epoch (global, from 1; 0 for the state before any) and its test errors
+    epoch: int | None = None
+    phase: str | None = None
+    test_top1_error: float | None = None
+    test_top5_error: float | None = None
+    test_images: int | None = None
+    # what the method learned
+    head: Tensors
+    weights: Tensors | None = None  # the whole backbone (fine-tuning, PackNet)
+    owners: Tensors | None = None  # PackNet's owner of every weight
+    masks: Tensors | None = None  # Piggyback's real-valued masks
+
+    _NONE_IS_WRITTEN = frozenset(
+        {"dataset", "seed", "epoch", "test_top1_error", "test_top5_error", "test_images"}
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict that ``torch.save`` writes."""
+        fields = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None and field.name not in self._NONE_IS_WRITTEN:
+                continue
+            fields[field.name] = dataclasses.asdict(value) if isinstance(value, MaskRule) else value
+        return fields
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any], source: Path | str = "checkpoint") -> TaskCheckpoint:
+        """The record of a dict ``to_dict`` wrote (``source`` names it in errors)."""
+        known = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - set(known))
+        required = [name for name, f in known.items() if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in fields]
+        if unknown or missing:
+            found = f"unknown keys {unknown}" if unknown else f"no {', '.join(missing)}"
+            raise CheckpointError(f"{source} is not a task checkpoint: it has {found}")
+        mask = fields.get("mask")
+        if mask is not None and not (isinstance(mask, dict) and set(mask) == {"kind", "threshold"}):
+            raise CheckpointError(f"{source} is not a task checkpoint: its mask is {mask!r}")
+        return cls(**{**fields, "mask": MaskRule(**mask) if mask is not None else None})
+
+    def trained_state(self) -> dict[str, Tensors]:
+        """What the method learned, as ``Method.trained_state`` gives it."""
+        learned = {"head": self.head, "weights": self.weights, "owners": self.owners}
+        learned["masks"] = self.masks
+        return {key: value for key, value in learned.items() if value is not None}
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -47,6 +144,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a dict")
     return obj
+
+
+def load_task_checkpoint(path: Path) -> TaskCheckpoint:
+    """A task checkpoint from ``path`` (:func:`load_checkpoint`, then its record)."""
+    return TaskCheckpoint.from_dict(load_checkpoint(path), path)
 
 
 def refusal_reason(error: pickle.UnpicklingError) -> str:

@@ -17,13 +17,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from piggyback.core.backbones import ArchSpec, TaskModel, build_backbone, build_source_model
-from piggyback.core.checkpoints import CheckpointError, backbone_sha256, load_checkpoint
+from piggyback.core.checkpoints import (
+    CheckpointError,
+    TaskCheckpoint,
+    backbone_sha256,
+    load_task_checkpoint,
+)
 from piggyback.core.packed_file import PackedFile, PackError, read_pack
 from piggyback.core.registry import load_method
 from piggyback.core.run import SpeedOptions
-from piggyback.data.cache.batches import cached_batches
-from piggyback.data.cache.format import load_task_cache
-from piggyback.data.datasets import DataError, load_split, make_loader
+from piggyback.data.datasets import DataError
+from piggyback.data.feed import open_task_feed
 from piggyback.data.transforms import TransformStyle
 from piggyback.per_image import TaskImages
 
@@ -91,7 +95,7 @@ def evaluate_pack(
     arch: str,
     spec: ArchSpec,
     image_size: int,
-    batch_size: int = 64,
+    batch_size: int,
     weights: str | Path | None = None,
     weights_dir: Path | None = None,
     device: torch.device | None = None,
@@ -152,7 +156,7 @@ def evaluate_source(
     arch: str,
     spec: ArchSpec,
     image_size: int,
-    batch_size: int = 64,
+    batch_size: int,
     weights: str | Path | None = None,
     weights_dir: Path | None = None,
     device: torch.device | None = None,
@@ -169,13 +173,13 @@ def evaluate_source(
     model = build_source_model(spec, weights, weights_dir, arch)
     network = {"method": None, "network": "backbone", "seed": None}
     if start is not None:
-        checkpoint = load_checkpoint(start)
+        checkpoint = load_task_checkpoint(start)
         _load_start(model, checkpoint, start, weights or spec.weights)
         network = {
-            "method": checkpoint["method"],
+            "method": checkpoint.method,
             "network": "start",
-            "seed": checkpoint["seed"],
-            "start": checkpoint["start"],
+            "seed": checkpoint.seed,
+            "start": checkpoint.start,
         }
     model.to(device)
     test = _test_batches(data, image_size, batch_size, device, workers)
@@ -193,23 +197,23 @@ def evaluate_source(
     }
 
 
-def _load_start(model: TaskModel, checkpoint: dict[str, Any], path: Path, weights) -> None:
+def _load_start(model: TaskModel, checkpoint: TaskCheckpoint, path: Path, weights) -> None:
     """A start's network in place of the backbone's: refused unless it is a start made
     from these very backbone weights (whose head it keeps unless it retrained it)."""
-    if checkpoint.get("role") != "start" or "weights" not in checkpoint:
+    if checkpoint.role != "start" or checkpoint.weights is None:
         raise CheckpointError(
             f"{path} is not the start of a sequential method that holds a network "
-            f"(role {checkpoint.get('role')!r}, method {checkpoint.get('method')!r})"
+            f"(role {checkpoint.role!r}, method {checkpoint.method!r})"
         )
     identity = backbone_sha256(model.backbone)
-    if checkpoint["backbone_sha256"] != identity:
+    if checkpoint.backbone_sha256 != identity:
         raise CheckpointError(
             f"{path} started from backbone weights with sha256 "
-            f"{checkpoint['backbone_sha256'][:16]}..., not from {weights} ({identity[:16]}...)"
+            f"{checkpoint.backbone_sha256[:16]}..., not from {weights} ({identity[:16]}...)"
         )
-    model.backbone.load_state_dict(checkpoint["weights"])
-    if checkpoint["start"].get("source") is not None:
-        model.head.load_state_dict(checkpoint["head"])
+    model.backbone.load_state_dict(checkpoint.weights)
+    if checkpoint.start.get("source") is not None:
+        model.head.load_state_dict(checkpoint.head)
 
 
 def _task_images(task: str, paths: list[str], totals: dict[str, Any]) -> TaskImages:
@@ -247,17 +251,10 @@ class EvaluationSplit:
 
 
 def _test_batches(source: TaskData, image_size, batch_size, device, workers) -> EvaluationSplit:
-    if source.cache is None:
-        test = load_split(source.data, "test", source.transform, image_size, train=False)
-        root = Path(test.root)
-        paths = [Path(path).relative_to(root).as_posix() for path, _ in test.samples]
-        batches = make_loader(test, batch_size, False, 0, workers)
-        return EvaluationSplit(test.classes, batches, paths)
-    cached = load_task_cache(
-        source.cache, source.transform, image_size, None, device, splits=("test",)
+    feed = open_task_feed(
+        source.data, source.transform, image_size, source.cache, device, workers, splits=("test",)
     )
-    batches = cached_batches(cached, batch_size, False, 0, device)
-    return EvaluationSplit(cached.classes, batches, list(cached.splits["test"].paths))
+    return EvaluationSplit(feed.classes, feed.batches("test", batch_size, 0), feed.paths("test"))
 
 
 def _check_classes(found: list[str], trained: list[str] | int, task, source, pack_path) -> None:

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from piggyback.atomic import atomic_write
-from piggyback.core.checkpoints import tensors_sha256
+from piggyback.core.checkpoints import TaskCheckpoint, tensors_sha256
 from piggyback.core.entropy import PlaneError, decode_plane, encode_plane
 
 PACK_FORMAT = "piggyback-pack"
@@ -34,7 +34,8 @@ PACK_VERSION = 1  # what the default ``bits`` encoding writes
 ENTROPY_VERSION = 2  # files with entropy-coded planes: a version 1 reader would misread them
 OWNERS_VERSION = 3  # files with weight owners (PackNet), which older readers do not know
 READ_VERSIONS = (PACK_VERSION, ENTROPY_VERSION, OWNERS_VERSION)
-ENCODINGS = ("bits", "entropy")
+PLAIN_BITS = "bits"  # one bit per weight: what a plane is unless the manifest says otherwise
+ENCODINGS = (PLAIN_BITS, "entropy")
 ENTROPY_STATS_COLUMNS = ["entropy_bits_per_weight", "stored_bits_per_weight"]
 
 
@@ -56,11 +57,13 @@ def unpack_bits(packed: torch.Tensor, shape: Iterable[int]) -> torch.Tensor:
 
 
 class PackContents:
-    """What one packed file will hold; the method fills it in (``Method.pack``)."""
+    """What one packed file will hold; the method fills it in (``Method.pack``). ``stores``
+    is what each of its tasks holds besides the head (the method's registry entry says)."""
 
-    def __init__(self, encoding: str, paths: list[Path | str]):
+    def __init__(self, encoding: str, paths: list[Path | str], stores: str):
         self.encoding = encoding
         self.paths = paths
+        self.stores = stores
         self.tensors: dict[str, torch.Tensor] = {}
         self.encodings: dict[str, str] = {}  # planes not stored as plain bits
         self.tasks: dict[str, Any] = {}
@@ -74,7 +77,7 @@ class PackContents:
         """Store a boolean plane in the file's encoding; returns the bits it costs. An
         entropy-coded plane covers only the entries where ``within`` is set (the reader
         passes the same ``within``); a ``bits`` plane always covers every entry."""
-        if self.encoding == "bits":
+        if self.encoding == PLAIN_BITS:
             packed = pack_bits(bits)
         else:
             values = bits.cpu().numpy().reshape(-1)
@@ -85,27 +88,29 @@ class PackContents:
         self.tensors[key] = packed
         return 8 * packed.numel()
 
-    def add_task(self, checkpoint: dict[str, Any], storage: str, **fields: Any) -> None:
-        task = checkpoint["dataset"]
+    def add_task(self, checkpoint: TaskCheckpoint, **fields: Any) -> None:
+        task = checkpoint.dataset
         if task in self.tasks:
             self.fail(f"task {task!r} appears twice")
-        classes = checkpoint["classes"]  # names, or only their count (released masks)
+        classes = checkpoint.classes  # names, or only their count (released masks)
         self.tasks[task] = {
-            "storage": storage,
+            "storage": self.stores,
             "classes": classes if isinstance(classes, int) else list(classes),
-            "seed": checkpoint["seed"],
-            "trained_epoch": checkpoint["epoch"],
-            "trained_test_top1_error": checkpoint["test_top1_error"],
+            "seed": checkpoint.seed,
+            "trained_epoch": checkpoint.epoch,
+            "trained_test_top1_error": checkpoint.test_top1_error,
             **fields,
         }
 
-    def agree_on(self, key: str, checkpoints: list[dict[str, Any]]) -> None:
+    def agree_on(self, field: str, checkpoints: list[TaskCheckpoint]) -> None:
+        """Every checkpoint has the first one's value of ``field`` (an attribute)."""
+        first = getattr(checkpoints[0], field)
         for path, checkpoint in zip(self.paths, checkpoints, strict=True):
-            if checkpoint.get(key) != checkpoints[0].get(key):
+            value = getattr(checkpoint, field)
+            if value != first:
                 self.fail(
-                    f"{path} has {key} = {checkpoint.get(key)!r}, but {self.paths[0]} has "
-                    f"{checkpoints[0].get(key)!r}: one packed file holds one arch, method "
-                    f"and backbone, and the same {key}"
+                    f"{path} has {field} = {value!r}, but {self.paths[0]} has {first!r}: one "
+                    f"packed file holds one arch, method and backbone, and the same {field}"
                 )
 
     def fail(self, message: str) -> None:
@@ -139,8 +144,8 @@ class PackedFile:
     def plane(self, key: str, shape: list[int], within: torch.Tensor | None = None) -> torch.Tensor:
         """A stored plane as a boolean tensor of ``shape``. An entropy-coded plane written
         with ``within`` covers only those entries; elsewhere the result is False."""
-        encoding = self.manifest.get("encodings", {}).get(key, "bits")
-        if encoding == "bits":
+        encoding = self.manifest.get("encodings", {}).get(key, PLAIN_BITS)
+        if encoding == PLAIN_BITS:
             return unpack_bits(self.tensors[key], shape)
         if within is None:
             return self._decode(key, int(np.prod(shape))).reshape(shape)
@@ -203,14 +208,9 @@ def write_pack(
 ) -> dict[str, Any]:
     """Write ``contents`` to ``out`` (atomically) under a manifest of ``base`` (arch,
     method, backbone...) and what the contents add; returns the manifest."""
-    version = PACK_VERSION
-    if contents.encodings:
-        version = ENTROPY_VERSION
-    if any(task["storage"] == "owners" for task in contents.tasks.values()):
-        version = OWNERS_VERSION
     manifest = {
         "format": PACK_FORMAT,
-        "version": version,
+        "version": format_version(contents),
         **base,
         "ordering": list(contents.tasks),
         "bit_order": "msb-first",
@@ -227,8 +227,16 @@ def write_pack(
     metadata = {"piggyback": text, "piggyback_sha256": hashlib.sha256(text.encode()).hexdigest()}
     atomic_write(out, lambda tmp: save_file(contents.tensors, str(tmp), metadata=metadata))
     if stats_out is not None:
-        write_stats(contents.layers, stats_out, with_entropy=contents.encoding != "bits")
+        write_stats(contents.layers, stats_out, with_entropy=contents.encoding != PLAIN_BITS)
     return manifest
+
+
+def format_version(contents: PackContents) -> int:
+    """The oldest version whose readers read the file: owners need version 3, entropy-coded
+    planes version 2, plain bit planes and whole networks version 1."""
+    if contents.stores == "owners":
+        return OWNERS_VERSION
+    return ENTROPY_VERSION if contents.encodings else PACK_VERSION
 
 
 def write_stats(rows: list[dict[str, Any]], out: Path, with_entropy: bool) -> None:

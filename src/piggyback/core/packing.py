@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from piggyback.core.checkpoints import load_checkpoint
-from piggyback.core.packed_file import ENCODINGS, PackContents, PackError, write_pack
-from piggyback.core.registry import load_method
+from piggyback.core.checkpoints import TaskCheckpoint, load_task_checkpoint
+from piggyback.core.packed_file import ENCODINGS, PLAIN_BITS, PackContents, PackError, write_pack
+from piggyback.core.registry import load_method, method_entry
 
 
 @dataclass
@@ -42,7 +42,7 @@ def pack_tasks(
     checkpoint_paths: list[Path],
     out: Path,
     stats_out: Path | None = None,
-    encoding: str = "bits",
+    encoding: str = PLAIN_BITS,
     ordering: str | None = None,
 ) -> dict:
     """Pack the tasks' checkpoints, in the order given, into ``out``; returns the manifest."""
@@ -53,25 +53,25 @@ def pack(
     checkpoint_paths: list[Path],
     out: Path,
     stats_out: Path | None = None,
-    encoding: str = "bits",
+    encoding: str = PLAIN_BITS,
     ordering: str | None = None,
 ) -> PackResult:
     """:func:`pack_tasks`, also returning the per-layer statistics. ``ordering`` names
     the order of a sequential method's tasks (recorded; the table is keyed by it)."""
     paths = [Path(p) for p in checkpoint_paths]
-    checkpoints = [load_checkpoint(p) for p in paths]
+    checkpoints = [load_task_checkpoint(p) for p in paths]
     for path, checkpoint in zip(paths, checkpoints, strict=True):
-        if checkpoint.get("role", "task") != "task":
-            raise PackError(f"{path} is the {checkpoint['role']} of a chain, not a task")
+        if checkpoint.role != "task":
+            raise PackError(f"{path} is the {checkpoint.role} of a chain, not a task")
     return pack_checkpoints(checkpoints, paths, out, stats_out, encoding, ordering)
 
 
 def pack_checkpoints(
-    checkpoints: list[dict[str, Any]],
+    checkpoints: list[TaskCheckpoint],
     names: list[Path | str],
     out: Path,
     stats_out: Path | None = None,
-    encoding: str = "bits",
+    encoding: str = PLAIN_BITS,
     ordering: str | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> PackResult:
@@ -79,11 +79,11 @@ def pack_checkpoints(
     messages); ``provenance``, if given, is recorded in the manifest as ``source``."""
     if encoding not in ENCODINGS:
         raise PackError(f"unknown mask encoding {encoding!r}: expected one of {ENCODINGS}")
-    contents = PackContents(encoding, names)
-    for key in ("arch", "method", "backbone_sha256"):
-        contents.agree_on(key, checkpoints)
     first = checkpoints[0]
-    load_method(first["method"]).pack(checkpoints, contents)
-    base = {key: first[key] for key in ("arch", "method", "backbone_sha256")}
+    contents = PackContents(encoding, names, method_entry(first.method).stores)
+    for field in ("arch", "method", "backbone_sha256"):
+        contents.agree_on(field, checkpoints)
+    load_method(first.method).pack(checkpoints, contents)
+    base = {"arch": first.arch, "method": first.method, "backbone_sha256": first.backbone_sha256}
     manifest = write_pack(contents, out, {**base, "ordering_name": ordering}, stats_out, provenance)
     return PackResult(manifest, contents.layers)

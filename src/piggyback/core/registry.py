@@ -1,5 +1,7 @@
-"""The method registry: each method's name, its file, whether it is sequential, and its
-hyperparameters with the paper's defaults.
+"""The method registry: each method's name, its file, its row label, whether it is
+sequential, what a packed task of it stores, whether it keeps the backbone bit-identical,
+whether the authors released masks for it, and its hyperparameters with the paper's
+defaults.
 
 This module imports no torch: the config checks, the workflow's wildcard constraints and
 ``train.py --help`` read it in processes that never train. Adding a method is one file in
@@ -72,6 +74,12 @@ MASK_KNOBS: dict[str, Knob] = {
 }
 
 
+# What a packed task holds besides its head (the manifest's ``storage``): nothing more, a
+# mask per layer (bit planes), a whole network, or each weight's owner in one network
+# for all tasks (format version 3).
+STORAGES = ("head", "mask", "weights", "owners")
+
+
 @dataclass(frozen=True)
 class MethodEntry:
     """A registered method. ``defaults`` overrides the common knobs' defaults, ``knobs``
@@ -82,10 +90,21 @@ class MethodEntry:
     module: str  # the file in piggyback/core/methods/ that implements it
     label: str  # the row name in the paper's table
     sequential: bool  # True: task k starts from task k-1's result, so orderings matter
+    stores: str  # one of STORAGES
+    freezes_backbone: bool  # True: training must leave every backbone tensor bit-identical
+    released: bool  # the authors published masks trained with it (docs/released-masks.md)
     summary: str
     defaults: dict[str, Any] = field(default_factory=dict)
     knobs: dict[str, Knob] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.stores not in STORAGES:
+            raise ValueError(f"{self.name}.stores is {self.stores!r}; expected one of {STORAGES}")
+
+    @property
+    def stores_masks(self) -> bool:
+        return self.stores == "mask"
 
     def all_knobs(self) -> dict[str, Knob]:
         knobs = {**COMMON_KNOBS, **self.knobs}
@@ -103,6 +122,9 @@ METHODS: dict[str, MethodEntry] = {
             module="classifier_only",
             label="Classifier Only",
             sequential=False,
+            stores="head",
+            freezes_backbone=True,
+            released=False,
             summary="a new head on the frozen backbone",
             defaults={"optimizer": "sgd", "lr": 0.0, "lr_head": 1e-3, "lr_decay_every": 30},
         ),
@@ -111,6 +133,9 @@ METHODS: dict[str, MethodEntry] = {
             module="finetune",
             label="Individual Networks",
             sequential=False,
+            stores="weights",
+            freezes_backbone=False,
+            released=False,
             summary="the whole network fine-tuned per task, BatchNorm included",
             defaults={"optimizer": "sgd", "lr": 1e-3, "lr_head": 1e-3},
         ),
@@ -119,6 +144,9 @@ METHODS: dict[str, MethodEntry] = {
             module="packnet",
             label="PackNet",
             sequential=True,
+            stores="owners",
+            freezes_backbone=False,
+            released=False,
             summary="free weights trained per task, then pruned by magnitude for the next",
             defaults={
                 "epochs": 20,
@@ -164,6 +192,9 @@ METHODS: dict[str, MethodEntry] = {
             module="piggyback",
             label="Piggyback",
             sequential=False,
+            stores="mask",
+            freezes_backbone=True,
+            released=True,
             summary="a binary mask over the frozen backbone's weights, and a head, per task",
             knobs=MASK_KNOBS,
             options={"mask_kind": "binary"},
@@ -173,6 +204,9 @@ METHODS: dict[str, MethodEntry] = {
             module="piggyback",
             label="Piggyback (ternary)",
             sequential=False,
+            stores="mask",
+            freezes_backbone=True,
+            released=True,
             summary="as piggyback, with masks in {-1, 0, 1} (2 bits per weight)",
             knobs=MASK_KNOBS,
             options={"mask_kind": "ternary"},
@@ -204,6 +238,11 @@ def independent_methods() -> list[str]:
 
 def sequential_methods() -> list[str]:
     return [name for name, entry in METHODS.items() if entry.sequential]
+
+
+def released_methods() -> list[str]:
+    """The methods the authors' released mask files can be imported as."""
+    return [name for name, entry in METHODS.items() if entry.released]
 
 
 class Hyperparameters(Mapping):

@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
-from piggyback.core.checkpoints import atomic_save, load_checkpoint
+from piggyback.core.checkpoints import (
+    TaskCheckpoint,
+    atomic_save,
+    load_checkpoint,
+    load_task_checkpoint,
+)
 from piggyback.core.methods.base import Method
 from piggyback.core.run import Phase, TrainingError
-
-CHECKPOINT_FORMAT = "piggyback.task"
-CHECKPOINT_VERSION = 2
 
 
 class TrainingState:
@@ -42,7 +44,7 @@ class TrainingState:
         self.phase = self.epoch_in_phase = self.epochs_done = 0
         self.metrics: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # the summary of this phase's best epoch
-        self._best_checkpoint: dict[str, Any] | None = None  # its CPU copy, until written
+        self._best_checkpoint: TaskCheckpoint | None = None  # its CPU copy, until written
         self._optimizer_state: dict[str, Any] | None = None
         self._last_written = time.monotonic()
 
@@ -107,8 +109,8 @@ class TrainingState:
             self.best = self._summary(None, phase.name)
             self._keep_best()
         else:
-            best = self._best_checkpoint or load_checkpoint(self.best_path)
-            self.method.load_trained_state(self.model, best)
+            best = self._best_checkpoint or load_task_checkpoint(self.best_path)
+            self.method.load_trained_state(self.model, best.trained_state())
         self.phase, self.epoch_in_phase = self.phase + 1, 0
         if last:  # best.pt holds all that is left
             self._write(optimizer=None, trained=False)
@@ -137,21 +139,19 @@ class TrainingState:
         return {"epoch": self.epochs_done, "phase": phase, **errors}
 
     def _keep_best(self) -> None:
-        checkpoint = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
+        fields = {
             **self.identity,
             **self.method.checkpoint_meta(),
             **self.best,
             **self.method.trained_state(self.model),
         }
-        self._best_checkpoint = _copied(checkpoint)
+        self._best_checkpoint = TaskCheckpoint(**_copied(fields))
 
     def _write(self, optimizer, trained: bool = True) -> None:
         """best.pt if a newer best is unwritten, then resume.pt, with the model's state
         (``trained``) and the optimiser's when resuming inside a phase."""
         if self._best_checkpoint is not None:
-            atomic_save(self._best_checkpoint, self.best_path)
+            atomic_save(self._best_checkpoint.to_dict(), self.best_path)
             self._best_checkpoint = None
         resume = {
             "identity": self.identity,

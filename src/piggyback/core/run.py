@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from piggyback.core.checkpoints import TaskCheckpoint
 from piggyback.core.registry import Hyperparameters
 
 ROLES = ("task", "start")
@@ -96,7 +97,7 @@ class TaskRun:
     seed: int
     hp: Hyperparameters
     role: str = "task"
-    previous: dict[str, Any] | None = None
+    previous: TaskCheckpoint | None = None
     last_in_ordering: bool = False
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from piggyback.core.backbones import TaskModel
-from piggyback.core.checkpoints import backbone_sha256, tensors_sha256
+from piggyback.core.checkpoints import TaskCheckpoint, backbone_sha256, tensors_sha256
 from piggyback.core.evaluation import evaluate
 from piggyback.core.methods.base import Method
 from piggyback.core.registry import Hyperparameters, load_method
@@ -209,23 +209,22 @@ def _identity(run: TaskRun, model: TaskModel, speed: SpeedOptions) -> dict[str, 
     }
     if run.previous is not None:
         previous = run.previous
-        if previous.get("backbone_sha256") != identity["backbone_sha256"]:
+        if previous.backbone_sha256 != identity["backbone_sha256"]:
             raise TrainingError(
                 "the previous task was trained from other backbone weights "
-                f"({str(previous.get('backbone_sha256'))[:16]}...) than the ones given "
+                f"({previous.backbone_sha256[:16]}...) than the ones given "
                 f"({identity['backbone_sha256'][:16]}...)"
             )
-        learned = {k: v for k, v in previous.items() if isinstance(v, dict)}
-        identity["previous"] = {"dataset": previous["dataset"], "sha256": _nested_sha256(learned)}
+        identity["previous"] = {"dataset": previous.dataset, "sha256": _learned_sha256(previous)}
         identity["last_in_ordering"] = run.last_in_ordering
     return identity
 
 
-def _nested_sha256(state: dict[str, Any]) -> str:
-    flat = {}
-    for key, value in state.items():
-        if isinstance(value, torch.Tensor):
-            flat[key] = value
-        elif isinstance(value, dict):
-            flat.update({f"{key}/{k}": v for k, v in value.items() if isinstance(v, torch.Tensor)})
+def _learned_sha256(checkpoint: TaskCheckpoint) -> str:
+    """sha256 over every tensor the checkpoint's method learned, keyed "head/weight"..."""
+    flat = {
+        f"{part}/{name}": tensor
+        for part, tensors in checkpoint.trained_state().items()
+        for name, tensor in tensors.items()
+    }
     return tensors_sha256(flat)

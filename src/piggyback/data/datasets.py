@@ -36,6 +36,23 @@ class DataError(ValueError):
     """The data on disk is not what the config says; the message names the folder or file."""
 
 
+def check_class_count(
+    counted: str,
+    found: int,
+    expected: int | None,
+    remedy: str,
+    error: type[Exception] = DataError,
+) -> None:
+    """Stop unless ``found`` classes are the dataset registry's ``expected`` (None: not
+    known, not checked). ``counted`` names what was counted and how ("data/x: found"),
+    ``remedy`` what to fix if the config's `classes:` is right."""
+    if expected is not None and found != expected:
+        raise error(
+            f"{counted} {found} classes, the dataset registry says {expected}; fix "
+            f"`classes:` in the config or {remedy}"
+        )
+
+
 def error_message(error: BaseException) -> str:
     """The error's own message, without the traceback that a DataLoader worker process
     prepends when it re-raises an error in the main process."""
@@ -141,11 +158,7 @@ def load_task_data(
             f"{root}: train/ and test/ have different classes "
             f"(only in train/: {only_train[:5]}, only in test/: {only_test[:5]})"
         )
-    if num_classes is not None and len(train.classes) != num_classes:
-        raise DataError(
-            f"{root}: found {len(train.classes)} classes, the dataset registry says "
-            f"{num_classes}; fix `classes:` in the config or the data folder"
-        )
+    check_class_count(f"{root}: found", len(train.classes), num_classes, "the data folder")
     return train, test
 
 

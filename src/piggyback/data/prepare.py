@@ -15,7 +15,7 @@ from pathlib import Path
 
 from piggyback.atomic import atomic_write_json
 from piggyback.data.archives import extract_archive, is_content_dir, replace_folder
-from piggyback.data.datasets import SPLITS
+from piggyback.data.datasets import SPLITS, check_class_count
 from piggyback.data.digits import write_digits_task
 from piggyback.data.originals import ORIGINAL_ROUTES
 from piggyback.data.sources import (
@@ -91,12 +91,8 @@ def _summarise(dataset: str, source: dict, staging: Path, out: Path, classes: in
             f"{out}: train/ and test/ would have different classes "
             f"(only in train/: {only_train[:5]}, only in test/: {only_test[:5]})"
         )
-    if classes is not None and len(found["train"]) != classes:
-        raise SourceError(
-            f"{out}: the prepared data has {len(found['train'])} classes, the dataset "
-            f"registry says {classes}; check the archive, or `classes:` for {dataset} "
-            "in the config"
-        )
+    counted = f"{out}: the prepared data has"
+    check_class_count(counted, len(found["train"]), classes, "the archive", SourceError)
     summary = {
         "dataset": dataset,
         "route": source["route"],
@@ -141,15 +137,13 @@ def _find_split_root(unpacked: Path, archive: Path) -> Path:
 # --- route: digits ----------------------------------------------------------------------
 
 
+DIGITS_OPTIONS = ("view", "per_class", "test_fraction", "seed")
+
+
 def _prepare_digits(source: dict, staging: Path) -> None:
+    """What the entry leaves out (or sets to null) takes ``write_digits_task``'s default."""
+    options = {key: source[key] for key in DIGITS_OPTIONS if source.get(key) is not None}
     try:
-        write_digits_task(
-            staging,
-            digits=[int(d) for d in source["digits"]],
-            view=source.get("view") or "plain",
-            test_fraction=float(source.get("test_fraction", 0.3)),
-            per_class=source.get("per_class"),
-            seed=int(source.get("seed", 0)),
-        )
+        write_digits_task(staging, digits=[int(d) for d in source["digits"]], **options)
     except (ValueError, TypeError) as error:
         raise SourceError(f"digits source entry {source}: {error}") from None

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from piggyback.core.backbones import ArchSpec, BackboneError, build_backbone, weights_file_name
-from piggyback.core.checkpoints import atomic_save, backbone_sha256
+from piggyback.core.checkpoints import MaskRule, TaskCheckpoint, atomic_save, backbone_sha256
+from piggyback.core.packed_file import PLAIN_BITS
 from piggyback.core.packing import pack_checkpoints
-from piggyback.core.registry import METHODS, Hyperparameters
+from piggyback.core.registry import METHODS, Hyperparameters, released_methods
 from piggyback.data.download import file_digests, hash_prefix_in_name
 from piggyback.released.files import (
     ReleasedError,
@@ -107,7 +109,7 @@ def import_released(
     datasets: list[str] | None = None,
     method: str | None = None,
     sha256: str | None = None,
-    encoding: str = "bits",
+    encoding: str = PLAIN_BITS,
     stats_out: Path | None = None,
     authors_backbone: Path | None = None,
 ) -> ImportResult:
@@ -125,39 +127,8 @@ def import_released(
     method = _released_method(path, tasks, method)
     weights = weights if weights is not None else spec.weights
     backbone, features = build_backbone(spec, weights, weights_dir)
-    index_map = module_index_map(arch_kind, backbone)
-    common = {
-        "arch": arch or spec.builder,
-        "method": method,
-        "seed": None,  # the authors' files say nothing of their training runs
-        "epoch": None,
-        "test_top1_error": None,
-        "backbone_sha256": backbone_sha256(backbone),
-        "mask": {
-            "kind": METHODS[method].options["mask_kind"],
-            "threshold": Hyperparameters.for_method(method).threshold,
-        },
-    }
-    checkpoints = []
-    for dataset, task in tasks.items():
-        masks = released_task_masks(task.masks, index_map, backbone)
-        inputs = task.head["weight"].shape[1]
-        if inputs != features:
-            raise ReleasedError(
-                f"{path}: the classifier of {dataset} takes {inputs} features, but the "
-                f"{arch_kind} backbone gives {features}: is the file for another arch?"
-            )
-        checkpoints.append(
-            {
-                **common,
-                "dataset": dataset,
-                "classes": task.head["weight"].shape[0],  # their files name no classes
-                # copies: heads the file pickled as one object must not share memory
-                "head": {key: value.clone() for key, value in task.head.items()},
-                # {-1, 0, 1} in one byte a weight: five VGG-16 tasks as floats take 2.7 GB
-                "masks": {name: mask.to(torch.int8) for name, mask in masks.items()},
-            }
-        )
+    arch = arch or spec.builder
+    checkpoints = _task_checkpoints(path, arch_kind, tasks, arch, method, backbone, features)
     known = authors_backbone is not None or weights_match_authors(arch_kind, weights)
     provenance = {
         "released_file": path.name,
@@ -176,6 +147,49 @@ def import_released(
     names = [f"{path}:{dataset}" for dataset in tasks]
     result = pack_checkpoints(checkpoints, names, out, stats_out, encoding, provenance=provenance)
     return ImportResult(result.manifest, known)
+
+
+def _task_checkpoints(
+    path: Path,
+    arch_kind: str,
+    tasks: dict[str, ReleasedTask],
+    arch: str,
+    method: str,
+    backbone: nn.Module,
+    features: int,
+) -> list[TaskCheckpoint]:
+    """Each released task as the checkpoint packing reads: its masks under torchvision
+    weight names, its head and class count; no seed, epoch or error (the authors' files
+    say nothing of their training runs)."""
+    index_map = module_index_map(arch_kind, backbone)
+    identity = backbone_sha256(backbone)
+    rule = MaskRule(
+        METHODS[method].options["mask_kind"], Hyperparameters.for_method(method).threshold
+    )
+    checkpoints = []
+    for dataset, task in tasks.items():
+        masks = released_task_masks(task.masks, index_map, backbone)
+        inputs = task.head["weight"].shape[1]
+        if inputs != features:
+            raise ReleasedError(
+                f"{path}: the classifier of {dataset} takes {inputs} features, but the "
+                f"{arch_kind} backbone gives {features}: is the file for another arch?"
+            )
+        checkpoints.append(
+            TaskCheckpoint(
+                arch=arch,
+                method=method,
+                dataset=dataset,
+                classes=task.head["weight"].shape[0],  # their files name no classes
+                backbone_sha256=identity,
+                mask=rule,
+                # copies: heads the file pickled as one object must not share memory
+                head={key: value.clone() for key, value in task.head.items()},
+                # {-1, 0, 1} in one byte a weight: five VGG-16 tasks as floats take 2.7 GB
+                masks={name: mask.to(torch.int8) for name, mask in masks.items()},
+            )
+        )
+    return checkpoints
 
 
 def check_released_file(path: Path, sha256: str | None = None) -> str:
@@ -213,19 +227,21 @@ def _selected_tasks(file: ReleasedFile, datasets: list[str] | None) -> dict[str,
 
 
 def _released_method(path: Path, tasks: dict[str, ReleasedTask], method: str | None) -> str:
-    """piggyback for binary masks, piggyback_ternary where a mask holds the byte 255 (-1),
-    unless ``method`` asks for one of them: binary masks also fit a ternary pack."""
+    """The released method of the masks' kind (ternary where a mask holds the byte 255,
+    i.e. -1), unless ``method`` asks for another released one: binary masks also fit a
+    ternary pack."""
     ternary = any(bool((mask == 255).any()) for t in tasks.values() for mask in t.masks.values())
+    by_kind = {METHODS[name].options["mask_kind"]: name for name in released_methods()}
     if method is None:
-        return "piggyback_ternary" if ternary else "piggyback"
-    kind = METHODS[method].options.get("mask_kind") if method in METHODS else None
-    if kind is None:
+        return by_kind["ternary" if ternary else "binary"]
+    if method not in by_kind.values():
         raise ReleasedError(
-            f"method {method!r} does not store masks: import as piggyback or piggyback_ternary"
+            f"method {method!r} does not store the authors' masks: import as "
+            f"{' or '.join(by_kind.values())}"
         )
-    if ternary and kind == "binary":
+    if ternary and METHODS[method].options["mask_kind"] == "binary":
         raise ReleasedError(
             f"{path} holds ternary masks (the byte 255, i.e. -1): import it as "
-            f"piggyback_ternary, not {method}"
+            f"{by_kind['ternary']}, not {method}"
         )
     return method

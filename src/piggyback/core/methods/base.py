@@ -8,11 +8,11 @@ or evaluation; it keeps whatever state it needs between hooks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from piggyback.core.checkpoints import backbone_sha256
+from piggyback.core.checkpoints import TaskCheckpoint, backbone_sha256
 from piggyback.core.registry import Hyperparameters, MethodEntry
 from piggyback.core.run import Phase, TaskRun, TrainingError
 
@@ -23,10 +23,8 @@ if TYPE_CHECKING:
 
 class Method:
     """The default behaviour: a new head trained on a frozen backbone in eval mode.
-    Subclasses override what differs."""
-
-    stores: ClassVar[str] = "head"  # what a packed task holds besides its head
-    freezes_backbone: ClassVar[bool] = True  # every backbone tensor must end unchanged
+    Subclasses override what differs; what a packed task stores and whether the backbone
+    must end unchanged are facts of the registry entry."""
 
     def __init__(self, entry: MethodEntry, hp: Hyperparameters):
         self.entry = entry
@@ -46,7 +44,7 @@ class Method:
         model.head.reset_parameters()
         for parameter in model.backbone.parameters():
             parameter.requires_grad_(False)
-        if self.freezes_backbone:
+        if self.entry.freezes_backbone:
             self._frozen_sha256 = backbone_sha256(model.backbone)
 
     def phases(self, run: TaskRun) -> list[Phase]:
@@ -98,16 +96,16 @@ class Method:
             raise TrainingError("a frozen backbone tensor changed during training")
 
     # --- packing and evaluation -------------------------------------------------------
-    def pack(self, checkpoints: list[dict[str, Any]], contents: PackContents) -> None:
+    def pack(self, checkpoints: list[TaskCheckpoint], contents: PackContents) -> None:
         """Put every task of ``checkpoints`` (in file order) into ``contents``: its head,
         what ``pack_task`` adds, and its manifest entry."""
         for checkpoint in checkpoints:
-            task = checkpoint["dataset"]
-            for key, value in checkpoint["head"].items():
+            task = checkpoint.dataset
+            for key, value in checkpoint.head.items():
                 contents.put(f"{task}/head/{key}", value)
-            contents.add_task(checkpoint, self.stores, **self.pack_task(checkpoint, contents))
+            contents.add_task(checkpoint, **self.pack_task(checkpoint, contents))
 
-    def pack_task(self, checkpoint: dict[str, Any], contents: PackContents) -> dict[str, Any]:
+    def pack_task(self, checkpoint: TaskCheckpoint, contents: PackContents) -> dict[str, Any]:
         """Store what the task learned besides its head; returns extra manifest fields."""
         return {}
 

@@ -14,9 +14,6 @@ from piggyback.core.methods.base import Method
 
 
 class Finetune(Method):
-    stores = "weights"
-    freezes_backbone = False
-
     def prepare(self, model, run) -> None:
         super().prepare(model, run)
         for parameter in model.backbone.parameters():
@@ -37,8 +34,8 @@ class Finetune(Method):
         model.backbone.load_state_dict(state["weights"])
 
     def pack_task(self, checkpoint, contents) -> dict[str, Any]:
-        task = checkpoint["dataset"]
-        for name, value in checkpoint["weights"].items():
+        task = checkpoint.dataset
+        for name, value in checkpoint.weights.items():
             contents.put(f"{task}/weights/{name}", value)
         return {}
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.core.checkpoints import backbone_state
+from piggyback.core.checkpoints import TaskCheckpoint, backbone_state
 from piggyback.core.masks import maskable_layers
 from piggyback.core.methods.base import Method
 from piggyback.core.registry import MethodError
@@ -34,9 +34,6 @@ MAX_OWNER = 255  # owners are uint8
 
 
 class PackNet(Method):
-    stores = "owners"
-    freezes_backbone = False
-
     def __init__(self, entry, hp):
         super().__init__(entry, hp)
         if hp.weight_decay != 0:
@@ -44,7 +41,7 @@ class PackNet(Method):
                 "packnet.weight_decay must be 0: decay would move the weights earlier tasks own"
             )
         self.owners: dict[str, torch.Tensor] = {}
-        self.previous: dict[str, Any] | None = None
+        self.previous: TaskCheckpoint | None = None
 
     # --- training -------------------------------------------------------------------
     def prepare(self, model, run) -> None:
@@ -75,20 +72,20 @@ class PackNet(Method):
         previous = run.previous
         if previous is None:
             raise TrainingError("a packnet task starts from the previous task's result")
-        if previous.get("method") != self.name:
-            raise TrainingError(f"the previous result is {previous.get('method')!r}, not packnet")
-        if previous["owners"].keys() != self.layers.keys():
+        if previous.method != self.name:
+            raise TrainingError(f"the previous result is {previous.method!r}, not packnet")
+        if previous.owners.keys() != self.layers.keys():
             raise TrainingError("the previous result's owner maps do not fit this backbone")
-        self.task_id = previous["task_id"] + 1
+        self.task_id = previous.task_id + 1
         if self.task_id > MAX_OWNER:
             raise TrainingError(f"packnet holds at most {MAX_OWNER - 1} tasks")
         model.head.reset_parameters()
-        model.backbone.load_state_dict(previous["weights"])
-        self.owners = {name: owner.clone() for name, owner in previous["owners"].items()}
+        model.backbone.load_state_dict(previous.weights)
+        self.owners = {name: owner.clone() for name, owner in previous.owners.items()}
         for owner in self.owners.values():
             owner[owner == FREE] = self.task_id
-        self.chain = [*previous["chain"], run.dataset]
-        self.start = previous["start"]
+        self.chain = [*previous.chain, run.dataset]
+        self.start = previous.start
         self.previous = previous
 
     def phases(self, run) -> list[Phase]:
@@ -185,7 +182,7 @@ class PackNet(Method):
         bit-identical to the previous task's: earlier tasks cannot change."""
         if self.previous is None:
             return
-        before, before_owners = self.previous["weights"], self.previous["owners"]
+        before, before_owners = self.previous.weights, self.previous.owners
         for name, value in backbone_state(model.backbone).items():
             value = value.detach().cpu()
             if name in before_owners:
@@ -207,24 +204,24 @@ class PackNet(Method):
         _check_chain(checkpoints, contents)
         last = checkpoints[-1]
         bits = max(1, math.ceil(math.log2(len(checkpoints) + 2)))
-        for name, value in last["weights"].items():
+        for name, value in last.weights.items():
             contents.put(f"network/{name}", value)
-        for name, owner in last["owners"].items():
+        for name, owner in last.owners.items():
             for bit in range(bits):
                 contents.put_plane(f"owners/{bit}/{name}", (owner >> bit) & 1 == 1)
         contents.layers += _ownership_stats(checkpoints, bits)
         contents.manifest.update(
             owner_bits=bits,
-            layers={name: list(owner.shape) for name, owner in last["owners"].items()},
-            start=last["start"],
+            layers={name: list(owner.shape) for name, owner in last.owners.items()},
+            start=last.start,
         )
         super().pack(checkpoints, contents)
 
     def pack_task(self, checkpoint, contents) -> dict[str, Any]:
-        owners = checkpoint["owners"].values()
-        owned = sum(int((owner == checkpoint["task_id"]).sum()) for owner in owners)
+        owners = checkpoint.owners.values()
+        owned = sum(int((owner == checkpoint.task_id).sum()) for owner in owners)
         share = owned / sum(owner.numel() for owner in owners)
-        return {"owner": checkpoint["task_id"], "summary": {"owned_share": share}}
+        return {"owner": checkpoint.task_id, "summary": {"owned_share": share}}
 
     def apply(self, backbone: nn.Module, packed, task: str) -> None:
         manifest = packed.manifest
@@ -240,30 +237,30 @@ class PackNet(Method):
                 weight.mul_(((owner != FREE) & (owner <= task_id)).to(weight))
 
 
-def _check_chain(checkpoints: list[dict[str, Any]], contents) -> None:
+def _check_chain(checkpoints: list[TaskCheckpoint], contents) -> None:
     """The checkpoints are one ordering's tasks, in order, each continuing the one before,
     and no task changed what an earlier one owns."""
     last = checkpoints[-1]
     for position, checkpoint in enumerate(checkpoints):
-        expected = [c["dataset"] for c in checkpoints[: position + 1]]
-        if checkpoint["chain"] != expected or checkpoint["task_id"] != position + 2:
+        expected = [c.dataset for c in checkpoints[: position + 1]]
+        if checkpoint.chain != expected or checkpoint.task_id != position + 2:
             contents.fail(
-                f"task {checkpoint['dataset']!r} continues the chain {checkpoint['chain']}, "
+                f"task {checkpoint.dataset!r} continues the chain {checkpoint.chain}, "
                 f"not {expected}: give the ordering's checkpoints in order"
             )
-        for name, owner in checkpoint["owners"].items():
+        for name, owner in checkpoint.owners.items():
             kept = owner != FREE
-            if not torch.equal(last["weights"][name][kept], checkpoint["weights"][name][kept]):
-                task = checkpoint["dataset"]
+            if not torch.equal(last.weights[name][kept], checkpoint.weights[name][kept]):
+                task = checkpoint.dataset
                 contents.fail(f"a weight of {name} that {task!r} owns changed in a later task")
 
 
-def _ownership_stats(checkpoints: list[dict[str, Any]], bits: int) -> list[dict[str, Any]]:
+def _ownership_stats(checkpoints: list[TaskCheckpoint], bits: int) -> list[dict[str, Any]]:
     """Per layer, the share of weights each owner holds (free, source, every task)."""
     owners_by_id = {FREE: "free", SOURCE: "source"}
-    owners_by_id.update({c["task_id"]: c["dataset"] for c in checkpoints})
+    owners_by_id.update({c.task_id: c.dataset for c in checkpoints})
     rows = []
-    for name, owner in checkpoints[-1]["owners"].items():
+    for name, owner in checkpoints[-1].owners.items():
         counts = torch.bincount(owner.flatten().long(), minlength=len(owners_by_id))
         for task_id, task in owners_by_id.items():
             rows.append(

@@ -8,19 +8,19 @@ with entropy coding: see docs/pack-format.md.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import nn
 
+from piggyback.core.checkpoints import MaskRule, TaskCheckpoint
 from piggyback.core.entropy import entropy_bits
 from piggyback.core.masks import MaskSpec, add_masks, bake_masks, masked_weights, threshold_mask
 from piggyback.core.methods.base import Method
 
 
 class Piggyback(Method):
-    stores = "mask"
-
     def __init__(self, entry, hp):
         super().__init__(entry, hp)
         self.kind = entry.options["mask_kind"]
@@ -52,17 +52,17 @@ class Piggyback(Method):
                 masks[name].mask_real.copy_(value)
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"mask": {"kind": self.kind, "threshold": self.hp.threshold}}
+        return {"mask": MaskRule(self.kind, self.hp.threshold)}
 
     def pack(self, checkpoints, contents) -> None:
         contents.agree_on("mask", checkpoints)
-        contents.manifest["mask"] = checkpoints[0]["mask"]
+        contents.manifest["mask"] = dataclasses.asdict(checkpoints[0].mask)
         super().pack(checkpoints, contents)
 
     def pack_task(self, checkpoint, contents) -> dict[str, Any]:
         """A keep plane per layer and, for ternary masks, a sign plane (over the kept
         entries only when entropy-coded)."""
-        task, layers, kept, total = checkpoint["dataset"], {}, 0, 0
+        task, layers, kept, total = checkpoint.dataset, {}, 0, 0
         for name, discrete in discrete_masks(checkpoint).items():
             kept, total = kept + int(discrete.count_nonzero()), total + discrete.numel()
             keep = discrete != 0
@@ -96,12 +96,12 @@ class Piggyback(Method):
         }
 
 
-def discrete_masks(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+def discrete_masks(checkpoint: TaskCheckpoint) -> dict[str, torch.Tensor]:
     """The thresholded masks of a trained-task checkpoint, as float {-1, 0, 1}."""
-    mask = checkpoint["mask"]
+    rule = checkpoint.mask
     return {
-        name: threshold_mask(real.float(), mask["kind"], mask["threshold"])
-        for name, real in checkpoint["masks"].items()
+        name: threshold_mask(real.float(), rule.kind, rule.threshold)
+        for name, real in checkpoint.masks.items()
     }
 
 

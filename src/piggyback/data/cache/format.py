@@ -27,7 +27,13 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from piggyback.atomic import atomic_write
-from piggyback.data.datasets import SPLITS, DataError, load_task_data, read_image
+from piggyback.data.datasets import (
+    SPLITS,
+    DataError,
+    check_class_count,
+    load_task_data,
+    read_image,
+)
 from piggyback.data.transforms import TransformStyle, build_transform
 
 FORMAT = "piggyback.cache"
@@ -346,9 +352,6 @@ def load_task_cache(
             f"{path} was built for --transform {metadata['style']} --image-size "
             f"{metadata['image_size']}, not {style} {image_size}; build it for these"
         )
-    if num_classes is not None and len(metadata["classes"]) != num_classes:
-        raise CacheError(
-            f"{path}: holds {len(metadata['classes'])} classes, the dataset registry says "
-            f"{num_classes}; fix `classes:` in the config or rebuild the cache"
-        )
+    found = len(metadata["classes"])
+    check_class_count(f"{path}: holds", found, num_classes, "rebuild the cache", CacheError)
     return place(load_cache(path, splits), device, log=log)
