@@ -29,8 +29,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     try:
-        summary = write_cache(args.data, args.transform, args.image_size, args.out, args.workers)
-    except (DataError, OSError) as error:
+        summary = write_cache(
+            args.data,
+            args.transform,
+            args.image_size,
+            args.out,
+            args.workers,
+            preprocessing=cli.preprocessing(args),
+        )
+    except (DataError, OSError, ValueError) as error:
         cli.fail(error_message(error))
     print(json.dumps({key: summary[key] for key in ("style", "image_size", "images")}))
 

@@ -22,6 +22,12 @@ from piggyback.core.backbones import BackboneError
 from piggyback.core.evaluation import TaskData, evaluate_pack
 from piggyback.core.packed_file import PackError
 from piggyback.data.datasets import DataError, error_message
+from piggyback.data.transforms import (
+    PAPER_PREPROCESSING,
+    Preprocessing,
+    PreprocessingError,
+    weights_preprocessing,
+)
 from piggyback.per_image import per_image_path, write_evaluation
 
 
@@ -36,7 +42,8 @@ def main() -> None:
         metavar="JSON",
         required=True,
         help='each task\'s test data: {"<task>": {"data": DIR, "transform": "cropped" or '
-        '"standard", "cache": FILE or null}}',
+        '"standard", "cache": FILE or null}}, and "weights_transforms": "<builder>.<ENUM>" '
+        "where the transforms follow those torchvision weights",
     )
     parser.add_argument(
         "--image-size", type=int, required=True, help="crop size (config: image_size)"
@@ -57,11 +64,18 @@ def main() -> None:
     args = parser.parse_args()
     try:
         tasks = {
-            name: TaskData(Path(entry["data"]), entry["transform"], _path(entry.get("cache")))
+            name: TaskData(
+                Path(entry["data"]),
+                entry["transform"],
+                _path(entry.get("cache")),
+                _preprocessing(entry.get("weights_transforms")),
+            )
             for name, entry in json.loads(args.tasks_json).items()
         }
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
         cli.fail(f"--tasks-json is not a JSON object of {{task: {{data, transform}}}}: {error}")
+    except PreprocessingError as error:
+        cli.fail(f"--tasks-json: {error}")
     device = cli.select_device(args)
     try:
         result = evaluate_pack(
@@ -88,6 +102,10 @@ def main() -> None:
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _preprocessing(weights: str | None) -> Preprocessing:
+    return weights_preprocessing(weights) if weights else PAPER_PREPROCESSING
 
 
 if __name__ == "__main__":

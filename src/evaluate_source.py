@@ -20,6 +20,7 @@ from piggyback.core.backbones import BackboneError
 from piggyback.core.checkpoints import CheckpointError
 from piggyback.core.evaluation import TaskData, evaluate_source
 from piggyback.data.datasets import DataError, error_message
+from piggyback.data.transforms import PreprocessingError
 from piggyback.per_image import per_image_path, write_evaluation
 
 
@@ -49,7 +50,7 @@ def main() -> None:
     try:
         result = evaluate_source(
             args.dataset,
-            TaskData(args.data, args.transform, args.cache),
+            TaskData(args.data, args.transform, args.cache, cli.preprocessing(args)),
             args.arch,
             cli.arch_spec(args),
             args.image_size,
@@ -63,7 +64,7 @@ def main() -> None:
         write_evaluation(result, args.out, args.images or per_image_path(args.out))
     except SafetensorError as error:
         cli.fail(f"weights file {args.weights} is not a readable safetensors file: {error}")
-    except (BackboneError, CheckpointError, DataError, OSError) as error:
+    except (BackboneError, CheckpointError, DataError, PreprocessingError, OSError) as error:
         cli.fail(error_message(error))
     (task,) = result["tasks"]
     print(f"{task['dataset']}: top-1 error {task['top1_error']:.2f}% ({task['images']} images)")

@@ -50,6 +50,13 @@ def main() -> None:
     manifest = result.manifest
     size = args.out.stat().st_size
     print(f"packed {', '.join(manifest['ordering'])} into {args.out} ({size / 2**20:.2f} MiB)")
+    if "coverage" in manifest:
+        coverage = manifest["coverage"]
+        alone = ", ".join(f"{kind} {n}" for kind, n in coverage["left_alone"].items())
+        print(
+            f"  masks cover {coverage['masked']} of {coverage['total']} backbone parameters "
+            f"({100 * coverage['masked_share']:.2f}%); left alone: {alone or 'none'}"
+        )
     for task, bits in result.task_bits().items():
         print(
             f"  {task}: masks stored at {bits['stored_bits_per_weight']:.4f} bits per weight "

@@ -210,7 +210,14 @@ def task_batches(args: argparse.Namespace, batch_size: int, device):
     if args.data is None:
         return [], None, None
     feed = open_task_feed(
-        args.data, args.transform, args.image_size, args.cache, device, args.workers, args.classes
+        args.data,
+        args.transform,
+        args.image_size,
+        args.cache,
+        device,
+        args.workers,
+        args.classes,
+        preprocessing=cli.preprocessing(args),
     )
     return (
         feed.classes,

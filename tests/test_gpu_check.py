@@ -79,6 +79,18 @@ def test_training_figures_cover_every_method_and_switch_set(cpu_run):
     assert {(r["arch"], r["switches"]) for r in report["eval"]} == {(arch, "on"), (arch, "off")}
 
 
+def test_a_vision_transformer_is_measured_masked_whole(cpu_run):
+    report, _, _ = cpu_run
+    (record,) = report["transformer"]
+    assert (record["arch"], record["method"], record["switches"]) == (
+        CPU_PLAN.transformer,
+        "piggyback",
+        "on",
+    )
+    assert record.keys() >= TRAIN_FIGURES and record["img_s"] > 0
+    assert GPU_PLAN.transformer == "vit_b_16"
+
+
 def test_correctness_checks_pass(cpu_run):
     report, _, _ = cpu_run
     checks = {r["name"]: r for r in report["correctness"]}

@@ -1,13 +1,21 @@
+from copy import deepcopy
+
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+from torchvision.models import vision_transformer
 
 from piggyback.core.backbones import ArchSpec, build_backbone
 from piggyback.core.masks import (
+    MASKED_PARAMETERS,
+    MaskError,
     MaskSpec,
     WeightMask,
     add_masks,
     bake_masks,
+    mask_coverage,
+    masked_parameters,
     masked_weights,
     remove_masks,
     threshold_mask,
@@ -99,3 +107,115 @@ def _shape_args(layer):
 
 def _input_shape(layer):
     return (layer.in_features,) if isinstance(layer, nn.Linear) else (layer.in_channels, 6, 6)
+
+
+def _tiny_vit() -> nn.Module:
+    """torchvision's ViT, two blocks wide enough for two heads: its layer types, fast."""
+    return vision_transformer.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
+
+
+def _hand_masked(plain: nn.Module, masks: dict[str, WeightMask]) -> nn.Module:
+    """A copy of ``plain`` with each masked parameter multiplied by its discrete mask."""
+    copy = deepcopy(plain)
+    parameters = dict(copy.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            parameters[name].mul_(mask.discrete())
+    return copy
+
+
+def test_attention_projections_are_masked_on_the_fast_path_and_off_it(monkeypatch):
+    torch.manual_seed(0)
+    plain = _tiny_vit()
+    masked = deepcopy(plain)
+    masks = add_masks(masked, MaskSpec(init="uniform"))
+    assert "encoder.layers.encoder_layer_0.self_attention.in_proj_weight" in masks
+    assert "encoder.layers.encoder_layer_1.self_attention.out_proj.weight" in masks
+    reference = _hand_masked(plain, masks)
+    x = torch.randn(2, 3, 32, 32)
+    fast = []
+    native = torch._native_multi_head_attention
+    monkeypatch.setattr(
+        torch, "_native_multi_head_attention", lambda *a, **k: fast.append(1) or native(*a, **k)
+    )
+    masked.eval(), reference.eval()
+    with torch.no_grad():
+        assert torch.equal(masked(x), reference(x))
+    assert len(fast) == 2 * 2, "eval mode without gradients takes MHA's fast path"
+    with torch.no_grad(), parametrize.cached():
+        assert torch.equal(masked(x), reference(x))
+    masked.train(), reference.train()  # no dropout in this ViT: the slow path, same numbers
+    assert torch.equal(masked(x), reference(x))
+
+
+def test_separate_query_key_value_projections_are_masked():
+    torch.manual_seed(0)
+    plain = nn.MultiheadAttention(8, 2, kdim=6, vdim=5, batch_first=True)
+    masked = deepcopy(plain)
+    masks = add_masks(masked, MaskSpec(init="uniform"))
+    assert set(masks) == {"q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"}
+    query, key, value = torch.randn(2, 3, 8), torch.randn(2, 4, 6), torch.randn(2, 4, 5)
+    reference = _hand_masked(plain, masks)
+    masked(query, key, value)[0].square().sum().backward()
+    reference(query, key, value)[0].square().sum().backward()
+    for name, mask in masks.items():
+        weight = dict(plain.named_parameters())[name].detach()
+        gradient = dict(reference.named_parameters())[name].grad
+        assert torch.equal(mask.mask_real.grad, gradient * weight), name
+
+
+def test_a_weight_matrix_outside_the_tables_is_refused_by_name():
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Bilinear(4, 4, 2))
+    for call in (mask_coverage, lambda b: add_masks(b, MaskSpec())):
+        with pytest.raises(MaskError, match=r"'2' \(torch\.nn\.modules\.linear\.Bilinear\).*"):
+            call(backbone)
+    with pytest.raises(MaskError, match="MASKED_PARAMETERS in src/piggyback/core/masks.py"):
+        mask_coverage(backbone)
+
+
+def test_a_new_layer_type_is_one_table_entry(monkeypatch):
+    monkeypatch.setitem(MASKED_PARAMETERS, nn.Bilinear, lambda module: ("weight",))
+    torch.manual_seed(0)
+    plain = nn.Bilinear(4, 3, 2)
+    masked = deepcopy(plain)
+    masks = add_masks(masked, MaskSpec(init="uniform"))
+    assert set(masks) == {"weight"} and mask_coverage(masked).left_alone == {"biases": 2}
+    x1, x2 = torch.randn(5, 4), torch.randn(5, 3)
+    with torch.no_grad():
+        assert torch.equal(masked(x1, x2), _hand_masked(plain, masks)(x1, x2))
+
+
+def test_scales_are_not_weight_matrices_and_are_left_alone_by_kind():
+    class ChannelScale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gamma = nn.Parameter(torch.ones(4, 1, 1))
+
+        def forward(self, x):
+            return self.gamma * x
+
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), ChannelScale())
+    coverage = mask_coverage(backbone)
+    assert coverage.masked == 4 * 3 * 3 * 3
+    assert coverage.left_alone == {"biases": 4, "norms": 8, "other vectors and scales": 4}
+    assert coverage.matrix_share == 1.0
+    assert list(masked_parameters(backbone)) == ["0.weight"]
+
+
+def test_vit_b_16_is_masked_whole():
+    """The issue's case: the packed query/key/value projections (21M weights) are masked
+    and what is left alone is named by kind."""
+    backbone, _ = build_backbone(ArchSpec("vit_b_16"), weights="random")
+    coverage = mask_coverage(backbone)
+    assert coverage.left_alone.keys() == {
+        "biases",
+        "norms",
+        "positional embeddings",
+        "class tokens",
+    }
+    assert coverage.masked_share > 0.99 and coverage.matrix_share > 0.99
+    projections = [n for n in masked_parameters(backbone) if n.endswith("in_proj_weight")]
+    assert len(projections) == 12
+    assert coverage.total == sum(p.numel() for p in backbone.parameters())

@@ -121,18 +121,18 @@ def test_pruning_frees_the_configured_share_of_each_layers_new_weights(trained_c
     without ties: see the next test for ties.)"""
     model, method, handed = prepared_task(trained_chain[0])
     with torch.no_grad():
-        for module in method.layers.values():
-            module.weight.normal_(generator=torch.Generator().manual_seed(1))
-    before = {name: m.weight.detach().clone() for name, m in method.layers.items()}
+        for layer in method.layers.values():
+            layer.parameter.normal_(generator=torch.Generator().manual_seed(1))
+    before = {name: layer.parameter.detach().clone() for name, layer in method.layers.items()}
     method.begin_phase(model, method.phases(prepared_run(trained_chain[0]))[1])
-    for name, module in method.layers.items():
+    for name, layer in method.layers.items():
         freed = method.owners[name] == FREE
         assert not (freed & ~handed[name]).any(), name
         assert int(freed.sum()) == round(PRUNE * int(handed[name].sum())), name
         kept = handed[name] & ~freed
         assert before[name][freed].abs().max() <= before[name][kept].abs().min(), name
-        assert torch.all(module.weight[freed] == 0), name
-        assert torch.equal(module.weight[~freed], before[name][~freed]), name
+        assert torch.all(layer.parameter[freed] == 0), name
+        assert torch.equal(layer.parameter[~freed], before[name][~freed]), name
 
 
 def test_weights_tied_at_the_cutoff_are_freed_together(trained_chain):
@@ -140,7 +140,7 @@ def test_weights_tied_at_the_cutoff_are_freed_together(trained_chain):
     model, method, handed = prepared_task(trained_chain[0])
     name = "layer1.0.conv1.weight"
     with torch.no_grad():
-        method.layers[name].weight.fill_(0.5)
+        method.layers[name].parameter.fill_(0.5)
     method.begin_phase(model, method.phases(prepared_run(trained_chain[0]))[1])
     assert torch.equal(method.owners[name] == FREE, handed[name])
 

@@ -27,6 +27,7 @@ def _train(
     arch="resnet18",
     fail_at=None,
     resume_every=0.0,
+    log=lambda _: None,
     **hp,
 ):
     train, test = load_task_data(data_root, "cropped", 32)
@@ -47,7 +48,7 @@ def _train(
         state_dir,
         torch.device("cpu"),
         progress=False,
-        log=lambda _: None,
+        log=log,
         resume_every=resume_every,
     )
     return model, result
@@ -61,13 +62,22 @@ def test_frozen_backbone_tensors_stay_bit_identical(digits_target, tmp_path, met
     train, _ = load_task_data(digits_target, "cropped", 32)
     reference = build_task_model(ArchSpec("resnet18"), 5, weights="random")
     before = {k: v.clone() for k, v in backbone_state(reference.backbone).items()}
-    model, result = _train(digits_target, tmp_path, method, epochs=1, lr=1e-2, lr_head=1e-2)
+    logged = []
+    model, result = _train(
+        digits_target, tmp_path, method, epochs=1, lr=1e-2, lr_head=1e-2, log=logged.append
+    )
     after = backbone_state(model.backbone)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     if METHODS[method].stores_masks:
-        masks = load_task_checkpoint(result["best_path"]).masks
+        checkpoint = load_task_checkpoint(result["best_path"])
+        masks = checkpoint.masks
         assert any(not torch.all(m == 1e-2) for m in masks.values()), "masks never moved"
+        # what the masks cover is printed before training and kept for the pack
+        coverage = checkpoint.coverage
+        assert coverage["masked"] == sum(m.numel() for m in masks.values())
+        assert coverage["left_alone"] == {"norms": 9600}  # resnet18's BatchNorm; no biases
+        assert "resnet18: masks cover 11.2M of the backbone's 11.2M" in logged[0]
 
 
 def test_finetune_changes_the_backbone(digits_target, tmp_path):

@@ -70,6 +70,26 @@ def add_image_folder_arguments(parser, required: bool = True) -> None:
     parser.add_argument(
         "--image-size", type=int, required=required, help="crop size (config: image_size)"
     )
+    add_weights_transforms_argument(parser)
+
+
+def add_weights_transforms_argument(parser) -> None:
+    parser.add_argument(
+        "--weights-transforms",
+        metavar="BUILDER.ENUM",
+        help="resize ratio, interpolation and normalisation of these torchvision weights "
+        "(e.g. convnext_tiny.IMAGENET1K_V1) instead of the paper's",
+    )
+
+
+def preprocessing(args: argparse.Namespace):
+    """The transforms' preprocessing: the weights' named by --weights-transforms, else
+    the paper's."""
+    from piggyback.data.transforms import PAPER_PREPROCESSING, weights_preprocessing
+
+    if args.weights_transforms is None:
+        return PAPER_PREPROCESSING
+    return weights_preprocessing(args.weights_transforms)
 
 
 def add_cache_argument(parser) -> None:

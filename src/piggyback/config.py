@@ -41,6 +41,7 @@ def check_config(config: dict[str, Any]) -> None:
                 f"archs.{arch}.weights is {PRETRAIN_WEIGHTS!r}, but the config has no "
                 "`pretrain:` section saying which dataset to pretrain on"
             )
+        _check_transforms(config, arch)
     if "released" in config:
         _check_released(config)
     _check_source_task(config)
@@ -61,6 +62,36 @@ def _check_methods(config: dict[str, Any]) -> None:
         if source is not None:
             _check_known(
                 [source], config["datasets"], f"methods.{method}.{START_DATASET}", "datasets"
+            )
+
+
+def _check_transforms(config: dict[str, Any], arch: str) -> None:
+    """Transforms that follow an arch's weights need torchvision weights to follow, and
+    the cached pipeline, which reproduces bilinear resizing only, refuses other ones
+    before any job starts rather than train on other images."""
+    entry = config["archs"][arch]
+    if entry.get("transforms") != "weights":  # absent before the schema's defaults
+        return
+    weights = entry["weights"]
+    if not (weights.isidentifier() and weights.upper() == weights):
+        raise ConfigError(
+            f"archs.{arch}.transforms is 'weights', but its weights {weights!r} are not a "
+            "torchvision enum name (such as IMAGENET1K_V1) that says its preprocessing: "
+            "set `transforms: paper`"
+        )
+    if config.get("compute", {}).get("data_pipeline") == "cached":
+        from piggyback.data.transforms import PreprocessingError, weights_preprocessing
+
+        try:
+            interpolation = weights_preprocessing(f"{entry['builder']}.{weights}").interpolation
+        except PreprocessingError as error:
+            raise ConfigError(f"archs.{arch}: {error}") from None
+        if interpolation != "bilinear":
+            raise ConfigError(
+                f"archs.{arch} resizes with {interpolation}, as its weights were trained "
+                "(`transforms: weights`), but compute.data_pipeline 'cached' reproduces "
+                "bilinear resizing only: use `data_pipeline: dataloader`, or "
+                "`transforms: paper` for this arch"
             )
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.checkpoints import backbone_sha256
+from piggyback.core.checkpoints import TaskCheckpoint, backbone_sha256
 from piggyback.core.evaluation import evaluate
-from piggyback.core.masks import bake_masks, maskable_layers, threshold_mask
+from piggyback.core.masks import bake_masks, masked_parameters, threshold_mask
 from piggyback.core.registry import Hyperparameters, load_method, method_entry
 from piggyback.core.run import SpeedOptions, TaskRun
 from piggyback.core.training import TrainStep, prepare_training
@@ -68,7 +68,7 @@ def start_state(
     classes: int,
     device: torch.device,
     hp: Hyperparameters | None = None,
-) -> dict:
+) -> TaskCheckpoint:
     """A sequential method's start (PackNet: the backbone pruned), as a checkpoint would
     hold it, made in memory; pruned on ``device``, where VGG-16 takes a moment, not
     seconds of the CPU."""
@@ -79,13 +79,16 @@ def start_state(
     start.prepare(model, run)
     for phase in start.phases(run):
         start.begin_phase(model, phase)
-    return {
-        "method": method,
-        "dataset": None,
-        "backbone_sha256": backbone_sha256(model.backbone),
+    return TaskCheckpoint(
+        arch=arch,
+        method=method,
+        role="start",
+        dataset=None,
+        classes=classes,
+        backbone_sha256=backbone_sha256(model.backbone),
         **start.checkpoint_meta(),
         **start.trained_state(model),
-    }
+    )
 
 
 @torch.no_grad()
@@ -97,10 +100,8 @@ def eval_images_per_second(
     model = build_task_model(ArchSpec(arch), settings.classes, weights="random")
     generator = torch.Generator().manual_seed(0)
     masks = {
-        f"{name}.weight": threshold_mask(
-            torch.rand(module.weight.shape, generator=generator), "binary", 0.5
-        )
-        for name, module in maskable_layers(model.backbone)
+        name: threshold_mask(torch.rand(layer.shape, generator=generator), "binary", 0.5)
+        for name, layer in masked_parameters(model.backbone).items()
     }
     bake_masks(model.backbone, masks)
     model.to(device, memory_format=speed.memory_format).eval()

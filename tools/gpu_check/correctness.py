@@ -15,7 +15,13 @@ from bench.throughput import BenchSettings, method_step, synthetic_batch
 
 from gpu_check.plan import SWITCHES
 from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.masks import MaskSpec, add_masks, masked_weights, threshold_mask
+from piggyback.core.masks import (
+    MaskSpec,
+    add_masks,
+    masked_parameters,
+    masked_weights,
+    threshold_mask,
+)
 
 # The bf16 path against fp32 on the first step of a random network. bf16 keeps 8
 # significant bits; on the CPU the mask gradient's relative L2 error was 0.04 (ResNet-50,
@@ -74,15 +80,13 @@ def threshold_in_fp32(arch: str, settings: BenchSettings, device: torch.device) 
     with speed.autocast(device):
         model(images)
     hook.remove()
-    layer = model.backbone.get_submodule(name.removesuffix(".weight"))
+    weight = masked_parameters(model.backbone)[name].parameter
     discrete = threshold_mask(mask.mask_real, mask.kind, mask.threshold)
     in_bf16 = threshold_mask(mask.mask_real.bfloat16(), mask.kind, mask.threshold)
     figures = {
         "layer": name,
         "masked_weight_dtype": str(seen[0].dtype),
-        "equals_fp32_threshold": torch.equal(
-            seen[0], discrete * layer.parametrizations.weight.original
-        ),
+        "equals_fp32_threshold": torch.equal(seen[0], discrete * weight),
         "bf16_would_differ": not torch.equal(in_bf16.float(), discrete),
     }
     figures["passed"] = (

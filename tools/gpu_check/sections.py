@@ -114,6 +114,12 @@ def largest_batch(check: GpuCheck) -> None:
                 )
 
 
+def transformer(check: GpuCheck) -> None:
+    """A vision transformer's Piggyback step at the paper's batch, every weight matrix
+    masked (the attention blocks' projections too)."""
+    _train_unit(check, check.plan.transformer, "piggyback", "on", check.plan.settings)
+
+
 def compiled(check: GpuCheck) -> None:
     for arch, method in check.plan.compile:
         _train_unit(check, arch, method, "compile", check.plan.settings)
@@ -133,6 +139,7 @@ SECTIONS: dict[str, Callable[[GpuCheck], None]] = {
     "eval": evaluation,
     "input": input_pipelines,
     "largest_batch": largest_batch,
+    "transformer": transformer,
     "compile": compiled,
     "summary": summary_figures,
 }

@@ -82,6 +82,12 @@ def speed_rows(report: Report, plan: Plan) -> list[dict]:
     return rows
 
 
+def transformer_rows(report: Report, plan: Plan) -> list[dict]:
+    record = report.find("transformer", arch=plan.transformer)
+    figure = f"{plan.transformer} Piggyback training img/s, batch {plan.settings.batch_size}, on"
+    return [_row(figure, record and record["img_s"])]
+
+
 def feed_rows(report: Report, plan: Plan) -> list[dict]:
     feed = _summary_figure(report, "feed", "pipelines") or {}
     rows = []
@@ -109,7 +115,7 @@ def correctness_rows(report: Report, plan: Plan) -> list[dict]:
 
 
 # The goals table's rows, in order; a measurement with a goal adds its rows here.
-GOAL_ROWS = (speed_rows, feed_rows, correctness_rows)
+GOAL_ROWS = (speed_rows, transformer_rows, feed_rows, correctness_rows)
 # After the heading, in order; the goals table stays last.
 TABLES = (configuration_table, goals_table)
 

@@ -66,10 +66,22 @@ rule cache:
         script=SCRIPTS["cache"],
         data=lambda wildcards: f"{DATA}/{wildcards.dataset}",
         transform=lambda wildcards: dataset_entry(wildcards.dataset)["transform"],
+        weights_transforms="",
     shell:
         "{params.python} {params.script} --data {params.data} "
         "--transform {params.transform} --image-size {wildcards.size} --out {output} "
-        "--workers {threads} > {log} 2>&1"
+        "{params.weights_transforms} --workers {threads} > {log} 2>&1"
+
+
+use rule cache as cache_for_weights with:
+    """The cache of a dataset for the archs whose transforms follow their torchvision
+    weights (`transforms: weights`): resized at those weights' ratio."""
+    output:
+        f"{DATA}/{{dataset}}/cache-{{size}}-{{transforms}}.safetensors",
+    log:
+        f"{RESULTS}/logs/cache/{{dataset}}-{{size}}-{{transforms}}.log",
+    params:
+        weights_transforms=lambda wildcards: f"--weights-transforms {wildcards.transforms}",
 
 
 rule fetch_weights:

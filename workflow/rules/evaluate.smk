@@ -42,7 +42,7 @@ rule evaluate_source:
     method that keeps the backbone."""
     input:
         data=prepared(SOURCE_TASK) if SOURCE_TASK else [],
-        cache=cached(SOURCE_TASK) if SOURCE_TASK else [],
+        cache=source_task_cache,
         weights=lambda wildcards: weights_file(wildcards.arch),
     output:
         result=source_evaluation("{arch}", "backbone"),
@@ -62,7 +62,7 @@ rule evaluate_source:
         python=PYTHON,
         script=SCRIPTS["evaluate_source"],
         arch=lambda wildcards: arch_flags(wildcards.arch),
-        data=source_task_flags() if SOURCE_TASK else "",
+        data=source_task_flags,
         start="",
         batch_size=EVAL_BATCH_SIZE,
         workers=WORKERS,
@@ -78,7 +78,7 @@ use rule evaluate_source as evaluate_start with:
     ImageNet row, since its later tasks never change the weights the source owns."""
     input:
         data=prepared(SOURCE_TASK) if SOURCE_TASK else [],
-        cache=cached(SOURCE_TASK) if SOURCE_TASK else [],
+        cache=source_task_cache,
         weights=lambda wildcards: weights_file(wildcards.arch),
         start=start_checkpoint("{arch}", "{method}", "{run}"),
     output:

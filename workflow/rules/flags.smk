@@ -9,10 +9,16 @@ def source_json(wildcards):
     return json.dumps(dataset_entry(wildcards.dataset)["source"], sort_keys=True)
 
 
-def cache_flag(dataset):
+def cache_flag(dataset, arch=None):
     """`--cache FILE` when jobs read the dataset from its cache (`cached`)."""
-    cache = cached(dataset)
+    cache = cached(dataset, arch)
     return f"--cache {cache}" if cache else ""
+
+
+def transforms_flag(arch):
+    """`--weights-transforms <builder>.<ENUM>` for an arch with `transforms: weights`."""
+    transforms = weights_transforms(arch)
+    return f"--weights-transforms {transforms}" if transforms else ""
 
 
 def arch_flags(arch):
@@ -70,7 +76,8 @@ def train_job_flags(wildcards):
             arch_flags(wildcards.arch),
             method_flags(series_method(wildcards.series)),
             data_flags(wildcards.dataset),
-            cache_flag(wildcards.dataset),
+            transforms_flag(wildcards.arch),
+            cache_flag(wildcards.dataset, wildcards.arch),
             chain_flags(wildcards),
             f"--classes {dataset_entry(wildcards.dataset)['classes']}",
             f"--seed {wildcards.run}",
@@ -87,7 +94,8 @@ def start_job_flags(wildcards):
             arch_flags(wildcards.arch),
             method_flags(wildcards.method),
             data_flags(dataset) if dataset else "",
-            cache_flag(dataset) if dataset else "",
+            transforms_flag(wildcards.arch) if dataset else "",
+            cache_flag(dataset, wildcards.arch) if dataset else "",
             f"--seed {wildcards.run}",
         ]
     )
@@ -123,13 +131,15 @@ def ordering_flag(wildcards):
 
 
 def tasks_json(wildcards):
-    """Param: each task's test data, for evaluate.py --tasks-json."""
+    """Param: each task's test data and transforms, for evaluate.py --tasks-json."""
+    transforms = weights_transforms(wildcards.arch)
     return json.dumps(
         {
             dataset: {
                 "data": f"{DATA}/{dataset}",
                 "transform": dataset_entry(dataset)["transform"],
-                "cache": cached(dataset) or None,
+                "cache": cached(dataset, wildcards.arch) or None,
+                **({"weights_transforms": transforms} if transforms else {}),
             }
             for dataset in series_tasks(wildcards.series)
         },
@@ -137,12 +147,16 @@ def tasks_json(wildcards):
     )
 
 
-def source_task_flags():
-    """Param: the source task's test data, for evaluate_source.py."""
+def source_task_flags(wildcards):
+    """Param: the source task's test data and the arch's transforms, for
+    evaluate_source.py (none without a `source_task: true` dataset)."""
+    if not SOURCE_TASK:
+        return ""
     entry = dataset_entry(SOURCE_TASK)
     return (
         f"--dataset {SOURCE_TASK} --data {DATA}/{SOURCE_TASK} --transform {entry['transform']} "
-        f"--image-size {IMAGE_SIZE} {cache_flag(SOURCE_TASK)}"
+        f"--image-size {IMAGE_SIZE} {cache_flag(SOURCE_TASK, wildcards.arch)} "
+        f"{transforms_flag(wildcards.arch)}"
     )
 
 

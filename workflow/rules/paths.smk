@@ -9,14 +9,36 @@ def prepared(dataset):
     return f"{DATA}/{dataset}/prepared.json"
 
 
-def cache_file(dataset):
-    """The decoded, pre-resized cache of a prepared dataset (rule `cache`)."""
-    return f"{DATA}/{dataset}/cache-{IMAGE_SIZE}.safetensors"
+def cache_file(dataset, arch=None):
+    """The decoded, pre-resized cache of a prepared dataset (rule `cache`), for the
+    paper's transforms or, for an arch whose transforms follow its weights, theirs
+    (rule `cache_for_weights`)."""
+    transforms = weights_transforms(arch) if arch else None
+    suffix = f"-{transforms}" if transforms else ""
+    return f"{DATA}/{dataset}/cache-{IMAGE_SIZE}{suffix}.safetensors"
 
 
-def cached(dataset):
+def cached(dataset, arch=None):
     """Input: the dataset's cache when `compute: {data_pipeline: cached}`, else none."""
-    return cache_file(dataset) if DATA_PIPELINE == "cached" else []
+    return cache_file(dataset, arch) if DATA_PIPELINE == "cached" else []
+
+
+def source_task_cache(wildcards):
+    """Input: the source task's cache for the arch's transforms, if jobs read caches."""
+    return cached(SOURCE_TASK, wildcards.arch) if SOURCE_TASK else []
+
+
+def weights_transforms(arch):
+    """`<builder>.<ENUM>` for an arch whose transforms follow its torchvision weights
+    (`transforms: weights`), else None (the paper's)."""
+    entry = config["archs"][arch]
+    if entry["transforms"] != "weights":
+        return None
+    return f"{entry['builder']}.{entry['weights']}"
+
+
+def train_cache(wildcards):
+    return cached(wildcards.dataset, wildcards.arch)
 
 
 def weights_file(arch):
@@ -41,7 +63,7 @@ def start_data(wildcards):
 
 def start_cache(wildcards):
     dataset = start_dataset(wildcards.method)
-    return cached(dataset) if dataset else []
+    return cached(dataset, wildcards.arch) if dataset else []
 
 
 def start_checkpoint(arch, method, run):
@@ -85,7 +107,8 @@ def stats_file(arch, series, run):
 def series_data(wildcards):
     """Input: every task's prepared data (and cache) of a series."""
     tasks = series_tasks(wildcards.series)
-    return [prepared(d) for d in tasks] + [c for d in tasks for c in [cached(d)] if c]
+    caches = [cached(d, wildcards.arch) for d in tasks]
+    return [prepared(d) for d in tasks] + [c for c in caches if c]
 
 
 def evaluation(arch, series, run, suffix="json"):

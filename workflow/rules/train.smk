@@ -5,7 +5,7 @@ rule train:
     continues where it was."""
     input:
         data=prepared("{dataset}"),
-        cache=cached("{dataset}"),
+        cache=train_cache,
         weights=lambda wildcards: weights_file(wildcards.arch),
         previous=previous_checkpoint,
     output:

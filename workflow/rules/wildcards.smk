@@ -21,3 +21,4 @@ wildcard_constraints:
     ),
     run=r"\d+",
     size=r"\d+",
+    transforms=r"[a-z0-9_]+\.[A-Z0-9_]+",

@@ -8,6 +8,7 @@ release of the weights does not.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torchvision
 from torch import nn
 
 RANDOM_WEIGHTS = "random"
+AUXILIARY_HEADS = ("aux1", "aux2", "AuxLogits")  # googlenet's, inception_v3's
 
 
 class BackboneError(ValueError):
@@ -123,13 +125,14 @@ def _split_model(spec: ArchSpec, weights, weights_dir) -> tuple[nn.Module, int, 
     # With weights to load, build on the meta device: initialising VGG-16's 138M
     # parameters only to overwrite them costs seconds per job.
     model = _construct(spec.builder, meta=state is not None)
-    head_name, head = find_head(model, spec.head)
-    _replace_module(model, head_name, nn.Identity())
-    model.head_name = head_name
+    head_name, head, dropped = strip_head(model, spec.head)
     if state is not None:
         prefix = head_name + "."
         head_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        metadata = getattr(state, "_metadata", None)  # module versions (MNASNet reads its)
+        dropped_prefixes = (prefix, *dropped)
+        state = OrderedDict((k, v) for k, v in state.items() if not k.startswith(dropped_prefixes))
+        state._metadata = metadata
         try:
             model.load_state_dict(state, assign=True)
         except RuntimeError as error:
@@ -147,6 +150,23 @@ def _split_model(spec: ArchSpec, weights, weights_dir) -> tuple[nn.Module, int, 
             )
         return model, head.in_features, _loaded_head(head_state, head.in_features)
     return model, head.in_features, head
+
+
+def strip_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Linear, tuple[str, ...]]:
+    """Replace the classification head by ``nn.Identity`` (``model.head_name`` says where
+    it was) and drop the auxiliary ImageNet heads that GoogLeNet and Inception-v3 return
+    in training mode; returns the head's name, the head, and the dropped modules'
+    state-dict prefixes."""
+    head_name, module = find_head(model, head)
+    _replace_module(model, head_name, nn.Identity())
+    model.head_name = head_name
+    dropped = ()
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        dropped = tuple(name for name in AUXILIARY_HEADS if getattr(model, name, None) is not None)
+        for name in dropped:
+            setattr(model, name, None)
+    return head_name, module, tuple(f"{name}." for name in dropped)
 
 
 def _loaded_head(state: dict[str, torch.Tensor], features: int) -> nn.Linear | None:

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import pickle
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,13 @@ class TaskCheckpoint:
     speed: dict[str, Any] | None = None
     previous: dict[str, Any] | None = None  # a sequential task's predecessor: dataset, sha256
     last_in_ordering: bool | None = None
-    # what the method adds (PackNet: its owner id, chain and start; Piggyback: the rule)
+    # what the method adds (PackNet: its owner id, chain and start; Piggyback: the rule;
+    # both: the masked set's coverage)
     task_id: int | None = None
     chain: list[str] | None = None
     start: dict[str, Any] | None = None
     mask: MaskRule | None = None
+    coverage: dict[str, Any] | None = None  # what the masks cover (masks.Coverage.as_dict)
     # the kept epoch (global, from 1; 0 for the state before any) and its test errors
     epoch: int | None = None
     phase: str | None = None
@@ -181,6 +184,16 @@ def backbone_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
             key = f"{module}.{rest.removesuffix('.original')}"
         state[key] = tensor
     return state
+
+
+def load_backbone_state(backbone: nn.Module, state: Tensors) -> None:
+    """``backbone.load_state_dict(state)`` for a state of today's modules (``backbone_state``'s,
+    a pack's): a plain dict has lost the modules' version metadata, without which some
+    (MNASNet) refuse to load, so the backbone's own stands in."""
+    if getattr(state, "_metadata", None) is None:
+        state = OrderedDict(state)
+        state._metadata = backbone.state_dict()._metadata
+    backbone.load_state_dict(state)
 
 
 def backbone_sha256(backbone: nn.Module) -> str:

@@ -28,7 +28,7 @@ from piggyback.core.registry import load_method
 from piggyback.core.run import SpeedOptions
 from piggyback.data.datasets import DataError
 from piggyback.data.feed import open_task_feed
-from piggyback.data.transforms import TransformStyle
+from piggyback.data.transforms import PAPER_PREPROCESSING, Preprocessing, TransformStyle
 from piggyback.per_image import TaskImages
 
 
@@ -82,11 +82,13 @@ def _evaluate(model: nn.Module, loader, device, speed: SpeedOptions, per_image: 
 
 @dataclass(frozen=True)
 class TaskData:
-    """Where a task's test images are: its prepared folder, or its decoded cache."""
+    """Where a task's test images are (its prepared folder, or its decoded cache) and
+    how they are transformed."""
 
     data: Path
     transform: TransformStyle
     cache: Path | None = None
+    preprocessing: Preprocessing = PAPER_PREPROCESSING
 
 
 def evaluate_pack(
@@ -252,7 +254,14 @@ class EvaluationSplit:
 
 def _test_batches(source: TaskData, image_size, batch_size, device, workers) -> EvaluationSplit:
     feed = open_task_feed(
-        source.data, source.transform, image_size, source.cache, device, workers, splits=("test",)
+        source.data,
+        source.transform,
+        image_size,
+        source.cache,
+        device,
+        workers,
+        splits=("test",),
+        preprocessing=source.preprocessing,
     )
     return EvaluationSplit(feed.classes, feed.batches("test", batch_size, 0), feed.paths("test"))
 

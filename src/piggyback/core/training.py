@@ -116,6 +116,8 @@ def train_task(
     speed = (speed or SpeedOptions()).resolve(device)
     identity = _identity(run, model, speed)
     method, forward = prepare_training(model, run, device, speed)
+    if method.coverage is not None:
+        log(f"{run.arch}: {method.coverage.summary()}")
     state = TrainingState(state_dir, identity, method, model, resume_every, log)
     state.resume()
     phases = method.phases(run)

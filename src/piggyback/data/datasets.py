@@ -27,7 +27,12 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from piggyback.data.transforms import TransformStyle, build_transform
+from piggyback.data.transforms import (
+    PAPER_PREPROCESSING,
+    Preprocessing,
+    TransformStyle,
+    build_transform,
+)
 
 SPLITS = ("train", "test")
 
@@ -127,12 +132,14 @@ def load_split(
     image_size: int,
     train: bool,
     log: Callable[[str], None] = print,
+    preprocessing: Preprocessing = PAPER_PREPROCESSING,
 ) -> TaskImageFolder:
     """One split; files that are not images are skipped and their count logged."""
     folder = Path(root) / split
     if not folder.is_dir():
         raise DataError(f"{folder} does not exist: expected {root}/<split>/<class>/<image>")
-    dataset = TaskImageFolder(folder, transform=build_transform(style, image_size, train))
+    transform = build_transform(style, image_size, train, preprocessing)
+    dataset = TaskImageFolder(folder, transform=transform)
     if dataset.skipped:
         log(
             f"{folder}: skipped {len(dataset.skipped)} file(s) that are not images or are "
@@ -147,10 +154,11 @@ def load_task_data(
     image_size: int,
     num_classes: int | None = None,
     log: Callable[[str], None] = print,
+    preprocessing: Preprocessing = PAPER_PREPROCESSING,
 ) -> tuple[TaskImageFolder, TaskImageFolder]:
     """Train and test splits, checked to share one class list (and its expected size)."""
-    train = load_split(root, "train", style, image_size, train=True, log=log)
-    test = load_split(root, "test", style, image_size, train=False, log=log)
+    train = load_split(root, "train", style, image_size, True, log, preprocessing)
+    test = load_split(root, "test", style, image_size, False, log, preprocessing)
     if train.classes != test.classes:
         only_train = sorted(set(train.classes) - set(test.classes))
         only_test = sorted(set(test.classes) - set(train.classes))

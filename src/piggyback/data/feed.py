@@ -21,7 +21,7 @@ from piggyback.data.datasets import (
     load_task_data,
     make_loader,
 )
-from piggyback.data.transforms import TransformStyle
+from piggyback.data.transforms import PAPER_PREPROCESSING, Preprocessing, TransformStyle
 
 
 @dataclass
@@ -62,17 +62,21 @@ def open_task_feed(
     classes: int | None = None,
     splits: tuple[str, ...] = SPLITS,
     log: Callable[[str], None] = print,
+    preprocessing: Preprocessing = PAPER_PREPROCESSING,
 ) -> TaskFeed:
     """The task's ``splits`` from ``cache`` if given (on ``device`` if it fits), else
-    from the folder ``data``; ``classes``, if given, is the class count to check."""
+    from the folder ``data``; ``classes``, if given, is the class count to check;
+    ``preprocessing``, the transforms' (the paper's, or the backbone's weights')."""
     if cache is not None:
-        cached = load_task_cache(cache, style, image_size, classes, device, splits, log)
+        cached = load_task_cache(
+            cache, style, image_size, classes, device, splits, log, preprocessing
+        )
         return TaskFeed(cached.classes, cached, {}, device, workers)
     if splits == SPLITS:  # both splits, checked to share their classes
-        train, test = load_task_data(data, style, image_size, classes, log)
+        train, test = load_task_data(data, style, image_size, classes, log, preprocessing)
         return TaskFeed(train.classes, None, {"train": train, "test": test}, device, workers)
     folders = {
-        split: load_split(data, split, style, image_size, train=split == "train", log=log)
+        split: load_split(data, split, style, image_size, split == "train", log, preprocessing)
         for split in splits
     }
     found = folders[splits[0]].classes

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.core.masks import MASKED_LAYER_TYPES, maskable_layers
+from piggyback.core.masks import masked_parameters
 from piggyback.released.legacy import LegacyFileError, PickledModule, read_legacy_file
 
 ARCH_KINDS = ("vgg16", "vgg16_bn", "resnet50", "densenet121")
@@ -88,18 +88,20 @@ def module_index_map(arch_kind: str, backbone: nn.Module) -> dict[int, str]:
     for every conv and linear layer (``backbone`` as ``build_backbone`` returns it)."""
     if arch_kind not in ARCH_KINDS:
         raise ReleasedError(f"unknown arch kind {arch_kind!r}: expected one of {ARCH_KINDS}")
-    weight_names = {f"{name}.weight" for name, _ in maskable_layers(backbone)}
-    if len(weight_names) != _MASKED_LAYER_COUNT[arch_kind]:
+    masked = masked_parameters(backbone)
+    if len(masked) != _MASKED_LAYER_COUNT[arch_kind]:
         raise ReleasedError(
             f"a {arch_kind} backbone without its head has {_MASKED_LAYER_COUNT[arch_kind]} "
-            f"conv/linear layers; this one has {len(weight_names)}"
+            f"conv/linear layers; this one has {len(masked)}"
         )
-    names = {id(module): name for name, module in backbone.named_modules()}
+    # the authors' networks hold one weight matrix per layer
+    names = {id(entry.module): name for name, entry in masked.items()}
     index_map = {
-        index: f"{names[id(module)]}.weight"
+        index: names[id(module)]
         for index, module in enumerate(_authors_shared(arch_kind, backbone).modules())
-        if isinstance(module, MASKED_LAYER_TYPES)
+        if id(module) in names
     }
+    weight_names = set(masked)
     if sorted(index_map.values()) != sorted(weight_names):
         left_out = sorted(weight_names - set(index_map.values()))
         raise ReleasedError(f"the authors' {arch_kind} network leaves out {left_out[:3]}")
@@ -125,11 +127,11 @@ def released_task_masks(
     if missing:
         listed = ", ".join(f"{index} ({index_map[index]})" for index in missing[:3])
         raise ReleasedError(f"the file has no mask for {len(missing)} layers: {listed}")
-    modules = dict(backbone.named_modules())
+    masked = masked_parameters(backbone)
     decoded = {}
     for index, mask in sorted(file_masks.items()):
         name = index_map[index]
-        weight_shape = tuple(modules[name.removesuffix(".weight")].weight.shape)
+        weight_shape = tuple(masked[name].shape)
         if tuple(mask.shape) != weight_shape:
             raise ReleasedError(
                 f"mask at module index {index} has shape {tuple(mask.shape)}, "

@@ -18,6 +18,7 @@ from piggyback.core.run import Phase, TaskRun, TrainingError
 
 if TYPE_CHECKING:
     from piggyback.core.backbones import TaskModel
+    from piggyback.core.masks import Coverage
     from piggyback.core.packed_file import PackContents, PackedFile
 
 
@@ -25,6 +26,8 @@ class Method:
     """The default behaviour: a new head trained on a frozen backbone in eval mode.
     Subclasses override what differs; what a packed task stores and whether the backbone
     must end unchanged are facts of the registry entry."""
+
+    coverage: Coverage | None = None  # what the masks cover, for a method that masks
 
     def __init__(self, entry: MethodEntry, hp: Hyperparameters):
         self.entry = entry
@@ -85,8 +88,9 @@ class Method:
         model.head.load_state_dict(state["head"])
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        """Fields of the task checkpoint that packing needs besides the tensors."""
-        return {}
+        """Fields of the task checkpoint that packing needs besides the tensors (and the
+        masks' coverage, which the pack records)."""
+        return {"coverage": self.coverage.as_dict()} if self.coverage is not None else {}
 
     def check_trained(self, model: TaskModel) -> None:
         """Raise if training changed what the method promises to keep."""
@@ -98,7 +102,10 @@ class Method:
     # --- packing and evaluation -------------------------------------------------------
     def pack(self, checkpoints: list[TaskCheckpoint], contents: PackContents) -> None:
         """Put every task of ``checkpoints`` (in file order) into ``contents``: its head,
-        what ``pack_task`` adds, and its manifest entry."""
+        what ``pack_task`` adds, and its manifest entry; the masks' coverage, if any."""
+        if checkpoints[0].coverage is not None:
+            contents.agree_on("coverage", checkpoints)
+            contents.manifest["coverage"] = checkpoints[0].coverage
         for checkpoint in checkpoints:
             task = checkpoint.dataset
             for key, value in checkpoint.head.items():

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from piggyback.core.checkpoints import backbone_state
+from piggyback.core.checkpoints import backbone_state, load_backbone_state
 from piggyback.core.methods.base import Method
 
 
@@ -31,7 +31,7 @@ class Finetune(Method):
 
     def load_trained_state(self, model, state: dict[str, Any]) -> None:
         super().load_trained_state(model, state)
-        model.backbone.load_state_dict(state["weights"])
+        load_backbone_state(model.backbone, state["weights"])
 
     def pack_task(self, checkpoint, contents) -> dict[str, Any]:
         task = checkpoint.dataset
@@ -40,7 +40,7 @@ class Finetune(Method):
         return {}
 
     def apply(self, backbone: nn.Module, packed, task: str) -> None:
-        backbone.load_state_dict(packed.tensors_under(f"{task}/weights/"))
+        load_backbone_state(backbone, packed.tensors_under(f"{task}/weights/"))
 
 
 METHOD = Finetune

@@ -1,7 +1,8 @@
 """PackNet (Mallya & Lazebnik, CVPR 2018), as its authors' code (arunmallya/packnet) does it.
 
-Every conv/linear weight of the backbone has an owner: 0 = free, 1 = the source task
-(ImageNet), k >= 2 = the (k-1)-th task of the ordering. Tasks are sequential:
+Every weight matrix that Piggyback masks (``piggyback.core.masks.masked_parameters``) has
+an owner: 0 = free, 1 = the source task (ImageNet), k >= 2 = the (k-1)-th task of the
+ordering. Tasks are sequential:
 
 - The start prunes the pretrained backbone per layer by weight magnitude
   (``start_prune_fraction``) and, given the source data, retrains the survivors with
@@ -23,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.core.checkpoints import TaskCheckpoint, backbone_state
-from piggyback.core.masks import maskable_layers
+from piggyback.core.checkpoints import TaskCheckpoint, backbone_state, load_backbone_state
+from piggyback.core.masks import mask_coverage, masked_parameters
 from piggyback.core.methods.base import Method
 from piggyback.core.registry import MethodError
 from piggyback.core.run import Phase, TrainingError
@@ -48,7 +49,8 @@ class PackNet(Method):
         self.role, self.last = run.role, run.last_in_ordering
         self.retrains_source = run.role == "start" and run.dataset is not None
         backbone = model.backbone
-        self.layers = {f"{name}.weight": module for name, module in maskable_layers(backbone)}
+        self.coverage = mask_coverage(backbone)
+        self.layers = masked_parameters(backbone)
         for parameter in backbone.parameters():
             parameter.requires_grad_(self.retrains_source)
         if run.role == "start":
@@ -56,15 +58,15 @@ class PackNet(Method):
                 raise TrainingError("the packnet start begins from the backbone, not a task")
             self.task_id, self.chain = SOURCE, []
             self.owners = {
-                name: torch.full(m.weight.shape, SOURCE, dtype=torch.uint8)
-                for name, m in self.layers.items()
+                name: torch.full(layer.shape, SOURCE, dtype=torch.uint8)
+                for name, layer in self.layers.items()
             }
             self.start = {"prune_fraction": self.hp.start_prune_fraction, "source": run.dataset}
             # the head is the source task's own, loaded by the caller
         else:
             self._take_over(model, run)
-        for module in self.layers.values():
-            module.weight.requires_grad_(True)
+        for layer in self.layers.values():
+            layer.parameter.requires_grad_(True)
 
     def _take_over(self, model, run) -> None:
         """Continue from the previous task: its network and owners; every free weight is
@@ -80,7 +82,7 @@ class PackNet(Method):
         if self.task_id > MAX_OWNER:
             raise TrainingError(f"packnet holds at most {MAX_OWNER - 1} tasks")
         model.head.reset_parameters()
-        model.backbone.load_state_dict(previous.weights)
+        load_backbone_state(model.backbone, previous.weights)
         self.owners = {name: owner.clone() for name, owner in previous.owners.items()}
         for owner in self.owners.values():
             owner[owner == FREE] = self.task_id
@@ -111,8 +113,8 @@ class PackNet(Method):
         magnitude of the ``round(fraction * n)``-th smallest, as the authors' code does
         (ties at the cutoff go too); freed weights are set to zero."""
         self._place_owners()
-        for name, module in self.layers.items():
-            owner, weight = self.owners[name], module.weight
+        for name, layer in self.layers.items():
+            owner, weight = self.owners[name], layer.parameter
             mine = owner == self.task_id
             rank = round(fraction * int(mine.sum()))
             if rank == 0:
@@ -124,14 +126,17 @@ class PackNet(Method):
 
     def param_groups(self, model, phase) -> list[dict[str, Any]]:
         self._place_owners()
-        self.weights = [module.weight for module in self.layers.values()]
+        self.weights = [layer.parameter for layer in self.layers.values()]
         self.trainable = [
-            (self.owners[name] == self.task_id).to(module.weight.dtype)
-            for name, module in self.layers.items()
+            (self.owners[name] == self.task_id).to(weight.dtype)
+            for name, weight in zip(self.layers, self.weights, strict=True)
         ]
         has_free = any(bool((owner == FREE).any()) for owner in self.owners.values())
         self.kept = (
-            [(self.owners[n] != FREE).to(m.weight.dtype) for n, m in self.layers.items()]
+            [
+                (self.owners[name] != FREE).to(weight.dtype)
+                for name, weight in zip(self.layers, self.weights, strict=True)
+            ]
             if has_free
             else None
         )
@@ -170,12 +175,13 @@ class PackNet(Method):
 
     def load_trained_state(self, model, state: dict[str, Any]) -> None:
         super().load_trained_state(model, state)
-        model.backbone.load_state_dict(state["weights"])
+        load_backbone_state(model.backbone, state["weights"])
         for name, owner in state["owners"].items():
             self.owners[name].copy_(owner)
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "chain": self.chain, "start": self.start}
+        chain = {"task_id": self.task_id, "chain": self.chain, "start": self.start}
+        return {**super().checkpoint_meta(), **chain}
 
     def check_trained(self, model) -> None:
         """Weights owned by earlier tasks (and the source), biases and BatchNorm are
@@ -194,8 +200,8 @@ class PackNet(Method):
                 raise TrainingError(f"{name} (fixed after the start) changed during training")
 
     def _place_owners(self) -> None:
-        for name, module in self.layers.items():
-            self.owners[name] = self.owners[name].to(module.weight.device)
+        for name, layer in self.layers.items():
+            self.owners[name] = self.owners[name].to(layer.parameter.device)
 
     # --- packing and evaluation -------------------------------------------------------
     def pack(self, checkpoints, contents) -> None:
@@ -225,15 +231,15 @@ class PackNet(Method):
 
     def apply(self, backbone: nn.Module, packed, task: str) -> None:
         manifest = packed.manifest
-        backbone.load_state_dict(packed.tensors_under("network/"))
+        load_backbone_state(backbone, packed.tensors_under("network/"))
         task_id = manifest["tasks"][task]["owner"]
-        modules = dict(backbone.named_modules())
+        layers = masked_parameters(backbone)
         with torch.no_grad():
             for name, shape in manifest["layers"].items():
                 owner = torch.zeros(shape, dtype=torch.int16)
                 for bit in range(manifest["owner_bits"]):
                     owner |= packed.plane(f"owners/{bit}/{name}", shape).to(torch.int16) << bit
-                weight = modules[name.removesuffix(".weight")].weight
+                weight = layers[name].parameter
                 weight.mul_(((owner != FREE) & (owner <= task_id)).to(weight))
 
 

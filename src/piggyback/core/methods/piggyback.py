@@ -16,7 +16,14 @@ from torch import nn
 
 from piggyback.core.checkpoints import MaskRule, TaskCheckpoint
 from piggyback.core.entropy import entropy_bits
-from piggyback.core.masks import MaskSpec, add_masks, bake_masks, masked_weights, threshold_mask
+from piggyback.core.masks import (
+    MaskSpec,
+    add_masks,
+    bake_masks,
+    mask_coverage,
+    masked_weights,
+    threshold_mask,
+)
 from piggyback.core.methods.base import Method
 
 
@@ -28,6 +35,7 @@ class Piggyback(Method):
     def prepare(self, model, run) -> None:
         super().prepare(model, run)
         hp = self.hp
+        self.coverage = mask_coverage(model.backbone)
         add_masks(model.backbone, MaskSpec(self.kind, hp.threshold, hp.mask_init, hp.mask_scale))
 
     def param_groups(self, model, phase) -> list[dict[str, Any]]:
@@ -52,7 +60,7 @@ class Piggyback(Method):
                 masks[name].mask_real.copy_(value)
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"mask": MaskRule(self.kind, self.hp.threshold)}
+        return {**super().checkpoint_meta(), "mask": MaskRule(self.kind, self.hp.threshold)}
 
     def pack(self, checkpoints, contents) -> None:
         contents.agree_on("mask", checkpoints)

@@ -76,7 +76,7 @@ class CachedBatches:
         prefetch: int | None = None,
     ):
         self.split = cache.splits["train" if train else "test"]
-        self.plan = plan(cache.style, cache.image_size, train)
+        self.plan = plan(cache.style, cache.image_size, train, cache.preprocessing)
         self.image_size = cache.image_size
         self.batch_size = batch_size
         self.train = train

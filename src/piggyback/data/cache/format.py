@@ -34,7 +34,12 @@ from piggyback.data.datasets import (
     load_task_data,
     read_image,
 )
-from piggyback.data.transforms import TransformStyle, build_transform
+from piggyback.data.transforms import (
+    PAPER_PREPROCESSING,
+    Preprocessing,
+    TransformStyle,
+    build_transform,
+)
 
 FORMAT = "piggyback.cache"
 PATHS = "piggyback.cache.paths"  # per split, each image's path relative to its split folder
@@ -69,10 +74,22 @@ class Plan:
         return self.to_tensor(Image.fromarray(ramp, "RGB"))[:, 0, :].contiguous()
 
 
-def plan(style: TransformStyle, image_size: int, train: bool) -> Plan:
+def plan(
+    style: TransformStyle,
+    image_size: int,
+    train: bool,
+    preprocessing: Preprocessing = PAPER_PREPROCESSING,
+) -> Plan:
     """Refuses a ``build_transform`` this module cannot reproduce exactly, so that a
     change there fails loudly here instead of silently training on other images."""
-    steps = list(build_transform(style, image_size, train).transforms)
+    if preprocessing.interpolation != InterpolationMode.BILINEAR.value:
+        raise CacheError(
+            f"the cached pipeline resizes as Pillow's bilinear filter does, but these "
+            f"transforms resize with {preprocessing.interpolation} (the backbone's weights' "
+            "own preprocessing, `transforms: weights`): train this arch with "
+            "`compute: {data_pipeline: dataloader}`"
+        )
+    steps = list(build_transform(style, image_size, train, preprocessing).transforms)
     cached = []
     while steps and isinstance(steps[0], DETERMINISTIC_STEPS):
         cached.append(steps.pop(0))
@@ -160,6 +177,7 @@ class Cache:
     style: TransformStyle
     image_size: int
     splits: dict[str, CachedSplit]
+    preprocessing: Preprocessing = PAPER_PREPROCESSING
 
     @property
     def nbytes(self) -> int:
@@ -167,7 +185,7 @@ class Cache:
 
     def to(self, device: torch.device) -> Cache:
         splits = {name: split.to(device) for name, split in self.splits.items()}
-        return Cache(self.classes, self.style, self.image_size, splits)
+        return Cache(self.classes, self.style, self.image_size, splits, self.preprocessing)
 
 
 def build_cache(
@@ -176,18 +194,19 @@ def build_cache(
     image_size: int,
     workers: int = 1,
     log: Callable[[str], None] = print,
+    preprocessing: Preprocessing = PAPER_PREPROCESSING,
 ) -> Cache:
     """Decode both splits of ``root`` and apply the cached steps of their transforms."""
     train, test = load_task_data(Path(root), style, image_size, log=log)
     splits = {}
     for name, dataset in (("train", train), ("test", test)):
-        steps = plan(style, image_size, name == "train").cached
+        steps = plan(style, image_size, name == "train", preprocessing).cached
         splits[name] = _decode_split(dataset.samples, Path(dataset.root), steps, workers)
         log(
             f"{root}/{name}: {len(dataset)} images cached "
             f"({splits[name].nbytes / 2**20:.1f} MiB after {steps.transforms})"
         )
-    return Cache(list(train.classes), style, image_size, splits)
+    return Cache(list(train.classes), style, image_size, splits, preprocessing)
 
 
 def _decode_split(samples: list[tuple[str, int]], root: Path, steps, workers: int) -> CachedSplit:
@@ -212,7 +231,9 @@ def _decode_split(samples: list[tuple[str, int]], root: Path, steps, workers: in
 
 
 def _metadata(cache: Cache) -> dict:
-    return {
+    """The description in the file's header; ``preprocessing`` only where it is not the
+    paper's, so that the paper's caches read as before."""
+    metadata = {
         "format": FORMAT,
         "version": VERSION,
         "classes": cache.classes,
@@ -220,10 +241,29 @@ def _metadata(cache: Cache) -> dict:
         "image_size": cache.image_size,
         "images": {name: len(split) for name, split in cache.splits.items()},
         "cached_steps": {
-            name: repr(plan(cache.style, cache.image_size, name == "train").cached)
+            name: repr(_cached_steps(cache.style, cache.image_size, name, cache.preprocessing))
             for name in cache.splits
         },
     }
+    if cache.preprocessing != PAPER_PREPROCESSING:
+        metadata["preprocessing"] = cache.preprocessing.as_dict()
+    return metadata
+
+
+def _cached_steps(style, image_size, split: str, preprocessing: Preprocessing):
+    return plan(style, image_size, split == "train", preprocessing).cached
+
+
+def _preprocessing(metadata: dict) -> Preprocessing:
+    if "preprocessing" not in metadata:
+        return PAPER_PREPROCESSING
+    described = metadata["preprocessing"]
+    return Preprocessing(
+        described["resize_ratio"],
+        described["interpolation"],
+        tuple(described["mean"]),
+        tuple(described["std"]),
+    )
 
 
 def save_cache(cache: Cache, path: Path) -> None:
@@ -249,9 +289,10 @@ def write_cache(
     out: Path,
     workers: int = 1,
     log: Callable[[str], None] = print,
+    preprocessing: Preprocessing = PAPER_PREPROCESSING,
 ) -> dict:
     """Build and save; returns the JSON description."""
-    cache = build_cache(root, style, image_size, workers, log)
+    cache = build_cache(root, style, image_size, workers, log, preprocessing)
     save_cache(cache, out)
     return _metadata(cache)
 
@@ -287,24 +328,25 @@ def load_cache(path: Path, splits: tuple[str, ...] = SPLITS) -> Cache:
     are not those of today's ``build_transform`` (stale: build it again)."""
     metadata = read_metadata(path)
     style, image_size = metadata["style"], metadata["image_size"]
-    for name in splits:
-        steps = repr(plan(style, image_size, name == "train").cached)
-        if metadata["cached_steps"].get(name) != steps:
-            raise CacheError(
-                f"{path} was built with other {name} transforms than today's "
-                f"({metadata['cached_steps'].get(name)} instead of {steps}); "
-                "delete it and build it again"
-            )
+    preprocessing = _preprocessing(metadata)
     paths = _read_paths(path)
     loaded = {}
     try:
         with safe_open(str(path), framework="pt") as handle:
             for name in splits:
-                tensors = (handle.get_tensor(f"{name}.{key}") for key in CACHE_TENSORS)
-                loaded[name] = CachedSplit(*tensors, paths[name])
+                steps = repr(_cached_steps(style, image_size, name, preprocessing))
+                if metadata["cached_steps"].get(name) != steps:
+                    raise CacheError(
+                        f"{path} was built with other {name} transforms than today's "
+                        f"({metadata['cached_steps'].get(name)} instead of {steps}); "
+                        "delete it and build it again"
+                    )
+                loaded[name] = CachedSplit(
+                    *(handle.get_tensor(f"{name}.{key}") for key in CACHE_TENSORS), paths[name]
+                )
     except SafetensorError as error:
         raise CacheError(f"{path} is not a readable dataset cache ({error})") from None
-    return Cache(metadata["classes"], style, image_size, loaded)
+    return Cache(metadata["classes"], style, image_size, loaded, preprocessing)
 
 
 def _read_paths(path: Path) -> dict[str, list[str]]:
@@ -344,13 +386,20 @@ def load_task_cache(
     device: torch.device,
     splits: tuple[str, ...] = SPLITS,
     log: Callable[[str], None] = print,
+    preprocessing: Preprocessing = PAPER_PREPROCESSING,
 ) -> Cache:
     """A task's cache, checked against the settings of the run, on ``device`` if it fits."""
+    plan(style, image_size, True, preprocessing)  # refuses what the cache cannot reproduce
     metadata = read_metadata(path)
     if (metadata["style"], metadata["image_size"]) != (style, image_size):
         raise CacheError(
             f"{path} was built for --transform {metadata['style']} --image-size "
             f"{metadata['image_size']}, not {style} {image_size}; build it for these"
+        )
+    if _preprocessing(metadata) != preprocessing:
+        raise CacheError(
+            f"{path} was built for the preprocessing {_preprocessing(metadata)}, not "
+            f"{preprocessing}; build it for this arch's (--weights-transforms)"
         )
     found = len(metadata["classes"])
     check_class_count(f"{path}: holds", found, num_classes, "rebuild the cache", CacheError)
