@@ -329,18 +329,19 @@ def load_cache(path: Path, splits: tuple[str, ...] = SPLITS) -> Cache:
     metadata = read_metadata(path)
     style, image_size = metadata["style"], metadata["image_size"]
     preprocessing = _preprocessing(metadata)
+    for name in splits:
+        steps = repr(_cached_steps(style, image_size, name, preprocessing))
+        if metadata["cached_steps"].get(name) != steps:
+            raise CacheError(
+                f"{path} was built with other {name} transforms than today's "
+                f"({metadata['cached_steps'].get(name)} instead of {steps}); "
+                "delete it and build it again"
+            )
     paths = _read_paths(path)
     loaded = {}
     try:
         with safe_open(str(path), framework="pt") as handle:
             for name in splits:
-                steps = repr(_cached_steps(style, image_size, name, preprocessing))
-                if metadata["cached_steps"].get(name) != steps:
-                    raise CacheError(
-                        f"{path} was built with other {name} transforms than today's "
-                        f"({metadata['cached_steps'].get(name)} instead of {steps}); "
-                        "delete it and build it again"
-                    )
                 loaded[name] = CachedSplit(
                     *(handle.get_tensor(f"{name}.{key}") for key in CACHE_TENSORS), paths[name]
                 )
