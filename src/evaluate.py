@@ -21,7 +21,9 @@ from piggyback import cli
 from piggyback.core.backbones import BackboneError
 from piggyback.core.evaluation import TaskData, evaluate_pack
 from piggyback.core.packed_file import PackError
+from piggyback.core.run import SpeedOptions
 from piggyback.data.datasets import DataError, error_message
+from piggyback.data.folders import check_folder
 from piggyback.data.transforms import (
     PAPER_PREPROCESSING,
     Preprocessing,
@@ -42,8 +44,10 @@ def main() -> None:
         metavar="JSON",
         required=True,
         help='each task\'s test data: {"<task>": {"data": DIR, "transform": "cropped" or '
-        '"standard", "cache": FILE or null}}, and "weights_transforms": "<builder>.<ENUM>" '
-        "where the transforms follow those torchvision weights",
+        '"standard", "cache": FILE or null, "prepared": FILE or null}}, and '
+        '"weights_transforms": "<builder>.<ENUM>" where the transforms follow those '
+        'torchvision weights; with "prepared" (a dataset read where it is, route folder), '
+        "DIR is checked against its record",
     )
     parser.add_argument(
         "--image-size", type=int, required=True, help="crop size (config: image_size)"
@@ -60,9 +64,11 @@ def main() -> None:
         type=Path,
         help="per-image results (.tsv.gz; default: beside --out, <name>.images.tsv.gz)",
     )
+    cli.add_tf32_argument(parser)
     cli.add_runtime_arguments(parser)
     args = parser.parse_args()
     try:
+        entries = json.loads(args.tasks_json)
         tasks = {
             name: TaskData(
                 Path(entry["data"]),
@@ -70,13 +76,22 @@ def main() -> None:
                 _path(entry.get("cache")),
                 _preprocessing(entry.get("weights_transforms")),
             )
-            for name, entry in json.loads(args.tasks_json).items()
+            for name, entry in entries.items()
         }
+        records = {name: _path(entry.get("prepared")) for name, entry in entries.items()}
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
         cli.fail(f"--tasks-json is not a JSON object of {{task: {{data, transform}}}}: {error}")
     except PreprocessingError as error:
         cli.fail(f"--tasks-json: {error}")
+    try:
+        for name, record in records.items():
+            if record is not None:
+                check_folder(tasks[name].data, record)
+    except DataError as error:
+        cli.fail(str(error))
     device = cli.select_device(args)
+    speed = SpeedOptions(tf32=args.tf32).resolve(device)
+    speed.set_float32_precision()
     try:
         result = evaluate_pack(
             args.pack,
@@ -91,7 +106,9 @@ def main() -> None:
             args.workers,
             per_image=True,
         )
-        write_evaluation(result, args.out, args.images or per_image_path(args.out))
+        write_evaluation(
+            {**result, "speed": speed.as_dict()}, args.out, args.images or per_image_path(args.out)
+        )
     except SafetensorError as error:
         cli.fail(f"weights file {args.weights} is not a readable safetensors file: {error}")
     except (BackboneError, DataError, PackError, OSError) as error:

@@ -34,7 +34,7 @@ from piggyback.core.checkpoints import CheckpointError, atomic_save, load_checkp
 from piggyback.core.methods.piggyback import task_masks
 from piggyback.core.packed_file import PackError, read_manifest, read_pack
 from piggyback.core.packing import pack_tasks
-from piggyback.core.registry import Hyperparameters
+from piggyback.core.registry import Hyperparameters, position_settings
 from piggyback.core.run import TaskRun
 from piggyback.core.training import train_task
 from piggyback.data.datasets import DataError, error_message, load_task_data, make_loader
@@ -340,6 +340,17 @@ def paper_config() -> dict:
             "archs.vgg16.weights is 'pretrain', but the config has no `pretrain:` section",
             id="pretrain_weights_without_pretrain",
         ),
+        pytest.param(
+            lambda c: c["methods"]["packnet"].update(prune_fraction=[0.75, 0.75, -1]),
+            "methods.packnet.prune_fraction has 3 values, but ordering forward has 5 tasks "
+            "(cubs_cropped, stanford_cars_cropped, flowers, wikiart, sketches)",
+            id="prune_fractions_not_one_per_position",
+        ),
+        pytest.param(
+            lambda c: c["methods"]["packnet"].update(prune_fraction=[0.75, 1.5, 0.5, 0.5, -1]),
+            "methods.packnet.prune_fraction: [0.75, 1.5, 0.5, 0.5, -1] is not valid",
+            id="prune_fraction_out_of_range",
+        ),
     ],
 )
 def test_config_cross_reference_errors_name_the_key(change, message):
@@ -348,6 +359,19 @@ def test_config_cross_reference_errors_name_the_key(change, message):
     change(config)
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_config(config)
+
+
+def test_prune_fractions_per_position_are_passed_one_per_task():
+    """One value for every task, or one per position of the ordering (the last task is
+    never pruned, whatever its value); the start takes none of them."""
+    config = paper_config()
+    config["methods"]["packnet"]["prune_fraction"] = [0.75, 0.6, 0.5, 0.4, -1]
+    check_config(config)
+    settings = config["methods"]["packnet"]
+    chosen = [position_settings("packnet", settings, k)["prune_fraction"] for k in range(5)]
+    assert chosen == [0.75, 0.6, 0.5, 0.4, -1]
+    assert "prune_fraction" not in position_settings("packnet", settings, None)
+    assert position_settings("packnet", {"prune_fraction": 0.5}, 3) == {"prune_fraction": 0.5}
 
 
 def test_train_stops_before_training_when_the_class_count_differs_from_disk(

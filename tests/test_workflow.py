@@ -147,6 +147,41 @@ def test_a_packnet_chain_follows_its_ordering(tmp_path):
         assert ("--last-in-ordering" in commands[dataset]) == (dataset == order[-1])
 
 
+def test_each_packnet_task_gets_its_positions_fraction_and_a_folder_is_read_where_it_is(
+    tmp_path,
+):
+    """prune_fraction as a list: task k of each ordering is trained with its k-th value
+    and the start with none of them; a `folder` dataset's jobs read the user's folder
+    and check it against its prepared.json."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    fractions = [0.75, 0.6, 0.5, 0.4, -1]
+    config["methods"]["packnet"]["prune_fraction"] = fractions
+    folder = tmp_path / "datasets" / "flowers"
+    config["datasets"]["flowers"]["source"] = {"route": "folder", "path": str(folder)}
+    path = tmp_path / "lists.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "-p", "--cores", "8", "--configfile", str(path), workdir=tmp_path)
+    lines = [line for line in result.stdout.splitlines() if "src/train.py" in line]
+    for name in ("forward", "reverse"):
+        for position, dataset in enumerate(config["orderings"][name]):
+            (command,) = (
+                line
+                for line in lines
+                if f"packnet/{name}/run0/{dataset}.pt --metrics" in line and "--arch vgg16" in line
+            )
+            assert f"--prune-fraction {fractions[position]} " in command, (name, dataset)
+    starts = [line for line in lines if "src/train.py --start " in line]
+    assert starts and all("--prune-fraction " not in line for line in starts)
+    trained = [line for line in lines if "--dataset flowers" in line]
+    assert trained and all(f"--data {folder} " in line for line in trained)
+    assert all(re.search(r"--prepared \S*data/flowers/prepared\.json", line) for line in trained)
+    evaluated = [line for line in result.stdout.splitlines() if "src/evaluate.py" in line]
+    assert evaluated and all(f'"data": "{folder}"' in line for line in evaluated)
+    assert all(
+        re.search(r'"prepared": "\S*data/flowers/prepared\.json"', line) for line in evaluated
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

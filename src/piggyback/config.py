@@ -63,6 +63,26 @@ def _check_methods(config: dict[str, Any]) -> None:
             _check_known(
                 [source], config["datasets"], f"methods.{method}.{START_DATASET}", "datasets"
             )
+        if method in config["experiment"]["methods"]:
+            _check_positions(config, method, settings)
+
+
+def _check_positions(config: dict[str, Any], method: str, settings: dict[str, Any]) -> None:
+    """A per-position knob given as a list has one value per position of every ordering
+    the method runs."""
+    knobs = METHODS[method].all_knobs()
+    for name, values in settings.items():
+        if not (isinstance(values, list) and knobs[name].per_position):
+            continue
+        key = f"methods.{method}.{name}"
+        for ordering in config["experiment"]["orderings"]:
+            tasks = config["orderings"][ordering]
+            if len(values) != len(tasks):
+                raise ConfigError(
+                    f"{key} has {len(values)} values, but ordering {ordering} has "
+                    f"{len(tasks)} tasks ({', '.join(tasks)}): give one per position, "
+                    "or one value for all"
+                )
 
 
 def _check_transforms(config: dict[str, Any], arch: str) -> None:

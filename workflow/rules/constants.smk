@@ -32,6 +32,8 @@ RESUME_EVERY = config["compute"]["resume_every"]
 DATA_PIPELINE = config["compute"]["data_pipeline"]
 EVAL_BATCH_SIZE = config["eval_batch_size"]
 PACK_ENCODING = config["pack_encoding"]
+# TF32 matmuls and convolutions (a speed option that changes the rounding); off: fp32.
+TF32 = config["compute"]["tf32"]
 
 # The stage scripts by absolute path, so jobs find them whatever the working directory.
 # (workflow.source_path would hand back a per-run cache copy whose path changes on every

@@ -29,11 +29,13 @@ rule evaluate:
         image_size=IMAGE_SIZE,
         batch_size=EVAL_BATCH_SIZE,
         workers=WORKERS,
+        numerics=numerics_flag(),
     shell:
         "{params.python} {params.script} {input.packed} {params.arch} "
         "--tasks-json {params.tasks:q} --image-size {params.image_size} "
         "--batch-size {params.batch_size} --workers {params.workers} "
-        "--out {output.result} --images {output.images} --threads {threads} > {log} 2>&1"
+        "--out {output.result} --images {output.images} {params.numerics} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule evaluate_source:

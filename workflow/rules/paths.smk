@@ -9,6 +9,19 @@ def prepared(dataset):
     return f"{DATA}/{dataset}/prepared.json"
 
 
+def data_folder(dataset):
+    """Where the jobs read a dataset's images: a `folder` route's own folder, used where
+    it is (never copied), or the folder `prepare` wrote under paths.data."""
+    source = dataset_entry(dataset)["source"]
+    return source["path"] if source["route"] == "folder" else f"{DATA}/{dataset}"
+
+
+def folder_record(dataset):
+    """The record a `folder` dataset's jobs check its folder against; none otherwise."""
+    route = dataset_entry(dataset)["source"]["route"]
+    return prepared(dataset) if route == "folder" else None
+
+
 def cache_file(dataset, arch=None):
     """The decoded, pre-resized cache of a prepared dataset (rule `cache`), for the
     paper's transforms or, for an arch whose transforms follow its weights, theirs

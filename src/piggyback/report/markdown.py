@@ -15,10 +15,26 @@ from piggyback.report.comparisons import BASELINE
 from piggyback.report.statistics import LEVEL, SIGNIFICANCE
 
 HIGHER, LOWER = "▲", "▼"
+
+
 # What a method's packed files say of each task, shown under its block: (column, title).
+def _percent(share: float) -> str:
+    return f"{100.0 * share:.2f}"
+
+
+def _fraction(fraction: float) -> str:
+    return "not pruned" if fraction == 0 else f"{fraction:g}"
+
+
+# What the packed files say of each task, as the per-method details show it.
 DETAILS = [
-    ("mask_density", "Share of mask entries kept (%)"),
-    ("owned_share", "Share of the backbone's weights the task owns (%)"),
+    ("mask_density", "Share of mask entries kept (%)", _percent),
+    ("owned_share", "Share of the backbone's weights the task owns (%)", _percent),
+    (
+        "prune_fraction",
+        "Share of the task's weights per layer freed for later tasks (prune_fraction)",
+        _fraction,
+    ),
 ]
 
 
@@ -252,7 +268,7 @@ def _detail_cell(row: pd.Series, notes: dict[str, int], referenced: bool) -> str
 def _summary_lines(block: pd.DataFrame, datasets: list[str], archs: list[str]) -> list[str]:
     """What the method's packed files say of each task (``DETAILS``)."""
     lines = []
-    for column, what in DETAILS:
+    for column, what, shown in DETAILS:
         if column not in block or block[column].isna().all():
             continue
         rows = []
@@ -263,7 +279,7 @@ def _summary_lines(block: pd.DataFrame, datasets: list[str], archs: list[str]) -
             row = {"dataset": dataset}
             for arch in archs:
                 cell = cells[cells["arch"] == arch]
-                row[arch] = f"{100.0 * cell[column].iloc[0]:.2f}" if len(cell) else "not run"
+                row[arch] = shown(cell[column].iloc[0]) if len(cell) else "not run"
             rows.append(row)
         lines += [f"{what}:", "", _markdown(rows), ""]
     return lines

@@ -43,7 +43,8 @@ COLUMNS = [
     "storage_networks",
     "storage_megabytes",
 ]
-SUMMARIES = ["mask_density", "owned_share"]  # per-task figures a method's pack reports
+# per-task figures a method's pack reports (PackNet's prune_fraction: 0, not pruned)
+SUMMARIES = ["mask_density", "owned_share", "prune_fraction"]
 
 
 def load_results(

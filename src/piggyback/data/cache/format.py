@@ -4,8 +4,8 @@ in its header (docs/data-pipeline.md).
 
 ``build_transform`` (piggyback.data.transforms) is split in three by ``plan``: the
 deterministic steps in front (``Resize``, ``CenterCrop``) run once, with torchvision and
-PIL, when the cache is built; the random steps (``RandomResizedCrop``,
-``RandomHorizontalFlip``) run per batch on the device (:mod:`piggyback.data.cache.batches`);
+PIL, when the cache is built; the random steps (the random crop, ``RandomHorizontalFlip``)
+run per batch on the device (:mod:`piggyback.data.cache.batches`);
 ``ToTensor`` + ``Normalize`` become a 256-entry lookup table per channel, made by those
 very transforms.
 """
@@ -36,7 +36,9 @@ from piggyback.data.datasets import (
 )
 from piggyback.data.transforms import (
     PAPER_PREPROCESSING,
+    CropSampler,
     Preprocessing,
+    RandomSizedCrop2017,
     TransformStyle,
     build_transform,
 )
@@ -47,6 +49,7 @@ VERSION = 2  # 2: the images' paths (per-image evaluation results name the image
 
 
 DETERMINISTIC_STEPS = (transforms.Resize, transforms.CenterCrop)
+RANDOM_CROPS = (RandomSizedCrop2017, transforms.RandomResizedCrop)
 CACHE_TENSORS = ("pixels", "offsets", "shapes", "labels")
 
 
@@ -63,7 +66,7 @@ class Plan:
     steps for the device, and the tensor conversion (``ToTensor`` + ``Normalize``)."""
 
     cached: transforms.Compose
-    crop: transforms.RandomResizedCrop | None
+    crop: RandomSizedCrop2017 | transforms.RandomResizedCrop | None
     flip: float
     to_tensor: transforms.Compose
 
@@ -79,9 +82,11 @@ def plan(
     image_size: int,
     train: bool,
     preprocessing: Preprocessing = PAPER_PREPROCESSING,
+    crop: CropSampler = "2017",
 ) -> Plan:
     """Refuses a ``build_transform`` this module cannot reproduce exactly, so that a
-    change there fails loudly here instead of silently training on other images."""
+    change there fails loudly here instead of silently training on other images. The
+    crop sampler changes only the random steps: one cache serves both."""
     if preprocessing.interpolation != InterpolationMode.BILINEAR.value:
         raise CacheError(
             f"the cached pipeline resizes as Pillow's bilinear filter does, but these "
@@ -89,11 +94,11 @@ def plan(
             "own preprocessing, `transforms: weights`): train this arch with "
             "`compute: {data_pipeline: dataloader}`"
         )
-    steps = list(build_transform(style, image_size, train, preprocessing).transforms)
+    steps = list(build_transform(style, image_size, train, preprocessing, crop).transforms)
     cached = []
     while steps and isinstance(steps[0], DETERMINISTIC_STEPS):
         cached.append(steps.pop(0))
-    crop = steps.pop(0) if steps and isinstance(steps[0], transforms.RandomResizedCrop) else None
+    crop = steps.pop(0) if steps and isinstance(steps[0], RANDOM_CROPS) else None
     flip = 0.0
     if steps and isinstance(steps[0], transforms.RandomHorizontalFlip):
         flip = float(steps.pop(0).p)
@@ -102,7 +107,7 @@ def plan(
             f"build_transform({style!r}, {image_size}, train={train}) has steps the cached "
             f"pipeline does not reproduce: {steps}"
         )
-    if crop is not None and (
+    if isinstance(crop, transforms.RandomResizedCrop) and (
         crop.interpolation != InterpolationMode.BILINEAR
         or crop.antialias is False
         or tuple(crop.size) != (image_size, image_size)
