@@ -1,7 +1,8 @@
 """Evaluate every task of a packed file: build the plain backbone from its weights once,
 and for each task apply what the method stored (bake the mask in, PackNet's owners, a
 fine-tuned network), attach the task's head, and measure the top-1 and top-5 test error;
-all tasks' results go to one JSON file.
+all tasks' results go to one JSON file, and every test image's label and top-5 classes,
+from the same pass, to a gzipped TSV beside it (docs/statistics.md).
 
 A packed file for another arch, failing its checksums, or whose backbone sha256 differs
 from the weights given is refused, as is a data folder whose test classes are not the
@@ -17,7 +18,6 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from piggyback import cli
-from piggyback.atomic import atomic_write_json
 from piggyback.core.backbones import BackboneError
 from piggyback.core.evaluation import TaskData, evaluate_pack
 from piggyback.core.packed_file import PackError
@@ -30,6 +30,7 @@ from piggyback.data.transforms import (
     PreprocessingError,
     weights_preprocessing,
 )
+from piggyback.per_image import per_image_path, write_evaluation
 
 
 def main() -> None:
@@ -58,6 +59,11 @@ def main() -> None:
         "--workers", type=int, required=True, help="data loader processes (config: workers)"
     )
     parser.add_argument("--out", type=Path, required=True, help="results (.json)")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="per-image results (.tsv.gz; default: beside --out, <name>.images.tsv.gz)",
+    )
     cli.add_tf32_argument(parser)
     cli.add_runtime_arguments(parser)
     args = parser.parse_args()
@@ -98,8 +104,11 @@ def main() -> None:
             args.weights_dir,
             device,
             args.workers,
+            per_image=True,
         )
-        atomic_write_json({**result, "speed": speed.as_dict()}, args.out)
+        write_evaluation(
+            {**result, "speed": speed.as_dict()}, args.out, args.images or per_image_path(args.out)
+        )
     except SafetensorError as error:
         cli.fail(f"weights file {args.weights} is not a readable safetensors file: {error}")
     except (BackboneError, DataError, PackError, OSError) as error:

@@ -140,7 +140,10 @@ def test_cache_is_safetensors_with_a_json_description(images, cache_files):
     raw = path.read_bytes()
     header = json.loads(raw[8 : 8 + struct.unpack("<Q", raw[:8])[0]])
     description = json.loads(header["__metadata__"]["piggyback.cache"])
-    assert description["format"] == "piggyback.cache" and description["version"] == 1
+    assert description["format"] == "piggyback.cache" and description["version"] == 2
+    paths = json.loads(header["__metadata__"]["piggyback.cache.paths"])
+    assert {split: len(names) for split, names in paths.items()} == description["images"]
+    assert paths["test"][0].startswith("class_0/"), "relative to the split folder"
     assert description["style"] == "standard" and description["image_size"] == SIZE
     assert description["classes"] == ["class_0", "class_1", "class_2"]
     assert description["images"] == {"train": 21, "test": 9}

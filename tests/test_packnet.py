@@ -190,7 +190,8 @@ def test_each_pruned_task_frees_at_least_its_share(trained_chain):
 def test_the_pack_and_the_table_name_each_tasks_fraction(trained_chain, tmp_path):
     """The fraction each task freed, as its position's fraction gave it (-1 and the last
     task: not pruned), in the packed file and in the PackNet block of the table."""
-    from piggyback.report.tables import summarize, to_markdown
+    from piggyback.report.markdown import to_markdown
+    from piggyback.report.tables import summarize
 
     _, paths, _ = trained_chain
     manifest = pack(paths, tmp_path / "p.safetensors", ordering="forward").manifest
@@ -204,6 +205,8 @@ def test_the_pack_and_the_table_name_each_tasks_fraction(trained_chain, tmp_path
             "dataset": task,
             "position": position,
             "top1_error": 10.0,
+            "images": 100,
+            "source_task": False,
             "start_source": None,
             "prune_fraction": fraction,
         }

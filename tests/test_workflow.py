@@ -55,7 +55,15 @@ def paper_config(tmp_path, **experiment):
     return path
 
 
-PLOTS = ("reference", "error_curves", "mask_density", "ownership", "storage", "runtimes")
+PLOTS = (
+    "reference",
+    "paired_differences",
+    "error_curves",
+    "mask_density",
+    "ownership",
+    "storage",
+    "runtimes",
+)
 
 
 def expected_jobs(archs, datasets, orderings, independent, sequential, runs) -> dict[str, int]:
@@ -239,11 +247,12 @@ def test_the_demo_runs_end_to_end(shrunk_demo):
     header = table[0].split("\t")
     assert header[:8] == ["method", "ordering", "arch", "dataset", "position", "error", "std", "n"]
     rows = [dict(zip(header, line.split("\t"), strict=True)) for line in table[1:]]
-    tasks = ("digits_5to9", "digits_5to9_rotated")
+    tasks = ("digits_5to9", "digits_5to9_rotated", "digits_0to4")  # the last: the ImageNet row
     assert {(r["method"], r["ordering"], r["dataset"]) for r in rows} == {
         ("piggyback", "", d) for d in tasks
     } | {("packnet", o, d) for o in ("forward", "reverse") for d in tasks}
-    piggyback = [r for r in rows if r["method"] == "piggyback"]
+    trained = [r for r in rows if r["source_task"] == "False"]
+    piggyback = [r for r in trained if r["method"] == "piggyback"]
     assert all(float(r["mask_density"]) < 1.0 for r in piggyback), "the masks never moved"
     assert all(float(r["error"]) < float(r["chance_error"]) - 30 for r in piggyback)
     assert all(r["n"] == "1" for r in rows), "one run: a cell is one evaluation"

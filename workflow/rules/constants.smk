@@ -4,7 +4,7 @@ orderings, runs and datasets, where files go, and the stage scripts."""
 import sys
 from pathlib import Path
 
-from piggyback.config import ConfigError, check_config, experiment_datasets
+from piggyback.config import ConfigError, check_config, experiment_datasets, source_task
 
 try:
     check_config(config)
@@ -23,6 +23,8 @@ METHODS = EXPERIMENT["methods"]
 ORDERINGS = EXPERIMENT["orderings"]
 RUNS = list(range(EXPERIMENT["runs"]))
 DATASETS = experiment_datasets(config)
+# The backbone's source task (`source_task: true`): the table's ImageNet row, if any.
+SOURCE_TASK = source_task(config)
 WORKERS = config["compute"]["workers"]
 RESUME_EVERY = config["compute"]["resume_every"]
 # `cached`: train and evaluate read a decoded, pre-resized cache of each dataset and
@@ -46,6 +48,7 @@ SCRIPTS = {
         "train",
         "pack",
         "evaluate",
+        "evaluate_source",
         "aggregate",
         "plots",
     )

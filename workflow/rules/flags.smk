@@ -173,6 +173,24 @@ def tasks_json(wildcards):
     )
 
 
+def source_task_flags(wildcards):
+    """Param: the source task's test data and the arch's transforms, for
+    evaluate_source.py (none without a `source_task: true` dataset)."""
+    if not SOURCE_TASK:
+        return ""
+    entry = dataset_entry(SOURCE_TASK)
+    return (
+        f"--dataset {SOURCE_TASK} --data {DATA}/{SOURCE_TASK} --transform {entry['transform']} "
+        f"--image-size {IMAGE_SIZE} {cache_flag(SOURCE_TASK, wildcards.arch)} "
+        f"{transforms_flag(wildcards.arch)}"
+    )
+
+
+def start_flag(wildcards, input):
+    """Param: the start a sequential method's source-task evaluation runs on."""
+    return f"--start {input.start}"
+
+
 def reference_flags():
     reference = config.get("reference")
     if reference is None:
@@ -186,7 +204,9 @@ def tolerance_flag():
 
 
 def classes_json():
-    return json.dumps({d: dataset_entry(d)["classes"] for d in DATASETS})
+    """Param: each dataset's class count (its chance error), the source task's too."""
+    datasets = DATASETS + ([SOURCE_TASK] if SOURCE_TASK else [])
+    return json.dumps({d: dataset_entry(d)["classes"] for d in datasets})
 
 
 def orderings_json():

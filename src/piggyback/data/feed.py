@@ -48,6 +48,15 @@ class TaskFeed:
             return cached_batches(self.cache, batch_size, train, seed, self.device, crop=self.crop)
         return make_loader(self.folders[split], batch_size, train, seed, self.workers)
 
+    def paths(self, split: str) -> list[str]:
+        """Each image's path relative to the split folder, in the order a test pass gives
+        them: the same names whether the images come from the cache or the folder."""
+        if self.cache is not None:
+            return list(self.cache.splits[split].paths)
+        folder = self.folders[split]
+        root = Path(folder.root)
+        return [Path(path).relative_to(root).as_posix() for path, _ in folder.samples]
+
 
 def open_task_feed(
     data: Path,

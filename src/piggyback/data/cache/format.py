@@ -44,7 +44,8 @@ from piggyback.data.transforms import (
 )
 
 FORMAT = "piggyback.cache"
-VERSION = 1
+PATHS = "piggyback.cache.paths"  # per split, each image's path relative to its split folder
+VERSION = 2  # 2: the images' paths (per-image evaluation results name the images by them)
 
 
 DETERMINISTIC_STEPS = (transforms.Resize, transforms.CenterCrop)
@@ -121,12 +122,14 @@ def plan(
 @dataclass
 class CachedSplit:
     """A split's images as uint8 CHW, one after another in ``pixels`` (on any device);
-    ``offsets``, ``shapes`` (height, width) and ``labels`` stay on the CPU."""
+    ``offsets``, ``shapes`` (height, width) and ``labels`` stay on the CPU, and ``paths``
+    names each image relative to the split folder (as the DataLoader path's results do)."""
 
     pixels: torch.Tensor
     offsets: torch.Tensor
     shapes: torch.Tensor
     labels: torch.Tensor
+    paths: list[str]
     _offsets: list[int] = field(init=False, repr=False)
     _shapes: list[list[int]] = field(init=False, repr=False)
 
@@ -138,6 +141,7 @@ class CachedSplit:
         if (
             self.pixels.dtype != torch.uint8
             or len(self.labels) != len(sizes)
+            or len(self.paths) != len(sizes)
             or self._offsets != expected
             or self.pixels.numel() != sum(sizes)
         ):
@@ -167,7 +171,9 @@ class CachedSplit:
         return self.pixels.view(len(self), 3, *self._shapes[0])
 
     def to(self, device: torch.device) -> CachedSplit:
-        return CachedSplit(self.pixels.to(device), self.offsets, self.shapes, self.labels)
+        return CachedSplit(
+            self.pixels.to(device), self.offsets, self.shapes, self.labels, self.paths
+        )
 
 
 @dataclass
@@ -200,7 +206,7 @@ def build_cache(
     splits = {}
     for name, dataset in (("train", train), ("test", test)):
         steps = plan(style, image_size, name == "train", preprocessing).cached
-        splits[name] = _decode_split(dataset.samples, steps, workers)
+        splits[name] = _decode_split(dataset.samples, Path(dataset.root), steps, workers)
         log(
             f"{root}/{name}: {len(dataset)} images cached "
             f"({splits[name].nbytes / 2**20:.1f} MiB after {steps.transforms})"
@@ -208,7 +214,7 @@ def build_cache(
     return Cache(list(train.classes), style, image_size, splits, preprocessing)
 
 
-def _decode_split(samples: list[tuple[str, int]], steps, workers: int) -> CachedSplit:
+def _decode_split(samples: list[tuple[str, int]], root: Path, steps, workers: int) -> CachedSplit:
     def decode(path: str) -> np.ndarray:
         image = np.asarray(steps(read_image(path)))  # (height, width, 3) uint8
         return np.ascontiguousarray(image.transpose(2, 0, 1))
@@ -225,7 +231,8 @@ def _decode_split(samples: list[tuple[str, int]], steps, workers: int) -> Cached
         pixels[start : start + sizes[index]] = torch.from_numpy(arrays[index].reshape(-1))
         arrays[index] = None
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-    return CachedSplit(pixels, offsets, shapes, labels)
+    paths = [Path(path).relative_to(root).as_posix() for path, _ in samples]
+    return CachedSplit(pixels, offsets, shapes, labels, paths)
 
 
 def _metadata(cache: Cache) -> dict:
@@ -272,7 +279,11 @@ def save_cache(cache: Cache, path: Path) -> None:
         for name, split in cache.splits.items()
         for key in CACHE_TENSORS
     }
-    metadata = {FORMAT: json.dumps(_metadata(cache), sort_keys=True)}
+    paths = {name: split.paths for name, split in cache.splits.items()}
+    metadata = {
+        FORMAT: json.dumps(_metadata(cache), sort_keys=True),
+        PATHS: json.dumps(paths, separators=(",", ":")),
+    }
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
@@ -306,8 +317,14 @@ def read_metadata(path: Path) -> dict:
             f"{path} is not a readable dataset cache ({type(error).__name__}: {error}); "
             "delete it and build it again"
         ) from None
-    if metadata.get("format") != FORMAT or metadata.get("version") != VERSION:
-        raise CacheError(f"{path} is not a version {VERSION} dataset cache; build it again")
+    if metadata.get("format") != FORMAT:
+        raise CacheError(f"{path} is not a dataset cache; delete it and build it again")
+    if metadata.get("version") != VERSION:
+        raise CacheError(
+            f"{path} is a version {metadata.get('version')} dataset cache, and this code reads "
+            f"version {VERSION} (which records each image's path, for the per-image results): "
+            "delete it and rebuild the cache (the workflow's `cache` rule does, once it is gone)"
+        )
     return metadata
 
 
@@ -317,23 +334,36 @@ def load_cache(path: Path, splits: tuple[str, ...] = SPLITS) -> Cache:
     metadata = read_metadata(path)
     style, image_size = metadata["style"], metadata["image_size"]
     preprocessing = _preprocessing(metadata)
+    for name in splits:
+        steps = repr(_cached_steps(style, image_size, name, preprocessing))
+        if metadata["cached_steps"].get(name) != steps:
+            raise CacheError(
+                f"{path} was built with other {name} transforms than today's "
+                f"({metadata['cached_steps'].get(name)} instead of {steps}); "
+                "delete it and build it again"
+            )
+    paths = _read_paths(path)
     loaded = {}
     try:
         with safe_open(str(path), framework="pt") as handle:
             for name in splits:
-                steps = repr(_cached_steps(style, image_size, name, preprocessing))
-                if metadata["cached_steps"].get(name) != steps:
-                    raise CacheError(
-                        f"{path} was built with other {name} transforms than today's "
-                        f"({metadata['cached_steps'].get(name)} instead of {steps}); "
-                        "delete it and build it again"
-                    )
                 loaded[name] = CachedSplit(
-                    *(handle.get_tensor(f"{name}.{key}") for key in CACHE_TENSORS)
+                    *(handle.get_tensor(f"{name}.{key}") for key in CACHE_TENSORS), paths[name]
                 )
     except SafetensorError as error:
         raise CacheError(f"{path} is not a readable dataset cache ({error})") from None
     return Cache(metadata["classes"], style, image_size, loaded, preprocessing)
+
+
+def _read_paths(path: Path) -> dict[str, list[str]]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return json.loads(handle.metadata()[PATHS])
+    except (SafetensorError, KeyError, ValueError) as error:
+        raise CacheError(
+            f"{path} holds no readable image paths ({type(error).__name__}: {error}); "
+            "delete it and rebuild the cache"
+        ) from None
 
 
 def place(
