@@ -1,8 +1,10 @@
-"""Aggregate evaluation results into the paper's table and compare with the reference.
+"""Aggregate evaluation results into the paper's table, with the evidence for each cell.
 
-Writes table.md (datasets x archs, one block per method and, for a sequential method,
-per ordering; mean ± std over runs, reference and difference beside each cell) and
-table.tsv (long format), and prints a short verdict.
+Writes table.md (per arch, the paper's layout: datasets as rows, the methods side by
+side, each cell's error with its 95% interval and its paired test against Piggyback,
+the storage of all tasks; then each method's details against the published numbers) and
+table.tsv (one row per cell, every number of table.md), and prints the verdict
+(docs/statistics.md). Each evaluation JSON is read with its per-image file.
 """
 
 from __future__ import annotations
@@ -13,22 +15,37 @@ from pathlib import Path
 
 from piggyback import cli
 from piggyback.atomic import atomic_write, atomic_write_text
-from piggyback.report.tables import load_reference, load_results, summarize, to_markdown, verdict
+from piggyback.report.comparisons import PairingError
+from piggyback.report.markdown import to_markdown, verdict
+from piggyback.report.plots.storage import storage_data, storage_totals
+from piggyback.report.tables import load_reference, load_results, summarize
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("results", type=Path, nargs="+", help="evaluation JSON files")
     parser.add_argument("--reference", type=Path, help="TSV: method, arch, dataset, error, source")
-    parser.add_argument("--tolerance", type=float, default=1.0, help="points (default: 1.0)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.1,
+        help="points that widen each cell's 95%% interval for the verdict: hardware and "
+        "library noise (default: 0.1)",
+    )
     parser.add_argument(
         "--classes", required=True, help="JSON {dataset: number of classes}, for chance error"
     )
-    parser.add_argument("--archs", nargs="+", required=True, help="column order")
+    parser.add_argument("--archs", nargs="+", required=True, help="table order")
     parser.add_argument("--datasets", nargs="+", required=True, help="row order")
-    parser.add_argument("--methods", nargs="+", required=True, help="block order")
+    parser.add_argument("--methods", nargs="+", required=True, help="the config's methods")
     parser.add_argument(
         "--orderings", default="{}", help="JSON {ordering: [datasets]}, for sequential methods"
+    )
+    parser.add_argument(
+        "--storage-records",
+        default="[]",
+        help="JSON list of the packed files (and backbone weights) for the storage row, "
+        "as the storage figure reads them",
     )
     parser.add_argument("--markdown", type=Path, required=True)
     parser.add_argument("--tsv", type=Path, required=True)
@@ -39,19 +56,22 @@ def main() -> None:
         cli.fail(f"cannot read the reference numbers: {error}")
     try:
         write_table(args, reference)
+    except PairingError as error:
+        cli.fail(str(error))
     except OSError as error:  # a full disk or a read-only folder
         cli.fail(f"cannot write the table: {error}")
 
 
 def write_table(args: argparse.Namespace, reference) -> None:
-    table = summarize(
-        load_results(args.results), reference, args.tolerance, json.loads(args.classes)
-    )
+    orderings = json.loads(args.orderings)
+    results = load_results(args.results, args.methods, list(orderings))
+    storage = storage_totals(storage_data(json.loads(args.storage_records)))
+    table = summarize(results, reference, args.tolerance, json.loads(args.classes), storage)
     atomic_write(
-        args.tsv, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+        args.tsv, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.8g")
     )
     markdown = to_markdown(
-        table, args.archs, args.datasets, args.methods, json.loads(args.orderings), args.tolerance
+        table, args.archs, args.datasets, args.methods, orderings, args.tolerance
     )
     atomic_write_text(markdown, args.markdown)
     print(f"wrote {args.markdown} and {args.tsv}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from piggyback import cli
 from piggyback.data.cache.format import write_cache
 from piggyback.data.datasets import DataError, error_message
+from piggyback.data.folders import check_folder
 
 
 def main() -> None:
@@ -29,6 +30,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     try:
+        if args.prepared:
+            check_folder(args.data, args.prepared)
         summary = write_cache(
             args.data,
             args.transform,

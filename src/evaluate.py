@@ -1,7 +1,8 @@
 """Evaluate every task of a packed file: build the plain backbone from its weights once,
 and for each task apply what the method stored (bake the mask in, PackNet's owners, a
 fine-tuned network), attach the task's head, and measure the top-1 and top-5 test error;
-all tasks' results go to one JSON file.
+all tasks' results go to one JSON file, and every test image's label and top-5 classes,
+from the same pass, to a gzipped TSV beside it (docs/statistics.md).
 
 A packed file for another arch, failing its checksums, or whose backbone sha256 differs
 from the weights given is refused, as is a data folder whose test classes are not the
@@ -17,17 +18,19 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from piggyback import cli
-from piggyback.atomic import atomic_write_json
 from piggyback.core.backbones import BackboneError
 from piggyback.core.evaluation import TaskData, evaluate_pack
 from piggyback.core.packed_file import PackError
+from piggyback.core.run import SpeedOptions
 from piggyback.data.datasets import DataError, error_message
+from piggyback.data.folders import check_folder
 from piggyback.data.transforms import (
     PAPER_PREPROCESSING,
     Preprocessing,
     PreprocessingError,
     weights_preprocessing,
 )
+from piggyback.per_image import per_image_path, write_evaluation
 
 
 def main() -> None:
@@ -41,8 +44,10 @@ def main() -> None:
         metavar="JSON",
         required=True,
         help='each task\'s test data: {"<task>": {"data": DIR, "transform": "cropped" or '
-        '"standard", "cache": FILE or null}}, and "weights_transforms": "<builder>.<ENUM>" '
-        "where the transforms follow those torchvision weights",
+        '"standard", "cache": FILE or null, "prepared": FILE or null}}, and '
+        '"weights_transforms": "<builder>.<ENUM>" where the transforms follow those '
+        'torchvision weights; with "prepared" (a dataset read where it is, route folder), '
+        "DIR is checked against its record",
     )
     parser.add_argument(
         "--image-size", type=int, required=True, help="crop size (config: image_size)"
@@ -54,23 +59,18 @@ def main() -> None:
         "--workers", type=int, required=True, help="data loader processes (config: workers)"
     )
     parser.add_argument("--out", type=Path, required=True, help="results (.json)")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="per-image results (.tsv.gz; default: beside --out, <name>.images.tsv.gz)",
+    )
+    cli.add_tf32_argument(parser)
     cli.add_runtime_arguments(parser)
     args = parser.parse_args()
-    try:
-        tasks = {
-            name: TaskData(
-                Path(entry["data"]),
-                entry["transform"],
-                _path(entry.get("cache")),
-                _preprocessing(entry.get("weights_transforms")),
-            )
-            for name, entry in json.loads(args.tasks_json).items()
-        }
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
-        cli.fail(f"--tasks-json is not a JSON object of {{task: {{data, transform}}}}: {error}")
-    except PreprocessingError as error:
-        cli.fail(f"--tasks-json: {error}")
+    tasks = read_tasks(args.tasks_json)
     device = cli.select_device(args)
+    speed = SpeedOptions(tf32=args.tf32).resolve(device)
+    speed.set_float32_precision()
     try:
         result = evaluate_pack(
             args.pack,
@@ -83,14 +83,45 @@ def main() -> None:
             args.weights_dir,
             device,
             args.workers,
+            per_image=True,
         )
-        atomic_write_json(result, args.out)
+        write_evaluation(
+            {**result, "speed": speed.as_dict()}, args.out, args.images or per_image_path(args.out)
+        )
     except SafetensorError as error:
         cli.fail(f"weights file {args.weights} is not a readable safetensors file: {error}")
     except (BackboneError, DataError, PackError, OSError) as error:
         cli.fail(error_message(error))
     for task in result["tasks"]:
         print(f"{task['dataset']}: top-1 error {task['top1_error']:.2f}% ({task['images']} images)")
+
+
+def read_tasks(tasks_json: str) -> dict[str, TaskData]:
+    """Each task's test data from --tasks-json; a `folder` dataset's images checked
+    against its record first. Bad input ends the run with one line."""
+    try:
+        entries = json.loads(tasks_json)
+        tasks = {
+            name: TaskData(
+                Path(entry["data"]),
+                entry["transform"],
+                _path(entry.get("cache")),
+                _preprocessing(entry.get("weights_transforms")),
+            )
+            for name, entry in entries.items()
+        }
+        records = {name: _path(entry.get("prepared")) for name, entry in entries.items()}
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
+        cli.fail(f"--tasks-json is not a JSON object of {{task: {{data, transform}}}}: {error}")
+    except PreprocessingError as error:
+        cli.fail(f"--tasks-json: {error}")
+    try:
+        for name, record in records.items():
+            if record is not None:
+                check_folder(tasks[name].data, record)
+    except DataError as error:
+        cli.fail(str(error))
+    return tasks
 
 
 def _path(value: str | None) -> Path | None:

@@ -2,7 +2,7 @@
 
 The inputs come as records, a JSON list of objects each naming a file (``file``) and
 what it belongs to (``arch``, ``method``, ``ordering``, ``run``, ``dataset``, ``rule``);
-the reference figure reads the table instead.
+the reference and paired-differences figures read the table instead.
 """
 
 from __future__ import annotations
@@ -23,15 +23,19 @@ def main() -> None:
     parser.add_argument("figure", choices=FIGURES)
     parser.add_argument("--records", default="[]", help="JSON list of input records")
     parser.add_argument("--classes", default="{}", help="JSON {dataset: classes} (error_curves)")
-    parser.add_argument("--table", type=Path, help="table.tsv (reference)")
+    parser.add_argument("--table", type=Path, help="table.tsv (reference, paired_differences)")
     parser.add_argument("--tolerance", type=float, help="points (reference; none: no band)")
     parser.add_argument("--out", type=Path, required=True, help="the figure (.png)")
     parser.add_argument("--data", type=Path, required=True, help="the numbers it shows (.tsv)")
     args = parser.parse_args()
-    if args.figure == "reference":
+    if args.figure in ("reference", "paired_differences"):
         if args.table is None:
-            cli.fail("the reference figure needs --table")
-        figure, data = FIGURES["reference"](pd.read_csv(args.table, sep="\t"), args.tolerance)
+            cli.fail(f"the {args.figure} figure needs --table")
+        table = pd.read_csv(args.table, sep="\t")
+        if args.figure == "reference":
+            figure, data = FIGURES["reference"](table, args.tolerance)
+        else:
+            figure, data = FIGURES["paired_differences"](table)
     elif args.figure == "error_curves":
         figure, data = FIGURES["error_curves"](json.loads(args.records), json.loads(args.classes))
     else:

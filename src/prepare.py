@@ -5,10 +5,15 @@ Reads the files download.py fetched into --downloads and, by the source route:
   original  unpacks the dataset's own archives and applies the official split, cropping
             CUB and Cars to their boxes (Flowers: train = train + val; Sketch: every
             5th sketch of each class, by number, is a test one);
-  digits    writes the scikit-learn digits task.
-The class count is checked against --classes. Everything is written to a temporary
-folder beside --out and renamed at the end; <out>/prepared.json (counts per split) is
-written last and marks a complete dataset.
+  digits    writes the scikit-learn digits task;
+  folder    checks a dataset already on disk (`path:`) and records its files and their
+            sizes; the folder is neither copied nor written to, and --out holds only
+            prepared.json.
+The class count is checked against --classes, and every image's header read: an image
+Pillow cannot open stops the stage, and one above Pillow's decompression-bomb limit is
+named in the log (and decoded whole, here and in training). Everything is written to a
+temporary folder beside --out and renamed at the end; <out>/prepared.json (counts per
+split) is written last and marks a complete dataset.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from piggyback import cli
 from piggyback.data.archives import ArchiveError
+from piggyback.data.datasets import DataError
 from piggyback.data.prepare import prepare_dataset
 from piggyback.data.sources import SourceError, source_from_json
 
@@ -42,12 +48,13 @@ def main() -> None:
         summary = prepare_dataset(
             args.dataset, source, args.downloads, args.out, args.classes, progress=args.progress
         )
-    except (SourceError, ArchiveError) as error:
+    except (SourceError, ArchiveError, DataError) as error:
         cli.fail(str(error))
     images = summary["images"]
+    where = summary.get("path", args.out)
     print(
         f"{args.dataset}: {summary['classes']} classes, {images['train']} train and "
-        f"{images['test']} test images in {args.out}"
+        f"{images['test']} test images in {where}"
     )
 
 

@@ -32,10 +32,11 @@ from piggyback.core.run import SpeedOptions, TaskRun, TrainingError, epoch_seed
 from piggyback.core.training import train_task
 from piggyback.data.datasets import DataError, error_message
 from piggyback.data.feed import open_task_feed
+from piggyback.data.folders import check_folder
 
 # Flags that say where the task's data is and how it is fed: required, but for a start
 # that retrains on no source.
-DATA_FLAGS = ("dataset", "data", "transform", "image_size", "workers", "eval_batch_size")
+DATA_FLAGS = ("dataset", "data", "transform", "image_size", "crop", "workers", "eval_batch_size")
 
 
 def parse_args() -> argparse.Namespace:
@@ -100,7 +101,7 @@ def _add_hyperparameter_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    speed = parser.add_argument_group("speed (how fast, not what, is computed)")
+    speed = parser.add_argument_group("speed (how fast; --amp and --tf32 also change the rounding)")
     speed.add_argument(
         "--amp", choices=("off", "bf16"), default="off", help="bf16 autocast (default: off)"
     )
@@ -112,6 +113,7 @@ def _add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile"
     )
+    cli.add_tf32_argument(speed)
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +187,13 @@ def main() -> None:
             state_dir,
             device,
             progress=args.progress,
-            speed=SpeedOptions(args.amp, args.channels_last, args.compile, args.fused_optimizer),
+            speed=SpeedOptions(
+                amp=args.amp,
+                channels_last=args.channels_last,
+                compile=args.compile,
+                fused_optimizer=args.fused_optimizer,
+                tf32=args.tf32,
+            ),
             resume_every=args.resume_every,
         )
         write_outputs(args, result)
@@ -209,6 +217,8 @@ def task_batches(args: argparse.Namespace, batch_size: int, device):
     which resuming relies on."""
     if args.data is None:
         return [], None, None
+    if args.prepared:
+        check_folder(args.data, args.prepared)
     feed = open_task_feed(
         args.data,
         args.transform,
@@ -218,6 +228,7 @@ def task_batches(args: argparse.Namespace, batch_size: int, device):
         args.workers,
         args.classes,
         preprocessing=cli.preprocessing(args),
+        crop=args.crop,
     )
     return (
         feed.classes,

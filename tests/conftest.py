@@ -1,6 +1,9 @@
-"""Shared fixtures: small real image tasks from scikit-learn's digits."""
+"""Shared fixtures: small real image tasks from scikit-learn's digits, and one run of the
+shrunk demo for every test that only reads what the workflow wrote."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,3 +30,21 @@ def digits_target(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits_target")
     write_digits_task(root, [5, 6, 7, 8, 9], view="mirrored", per_class=60)
     return root
+
+
+@pytest.fixture(scope="session")
+def shrunk_demo(tmp_path_factory):
+    """The shrunk demo (tests/test_workflow.py) run once, with what Snakemake printed: the
+    end-to-end test and the report's tests read the same outputs, and each run costs
+    minutes of training. A reader that changes a file puts it back as it was."""
+    from test_workflow import shrunk_demo_config, snakemake
+
+    workdir = tmp_path_factory.mktemp("shrunk_demo")
+    config = shrunk_demo_config(workdir)
+    run = snakemake("--cores", "2", "--configfile", str(config), workdir=workdir)
+    return SimpleNamespace(
+        workdir=workdir,
+        config=config,
+        results=workdir / "results" / "demo",
+        output=run.stdout + run.stderr,
+    )

@@ -22,6 +22,8 @@ def digits_task_args(data: Path, arch: str = "resnet18") -> list[str]:
         "cropped",
         "--image-size",
         "32",
+        "--crop",
+        "2017",
         "--workers",
         "0",
         "--eval-batch-size",

@@ -28,6 +28,7 @@ from piggyback.data.cache import batches as cache_batches
 from piggyback.data.cache import format as cache_file
 from piggyback.data.cache import resize
 from piggyback.data.datasets import load_task_data
+from piggyback.data.transforms import sized_crop_2017
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -63,10 +64,10 @@ def cache_files(images, tmp_path_factory):
     return paths
 
 
-def _torchvision_epoch(images, style, train, seed):
+def _torchvision_epoch(images, style, train, seed, crop="2017"):
     """What DataLoader-style per-image transforms give for the batches' random stream:
     the epoch's order, then each image's draws in turn, from one generator."""
-    train_data, test_data = load_task_data(images, style, SIZE, log=lambda _: None)
+    train_data, test_data = load_task_data(images, style, SIZE, log=lambda _: None, crop=crop)
     dataset = train_data if train else test_data
     generator = torch.Generator().manual_seed(seed)
     count = len(dataset)
@@ -82,17 +83,56 @@ def _epoch(batches):
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
-@pytest.mark.parametrize("style", ["cropped", "standard"])
-@pytest.mark.parametrize("train", [False, True], ids=["test", "train"])
+@pytest.mark.parametrize(
+    ("style", "crop", "train"),
+    [
+        ("cropped", "2017", False),
+        ("cropped", "2017", True),
+        ("standard", "2017", False),
+        ("standard", "2017", True),
+        ("standard", "modern", True),
+    ],
+)
 def test_batches_equal_torchvision_exactly_for_the_same_random_draws(
-    images, cache_files, style, train
+    images, cache_files, style, crop, train
 ):
     cache = cache_file.load_cache(cache_files[style])
-    got_images, got_labels = _epoch(cache_batches.cached_batches(cache, 5, train, 7, "cpu"))
-    expected_images, expected_labels = _torchvision_epoch(images, style, train, 7)
+    batches = cache_batches.cached_batches(cache, 5, train, 7, "cpu", crop=crop)
+    got_images, got_labels = _epoch(batches)
+    expected_images, expected_labels = _torchvision_epoch(images, style, train, 7, crop)
     assert got_images.dtype == torch.float32 and got_images.shape == expected_images.shape
     assert torch.equal(got_images, expected_images)
     assert torch.equal(got_labels, expected_labels)
+
+
+@pytest.fixture(scope="module")
+def strips(tmp_path_factory):
+    """Images so long and thin that, after Resize(27), no 2017 crop fits: every one takes
+    the fallback, wide and tall, with an odd margin to centre (27 x 913 -> 24 x 811)."""
+    root = tmp_path_factory.mktemp("strips")
+    rng = np.random.default_rng(2)
+    for split in ("train", "test"):
+        for label, (height, width) in enumerate([(6, 203), (200, 6), (7, 190)]):
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True)
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / "0.png")
+            Image.fromarray(pixels[::-1, ::-1].copy()).save(folder / "1.png")
+    return root
+
+
+def test_the_2017_fallback_equals_torchvisions_resize_and_centre_crop(strips, tmp_path):
+    path = tmp_path / "strips.safetensors"
+    cache_file.write_cache(strips, "standard", SIZE, path, log=lambda _: None)
+    cache = cache_file.load_cache(path)
+    split = cache.splits["train"]
+    for index in range(len(split)):
+        generator = torch.Generator().manual_seed(index)
+        assert all(sized_crop_2017(*split.shape(index), generator) is None for _ in range(50))
+    for seed in range(3):  # flipped and not
+        got, _ = _epoch(cache_batches.cached_batches(cache, 4, True, seed, "cpu"))
+        expected, _ = _torchvision_epoch(strips, "standard", True, seed)
+        assert torch.equal(got, expected)
 
 
 def test_cache_is_safetensors_with_a_json_description(images, cache_files):
@@ -100,7 +140,10 @@ def test_cache_is_safetensors_with_a_json_description(images, cache_files):
     raw = path.read_bytes()
     header = json.loads(raw[8 : 8 + struct.unpack("<Q", raw[:8])[0]])
     description = json.loads(header["__metadata__"]["piggyback.cache"])
-    assert description["format"] == "piggyback.cache" and description["version"] == 1
+    assert description["format"] == "piggyback.cache" and description["version"] == 2
+    paths = json.loads(header["__metadata__"]["piggyback.cache.paths"])
+    assert {split: len(names) for split, names in paths.items()} == description["images"]
+    assert paths["test"][0].startswith("class_0/"), "relative to the split folder"
     assert description["style"] == "standard" and description["image_size"] == SIZE
     assert description["classes"] == ["class_0", "class_1", "class_2"]
     assert description["images"] == {"train": 21, "test": 9}
@@ -212,24 +255,27 @@ def test_caches_for_other_settings_or_damaged_ones_are_refused(cache_files, tmp_
 
 
 def test_cache_script_writes_the_cache_or_fails_in_one_line(digits_target, tmp_path):
+    """Both runs at once: each spends most of its time importing torch."""
     out = tmp_path / "cache-32.safetensors"
     command = [sys.executable, str(SRC / "cache.py"), "--transform", "cropped"]
     command += ["--image-size", "32", "--workers", "1"]
+    failing = subprocess.Popen(
+        [*command, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     done = subprocess.run(
         [*command, "--data", str(digits_target), "--out", str(out)],
         capture_output=True,
         text=True,
         check=True,
     )
+    _, stderr = failing.communicate(timeout=600)
     assert json.loads(done.stdout.splitlines()[-1])["images"] == {"train": 210, "test": 90}
     assert cache_file.read_metadata(out)["classes"][0] == "digit_5"
-    failed = subprocess.run(
-        [*command, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
-        capture_output=True,
-        text=True,
-    )
-    assert failed.returncode == 1
-    assert failed.stderr.startswith("error: ") and len(failed.stderr.splitlines()) == 1
+    assert failing.returncode == 1
+    assert stderr.startswith("error: ") and len(stderr.splitlines()) == 1
 
 
 def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
@@ -244,7 +290,8 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
             str(SRC / "train.py"),
             *("--arch", "resnet18", "--weights", "random", "--dataset", "digits"),
             *("--data", str(digits_target), "--transform", "cropped", "--image-size", "32"),
-            *("--workers", "0", "--eval-batch-size", "64", "--resume-every", "0"),
+            *("--crop", "2017", "--workers", "0", "--eval-batch-size", "64"),
+            *("--resume-every", "0"),
             *("--cache", str(cache), "--classes", "5", "--epochs", "1", "--batch-size", "16"),
             *("--lr", "1e-3", "--lr-head", "1e-2", "--threads", "1", "--device", "cpu"),
             *("--out", str(out / "task.pt"), "--metrics", str(out / "metrics.tsv")),

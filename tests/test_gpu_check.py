@@ -72,6 +72,7 @@ def test_training_figures_cover_every_method_and_switch_set(cpu_run):
         "channels_last": False,
         "compile": False,
         "fused_optimizer": False,
+        "tf32": False,
     }
     largest = {r["method"]: r for r in report["largest_batch"]}
     assert largest.keys() == set(METHODS)
@@ -103,6 +104,24 @@ def test_the_mask_cost_is_measured_beside_the_pipelines_step(cpu_run):
     for figure in ("over the peer's", "over fine-tuning + floor"):
         (line,) = [line for line in rendered.splitlines() if figure in line]
         assert "| - " not in line, line  # measured, not a blank
+
+
+def test_fp32_tf32_and_bf16_are_measured_side_by_side(cpu_run):
+    report, stdout, _ = cpu_run
+    runs = {r["numerics"]: r for r in report["numerics"]}
+    assert list(runs) == ["fp32", "tf32", "bf16"]
+    assert all(r["status"] == "ok" and r["img_s"] > 0 for r in runs.values())
+    speeds = {name: r["speed"] for name, r in runs.items()}
+    assert [s["tf32"] for s in speeds.values()] == [False, True, False]
+    assert [s["amp"] for s in speeds.values()] == ["off", "off", "bf16"]
+    assert all(s["channels_last"] and s["fused_optimizer"] for s in speeds.values())
+    assert "against_fp32" not in runs["fp32"]
+    # on the CPU TF32 changes nothing, bf16 does
+    tf32, bf16 = runs["tf32"]["against_fp32"], runs["bf16"]["against_fp32"]
+    assert tf32["loss_rel"] == 0.0 and tf32["grad_rel_l2"] == 0.0
+    assert bf16["grad_rel_l2"] > 0
+    assert any(line.startswith("| numerics ") for line in stdout.splitlines())
+    assert report["device"]["fp32_precision"].keys() == {"cuda.matmul", "cudnn.conv"}
 
 
 def test_correctness_checks_pass(cpu_run):

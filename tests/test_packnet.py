@@ -1,10 +1,12 @@
 """PackNet on a small real task chain: a random-initialised ResNet-18 pruned at the start,
-then three digits tasks in order (plain, mirrored, rotated digits 5-9), on the CPU."""
+then three digits tasks in order (plain, mirrored, rotated digits 5-9), on the CPU, each
+with its position's prune fraction (the authors' scripts' kind of list: 0.75, 0.5, -1)."""
 
 from __future__ import annotations
 
 import shutil
 
+import pandas as pd
 import pytest
 import torch
 
@@ -23,6 +25,7 @@ from piggyback.data.digits import write_digits_task
 TASKS = {"plain": "plain", "mirrored": "mirrored", "rotated": "rotated"}
 HP = {"epochs": 2, "prune_epochs": 2, "batch_size": 16, "optimizer": "adam", "lr": 1e-3}
 PRUNE = 0.75
+FRACTIONS = (PRUNE, 0.5, -1.0)  # per position; -1: not pruned, as the last task never is
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +36,11 @@ def task_data(tmp_path_factory):
     return root
 
 
-def train(task_data, state_dir, dataset=None, previous=None, last=False, fail_at=None):
+def train(
+    task_data, state_dir, dataset=None, previous=None, last=False, fail_at=None, fraction=PRUNE
+):
     """One link of the chain (the start when ``dataset`` is None); returns its checkpoint."""
-    hp = Hyperparameters.for_method("packnet", prune_fraction=PRUNE, **HP)
+    hp = Hyperparameters.for_method("packnet", prune_fraction=fraction, **HP)
     if dataset is None:
         classes, loader_for, test = [], None, None
     else:
@@ -67,17 +72,24 @@ def train(task_data, state_dir, dataset=None, previous=None, last=False, fail_at
     return out, result
 
 
-def chain(task_data, root, fail=None):
+def chain(task_data, root, fail=None, trained=None):
     """The start and the three tasks; ``fail`` = (task, epoch) interrupts that task once
-    at that global epoch, then runs it again from its state folder."""
-    start, _ = train(task_data, root / "start")
-    paths, results, previous = [], [], start
-    for position, dataset in enumerate(TASKS):
-        last = position == len(TASKS) - 1
+    at that global epoch, then runs it again from its state folder. The links before it
+    are taken from ``trained``, a chain already run, where given: trained again they
+    would come out the same, as the links after them must."""
+    order = list(TASKS)
+    kept = order.index(fail[0]) if trained else 0
+    if trained:
+        start, paths, results = trained[0], trained[1][:kept], trained[2][:kept]
+    else:
+        (start, _), paths, results = train(task_data, root / "start"), [], []
+    previous = paths[-1] if paths else start
+    for position, dataset in enumerate(order[kept:], kept):
+        last, fraction = position == len(TASKS) - 1, FRACTIONS[position]
         if fail is not None and fail[0] == dataset:
             with pytest.raises(KeyboardInterrupt):
-                train(task_data, root / dataset, dataset, previous, last, fail_at=fail[1])
-        path, result = train(task_data, root / dataset, dataset, previous, last)
+                train(task_data, root / dataset, dataset, previous, last, fail[1], fraction)
+        path, result = train(task_data, root / dataset, dataset, previous, last, None, fraction)
         paths.append(path)
         results.append(result)
         previous = path
@@ -165,14 +177,62 @@ def prepared_task(start):
 def test_each_pruned_task_frees_at_least_its_share(trained_chain):
     start, paths, _ = trained_chain
     before = load_task_checkpoint(start)
-    for path in paths[:-1]:
+    for path, fraction in zip(paths[:-1], FRACTIONS, strict=False):
         after = load_task_checkpoint(path)
         for name, owner in after.owners.items():
             handed = before.owners[name] == FREE
             freed = handed & (owner == FREE)
             assert torch.equal(handed, freed | (owner == after.task_id)), name
-            assert int(freed.sum()) >= round(PRUNE * int(handed.sum())), name
+            assert int(freed.sum()) >= round(fraction * int(handed.sum())), name
         before = after
+
+
+def test_the_pack_and_the_table_name_each_tasks_fraction(trained_chain, tmp_path):
+    """The fraction each task freed, as its position's fraction gave it (-1 and the last
+    task: not pruned), in the packed file and in the PackNet block of the table."""
+    from piggyback.report.markdown import to_markdown
+    from piggyback.report.tables import summarize
+
+    _, paths, _ = trained_chain
+    manifest = pack(paths, tmp_path / "p.safetensors", ordering="forward").manifest
+    freed = [manifest["tasks"][task]["summary"]["prune_fraction"] for task in TASKS]
+    assert freed == [0.75, 0.5, 0.0]
+    rows = pd.DataFrame(
+        {
+            "method": "packnet",
+            "ordering": "forward",
+            "arch": "resnet18",
+            "dataset": task,
+            "position": position,
+            "top1_error": 10.0,
+            "images": 100,
+            "source_task": False,
+            "start_source": None,
+            "prune_fraction": fraction,
+        }
+        for position, (task, fraction) in enumerate(zip(TASKS, freed, strict=True), start=1)
+    )
+    table = summarize(rows, None, 1.0, dict.fromkeys(TASKS, 5))
+    markdown = to_markdown(
+        table, ["resnet18"], list(TASKS), ["packnet"], {"forward": list(TASKS)}, 1
+    )
+    details = markdown.split("freed for later tasks (prune_fraction):")[1].split("##")[0]
+    cells = [line.split("|")[2].strip() for line in details.strip().splitlines()[2:]]
+    assert cells == ["0.75", "0.5", "not pruned"]
+
+
+def test_a_fraction_of_zero_or_less_prunes_nothing():
+    from piggyback.core.registry import load_method
+
+    for fraction, phases in (
+        (0.75, ["finetune", "prune"]),
+        (0.0, ["finetune"]),
+        (-1.0, ["finetune"]),
+    ):
+        hp = Hyperparameters.for_method("packnet", prune_fraction=fraction)
+        method = load_method("packnet", hp)
+        method.role, method.last = "task", False
+        assert [phase.name for phase in method.phases(None)] == phases
 
 
 def test_the_last_task_is_not_pruned(trained_chain):
@@ -256,9 +316,9 @@ def test_a_chain_killed_in_the_middle_ends_with_the_same_pack(
 ):
     """Task 2 interrupted when its prune phase starts (global epoch 2) or inside it
     (epoch 3), then run again: every epoch's figures and the pack are the same, bit for
-    bit."""
+    bit. The start and task 1 are the uninterrupted chain's."""
     _, paths, results = trained_chain
-    _, resumed_paths, resumed = chain(task_data, tmp_path / "resumed", fail=fail)
+    _, resumed_paths, resumed = chain(task_data, tmp_path / "resumed", fail, trained_chain)
     for uninterrupted, again in zip(results, resumed, strict=True):
         timeless = [{k: v for k, v in row.items() if k != "seconds"} for row in again["metrics"]]
         assert timeless == [

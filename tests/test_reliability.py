@@ -34,7 +34,7 @@ from piggyback.core.checkpoints import CheckpointError, atomic_save, load_checkp
 from piggyback.core.methods.piggyback import task_masks
 from piggyback.core.packed_file import PackError, read_manifest, read_pack
 from piggyback.core.packing import pack_tasks
-from piggyback.core.registry import Hyperparameters
+from piggyback.core.registry import Hyperparameters, position_settings
 from piggyback.core.run import TaskRun
 from piggyback.core.training import train_task
 from piggyback.data.datasets import DataError, error_message, load_task_data, make_loader
@@ -243,11 +243,12 @@ def test_workflow_sigkilled_mid_training_ends_as_an_uninterrupted_run(tmp_path):
     run_snakemake([*snakemake_command(shared, config), *before_training])
     shutil.copytree(shared, killed, symlinks=True)
 
+    table = "results/killed/table.tsv"  # what is compared needs no figure: no plot jobs
     with open(tmp_path / "uninterrupted.log", "w") as log:
         uninterrupted_run = subprocess.Popen(
-            snakemake_command(shared, config), stdout=log, stderr=subprocess.STDOUT
+            [*snakemake_command(shared, config), table], stdout=log, stderr=subprocess.STDOUT
         )
-    command = snakemake_command(killed, config)
+    command = [*snakemake_command(killed, config), table]
     results = killed / "results" / "killed"
     state = results / f"state/train/resnet18/piggyback/run0/{KILL_TASK}"
     checkpoint = results / f"train/resnet18/piggyback/run0/{KILL_TASK}.pt"
@@ -340,6 +341,17 @@ def paper_config() -> dict:
             "archs.vgg16.weights is 'pretrain', but the config has no `pretrain:` section",
             id="pretrain_weights_without_pretrain",
         ),
+        pytest.param(
+            lambda c: c["methods"]["packnet"].update(prune_fraction=[0.75, 0.75, -1]),
+            "methods.packnet.prune_fraction has 3 values, but ordering forward has 5 tasks "
+            "(cubs_cropped, stanford_cars_cropped, flowers, wikiart, sketches)",
+            id="prune_fractions_not_one_per_position",
+        ),
+        pytest.param(
+            lambda c: c["methods"]["packnet"].update(prune_fraction=[0.75, 1.5, 0.5, 0.5, -1]),
+            "methods.packnet.prune_fraction: [0.75, 1.5, 0.5, 0.5, -1] is not valid",
+            id="prune_fraction_out_of_range",
+        ),
     ],
 )
 def test_config_cross_reference_errors_name_the_key(change, message):
@@ -348,6 +360,19 @@ def test_config_cross_reference_errors_name_the_key(change, message):
     change(config)
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_config(config)
+
+
+def test_prune_fractions_per_position_are_passed_one_per_task():
+    """One value for every task, or one per position of the ordering (the last task is
+    never pruned, whatever its value); the start takes none of them."""
+    config = paper_config()
+    config["methods"]["packnet"]["prune_fraction"] = [0.75, 0.6, 0.5, 0.4, -1]
+    check_config(config)
+    settings = config["methods"]["packnet"]
+    chosen = [position_settings("packnet", settings, k)["prune_fraction"] for k in range(5)]
+    assert chosen == [0.75, 0.6, 0.5, 0.4, -1]
+    assert "prune_fraction" not in position_settings("packnet", settings, None)
+    assert position_settings("packnet", {"prune_fraction": 0.5}, 3) == {"prune_fraction": 0.5}
 
 
 def test_train_stops_before_training_when_the_class_count_differs_from_disk(

@@ -3,6 +3,7 @@ from, and Snakemake's HTML report opened in headless Chromium."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import struct
@@ -12,17 +13,27 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 from browser import Browser, chromium
-from test_workflow import job_counts, shrunk_demo_config, snakemake
+from test_workflow import job_counts, snakemake
 
 from piggyback.core.checkpoints import load_checkpoint
 from piggyback.core.packed_file import read_manifest
+from piggyback.per_image import read_per_image
 from piggyback.report.plots.curves import best_epoch
 from piggyback.report.plots.layers import ownership
 from piggyback.report.plots.reference import reference_comparison
+from piggyback.report.plots.storage import BACKBONE, storage_totals
 
 KEYS = ["method", "ordering", "arch", "dataset"]
 JOB = ["arch", "method", "ordering", "run", "dataset"]
-FIGURES = ["reference", "error_curves", "mask_density", "ownership", "storage", "runtimes"]
+FIGURES = [
+    "reference",
+    "paired_differences",
+    "error_curves",
+    "mask_density",
+    "ownership",
+    "storage",
+    "runtimes",
+]
 needs_chromium = pytest.mark.skipif(
     chromium() is None,
     reason="no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs "
@@ -31,16 +42,19 @@ needs_chromium = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The shrunk demo (Piggyback and PackNet on DenseNet-121), run once, and its report."""
-    workdir = tmp_path_factory.mktemp("report")
-    config = shrunk_demo_config(workdir)
-    snakemake("--cores", "2", "--configfile", str(config), workdir=workdir)
-    results = workdir / "results" / "demo"
-    report = results / "report.html"
-    snakemake("--report", str(report), "--configfile", str(config), workdir=workdir)
+def demo(shrunk_demo):
+    """The shrunk demo (Piggyback and PackNet on DenseNet-121), the run the end-to-end
+    test reads too, and its report."""
+    report = shrunk_demo.results / "report.html"
+    snakemake(
+        "--report",
+        str(report),
+        "--configfile",
+        str(shrunk_demo.config),
+        workdir=shrunk_demo.workdir,
+    )
     print(f"report: {report} ({report.stat().st_size} bytes)")
-    return SimpleNamespace(workdir=workdir, config=config, results=results, report=report)
+    return SimpleNamespace(**vars(shrunk_demo), report=report)
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -52,6 +66,12 @@ def _read(path: Path) -> pd.DataFrame:
 
 def _table(demo) -> pd.DataFrame:
     return _read(demo.results / "table.tsv")
+
+
+def _trained_cells(demo) -> pd.DataFrame:
+    """The table without its ImageNet row (the source task, which nothing trains)."""
+    table = _table(demo)
+    return table[~table["source_task"]]
 
 
 def _drawn(demo, figure: str) -> pd.DataFrame:
@@ -82,7 +102,7 @@ def test_the_kept_epoch_is_the_best_of_the_last_phase():
     assert best_epoch(metrics) == 2
 
 
-def test_the_reference_figure_tells_cells_within_outside_and_without_a_reference():
+def test_the_reference_figure_tells_cells_that_agree_from_those_outside_and_without():
     table = pd.DataFrame(
         {
             "method": "piggyback",
@@ -92,13 +112,17 @@ def test_the_reference_figure_tells_cells_within_outside_and_without_a_reference
             "error": [7.5, 25.0, 30.0],
             "std": float("nan"),
             "n": 1,
+            "low": [6.9, 23.9, 28.6],
+            "high": [8.2, 26.1, 31.5],
             "chance_error": 99.0,
             "reference": [6.93, 20.75, float("nan")],
-            "within_tolerance": [True, False, float("nan")],
+            "agrees": [True, False, None],
+            "verdict": ["agrees", "higher by 4.25 points, 7.6 SE", "no reference"],
         }
     )
-    _, data = reference_comparison(table, tolerance=1.0)
-    assert data["verdict"].tolist() == ["within", "outside", "no reference"]
+    _, data = reference_comparison(table, tolerance=0.1)
+    assert data["shown"].tolist() == ["agrees", "outside", "no reference"]
+    assert data[["low", "high"]].equals(table[["low", "high"]]), "each cell's interval drawn"
 
 
 def test_a_figure_without_data_says_so():
@@ -109,8 +133,60 @@ def test_a_figure_without_data_says_so():
 
 @pytest.mark.slow
 def test_the_reference_figure_draws_every_cell_of_the_table(demo):
-    columns = [*KEYS, "error", "std", "n", "chance_error", "reference", "within_tolerance"]
+    columns = [*KEYS, "error", "std", "n", "low", "high", "chance_error", "reference", "agrees"]
     pd.testing.assert_frame_equal(_drawn(demo, "reference")[columns], _table(demo)[columns])
+
+
+@pytest.mark.slow
+def test_the_paired_figure_draws_every_comparison_of_the_table(demo):
+    """The shrunk demo's PackNet orderings against Piggyback, on both tasks and on the
+    source task (the ImageNet row), with the table's numbers."""
+    columns = [*KEYS, "paired_difference", "paired_low", "paired_high", "paired_p_holm"]
+    table = _table(demo)
+    compared = table[table["paired_p"].notna()].reset_index(drop=True)
+    assert len(compared) == 2 * 3
+    drawn = _drawn(demo, "paired_differences")
+    pd.testing.assert_frame_equal(drawn[columns], compared[columns])
+    assert drawn["paired_significant"].tolist() == (compared["paired_p_holm"] < 0.05).tolist()
+
+
+@pytest.mark.slow
+def test_the_imagenet_row_is_the_backbone_for_piggyback_and_the_start_for_packnet(demo):
+    table = _table(demo)
+    source = table[table["source_task"]].set_index(["method", "ordering"])
+    assert set(source["dataset"]) == {"digits_0to4"}
+    assert sorted(source.index) == [
+        ("packnet", "forward"),
+        ("packnet", "reverse"),
+        ("piggyback", ""),
+    ]
+    evaluations = demo.results / "eval" / "densenet121" / "source"
+    for path, cells in (
+        ("backbone", [("piggyback", "")]),
+        ("packnet/run0", [("packnet", "forward"), ("packnet", "reverse")]),
+    ):
+        (task,) = json.loads((evaluations / f"{path}.json").read_text())["tasks"]
+        assert [source.loc[cell, "error"] for cell in cells] == pytest.approx(
+            [task["top1_error"]] * len(cells), abs=1e-4
+        )
+        rows = read_per_image(evaluations / f"{path}.images.tsv.gz")
+        assert len(rows) == task["images"] == source.loc[cells[0], "images"] == 100
+        assert rows["path"].is_unique
+
+
+@pytest.mark.slow
+def test_every_evaluation_has_one_row_per_test_image_agreeing_with_its_json(demo):
+    for result in (demo.results / "eval").rglob("*.json"):
+        evaluation = json.loads(result.read_text())
+        rows = read_per_image(result.parent / evaluation["per_image"])
+        for task in evaluation["tasks"]:
+            mine = rows[rows["task"] == task["dataset"]]
+            assert len(mine) == task["images"] and mine["path"].is_unique
+            folder = demo.results / "data" / task["dataset"] / "test"
+            assert sorted(mine["path"]) == sorted(
+                p.relative_to(folder).as_posix() for p in folder.rglob("*.png")
+            )
+            assert 100.0 * (1 - (~mine["wrong"]).sum() / len(mine)) == task["top1_error"]
 
 
 @pytest.mark.slow
@@ -129,7 +205,7 @@ def test_the_error_curves_are_the_metrics_and_mark_the_checkpoint_the_table_eval
         )
         assert checkpoint["test_top1_error"] == pytest.approx(best["test_top1_error"].item())
     kept = drawn[drawn["best"]].groupby(KEYS)["test_top1_error"].mean()
-    table = _table(demo).set_index(KEYS)["error"]
+    table = _trained_cells(demo).set_index(KEYS)["error"]
     assert sorted(kept.index) == sorted(table.index), "a curve per cell, and no other"
     assert kept[table.index].tolist() == pytest.approx(table.tolist(), abs=1e-4)
 
@@ -151,9 +227,10 @@ def test_mask_density_and_ownership_per_layer_add_up_to_the_table(demo):
 
 @pytest.mark.slow
 def test_storage_accounts_for_every_byte_of_the_packed_files(demo):
-    drawn = _drawn(demo, "storage")
+    everything = _drawn(demo, "storage")
+    drawn = everything[everything["part"] != BACKBONE]  # the weights file, not the packed one
     assert sorted(set(zip(*(drawn[k] for k in KEYS), strict=True))) == sorted(
-        _table(demo).set_index(KEYS).index
+        _trained_cells(demo).set_index(KEYS).index
     )
     for (arch, method, ordering, run), part in drawn.groupby(["arch", "method", "ordering", "run"]):
         path = demo.results / "packed" / arch / _series(method, ordering) / f"run{run}.safetensors"
@@ -172,6 +249,25 @@ def test_storage_accounts_for_every_byte_of_the_packed_files(demo):
 
 
 @pytest.mark.slow
+def test_the_storage_row_is_the_storage_figures_numbers(demo):
+    """All tasks of a series: its packed file and, for Piggyback, the backbone it keeps
+    (one network); PackNet's one network holds the source task's weights."""
+    drawn = storage_totals(_drawn(demo, "storage")).set_index(["arch", "method", "ordering"])
+    table = _table(demo).groupby(["arch", "method", "ordering"])
+    for column in ("networks", "megabytes"):
+        shown = table[f"storage_{column}"].unique()
+        assert (shown.str.len() == 1).all(), "one storage figure per series"
+        assert shown.str[0].to_dict() == pytest.approx(drawn[column].to_dict(), abs=1e-4)
+    weights = demo.results / "pretrain" / "densenet121.pth"
+    backbone = drawn.loc[("densenet121", "piggyback", ""), "megabytes"]
+    packed = demo.results / "packed" / "densenet121" / "piggyback" / "run0.safetensors"
+    assert backbone == pytest.approx(
+        (weights.stat().st_size + packed.stat().st_size) / 1e6, rel=0.01
+    )
+    assert drawn["networks"].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.slow
 def test_the_time_figure_is_every_benchmark(demo):
     drawn = _drawn(demo, "runtimes")
     files = (demo.results / "benchmarks").rglob("*.tsv")
@@ -179,7 +275,8 @@ def test_the_time_figure_is_every_benchmark(demo):
     for row in drawn.itertuples():
         benchmark = pd.read_csv(demo.workdir / row.job, sep="\t")
         assert row.seconds == benchmark["s"].iloc[-1]
-    assert (drawn["rule"] == "train").sum() == _table(demo)["n"].sum(), "a job per cell and run"
+    trained = _trained_cells(demo)["n"].sum()
+    assert (drawn["rule"] == "train").sum() == trained, "a job per cell and run"
 
 
 @pytest.mark.slow

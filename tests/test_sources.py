@@ -9,6 +9,7 @@ import json
 import runpy
 import sys
 import tarfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -511,3 +512,52 @@ def test_schema_accepts_the_documented_entries_and_leaves_them_unchanged(source)
 def test_schema_refuses_bad_entries(source, tmp_path):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(SCHEMA).validate(source)
+
+
+# --- images above Pillow's decompression-bomb limit -------------------------------------
+
+
+def test_images_above_pillows_limit_stop_neither_prepare_nor_training(tmp_path, monkeypatch):
+    """With Pillow's limit set to 1000 pixels, a 40 x 30 image (which Pillow warns about)
+    and an 80 x 60 one (which it refuses) are named in prepare's log and its record, and
+    decoded whole by training's DataLoader and by the cache, without a warning. (The
+    transforms crop only images they have resized, here to 18 pixels on the shorter
+    side: their crops stay below the limit, as with real images and the real limit.)"""
+    from piggyback.data.cache.format import build_cache
+    from piggyback.data.datasets import load_task_data, make_loader
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    members = {}
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            members[f"flowers/{split}/{label}/small.jpg"] = image_bytes(8, 8, 0)
+    members["flowers/train/a/wide.jpg"] = image_bytes(40, 30, 1)
+    members["flowers/test/b/large.jpg"] = image_bytes(80, 60, 2)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "flowers.zip").write_bytes(zipped(members))
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(members["flowers/test/b/large.jpg"]))  # as Pillow would
+    logged = []
+    out = tmp_path / "data" / "flowers"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        summary = prepare_dataset(
+            "flowers", {"route": "authors"}, downloads, out, 2, log=logged.append
+        )
+        train, test = load_task_data(out, "standard", 16, log=lambda _: None)
+        images = [
+            batch for loader in (train, test) for batch, _ in make_loader(loader, 3, False, 0)
+        ]
+        cache = build_cache(out, "standard", 16, workers=2, log=lambda _: None)
+    assert summary["large_images"] == [
+        {"image": "train/a/wide.jpg", "width": 40, "height": 30},
+        {"image": "test/b/large.jpg", "width": 80, "height": 60},
+    ]
+    assert [line.split(":")[0] for line in logged] == [
+        f"{out}/train/a/wide.jpg",
+        f"{out}/test/b/large.jpg",
+    ]
+    assert "above Pillow's limit" in logged[1] and "decoded whole" in logged[1]
+    assert sum(len(batch) for batch in images) == 6 and len(cache.splits["test"]) == 3
+    assert Image.MAX_IMAGE_PIXELS == 1000  # lifted only while opening

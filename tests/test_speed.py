@@ -10,7 +10,7 @@ from piggyback.core.checkpoints import load_checkpoint
 from piggyback.core.masks import MaskSpec, add_masks, masked_weights, threshold_mask
 from piggyback.core.registry import Hyperparameters, load_method
 from piggyback.core.run import SpeedOptions, TaskRun
-from piggyback.core.training import make_optimizer, train_task
+from piggyback.core.training import TrainStep, make_optimizer, prepare_training, train_task
 from piggyback.data.datasets import load_task_data, make_loader
 
 
@@ -57,26 +57,68 @@ def test_fused_optimizer_takes_the_same_step():
         torch.testing.assert_close(fused, plain, rtol=0, atol=1e-9)
 
 
-def test_speed_switches_are_recorded_in_the_checkpoint_and_metrics(digits_target, tmp_path):
-    train, test = load_task_data(digits_target, "cropped", 32)
+def _train_one_epoch(data_root, state_dir, speed):
+    train, test = load_task_data(data_root, "cropped", 32)
     model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
     hp = Hyperparameters.for_method("piggyback", epochs=1)
     run = TaskRun("resnet18", "piggyback", "digits", train.classes, 0, hp)
-    speed = SpeedOptions(channels_last=True, fused_optimizer=True)
-    result = train_task(
+    return train_task(
         model,
         run,
         lambda e: make_loader(train, 32, True, e),
         make_loader(test, 64, False, 0),
-        tmp_path,
+        state_dir,
         torch.device("cpu"),
         progress=False,
         log=lambda _: None,
         speed=speed,
     )
-    recorded = {"amp": "off", "channels_last": True, "compile": False, "fused_optimizer": True}
+
+
+def test_speed_switches_are_recorded_in_the_checkpoint_and_metrics(digits_target, tmp_path):
+    speed = SpeedOptions(channels_last=True, fused_optimizer=True)
+    result = _train_one_epoch(digits_target, tmp_path, speed)
+    recorded = {
+        "amp": "off",
+        "channels_last": True,
+        "compile": False,
+        "fused_optimizer": True,
+        "tf32": False,
+    }
     assert load_checkpoint(result["best_path"])["speed"] == recorded
     assert result["metrics"][0]["speed_channels_last"] is True
+    assert result["metrics"][0]["speed_tf32"] is False
+
+
+def test_training_runs_in_true_fp32_unless_tf32_is_asked_for():
+    """PyTorch's default lets cuDNN convolutions round to TF32; training sets IEEE fp32
+    for CUDA matmuls and cuDNN convolutions, or TF32 for both when asked. On the CPU
+    the switch changes nothing: the same step to the bit."""
+    torch.backends.cudnn.conv.fp32_precision = "tf32"  # PyTorch's default
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8) % 5
+    steps = {}
+    try:
+        for tf32, expected in ((False, "ieee"), (True, "tf32")):
+            model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
+            hp = Hyperparameters.for_method("piggyback")
+            run = TaskRun("resnet18", "piggyback", "digits", [], 0, hp)
+            speed = SpeedOptions(tf32=tf32).resolve(torch.device("cpu"))
+            method, forward = prepare_training(model, run, torch.device("cpu"), speed)
+            assert torch.backends.cudnn.conv.fp32_precision == expected
+            assert torch.backends.cuda.matmul.fp32_precision == expected
+            phase = method.phases(run)[0]
+            step = TrainStep.for_phase(
+                model, forward, method, phase, hp, speed, torch.device("cpu")
+            )
+            loss, _ = step(x, y)
+            masks = masked_weights(model.backbone).values()
+            steps[tf32] = loss, [mask.mask_real.detach().clone() for mask in masks]
+    finally:
+        SpeedOptions().set_float32_precision()
+    assert torch.equal(steps[False][0], steps[True][0])
+    for fp32, tf32 in zip(steps[False][1], steps[True][1], strict=True):
+        assert torch.equal(fp32, tf32)
 
 
 def test_bf16_autocast_thresholds_in_fp32_and_keeps_the_logits_close():

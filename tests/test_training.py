@@ -15,6 +15,7 @@ from piggyback.core.registry import METHODS, Hyperparameters
 from piggyback.core.run import TaskRun, TrainingError
 from piggyback.core.training import train_task
 from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.data.digits import write_digits_task
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -54,6 +55,15 @@ def _train(
     return model, result
 
 
+@pytest.fixture(scope="module")
+def small_target(tmp_path_factory):
+    """Digits 5-9 mirrored, 20 a class (70 training images, three batches an epoch): the
+    resume tests compare runs bit for bit, which needs a few steps, not learning."""
+    root = tmp_path_factory.mktemp("small_target")
+    write_digits_task(root, [5, 6, 7, 8, 9], view="mirrored", per_class=20)
+    return root
+
+
 FROZEN = [name for name, entry in METHODS.items() if entry.freezes_backbone]
 
 
@@ -87,12 +97,12 @@ def test_finetune_changes_the_backbone(digits_target, tmp_path):
     assert not torch.equal(before["conv1.weight"], after["conv1.weight"])
 
 
-def test_interrupted_training_resumes_to_the_same_result(digits_target, tmp_path):
-    _, uninterrupted = _train(digits_target, tmp_path / "a", epochs=3, lr=1e-3)
+def test_interrupted_training_resumes_to_the_same_result(small_target, tmp_path):
+    _, uninterrupted = _train(small_target, tmp_path / "a", epochs=3, lr=1e-3)
     with pytest.raises(KeyboardInterrupt):
-        _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3, fail_at=2)
+        _train(small_target, tmp_path / "b", epochs=3, lr=1e-3, fail_at=2)
     assert load_checkpoint(tmp_path / "b" / "resume.pt")["epochs_done"] == 2
-    _, resumed = _train(digits_target, tmp_path / "b", epochs=3, lr=1e-3)
+    _, resumed = _train(small_target, tmp_path / "b", epochs=3, lr=1e-3)
     a, b = (load_task_checkpoint(r["best_path"]) for r in (uninterrupted, resumed))
     assert a.epoch == b.epoch
     for name in a.masks:
@@ -104,7 +114,7 @@ def test_interrupted_training_resumes_to_the_same_result(digits_target, tmp_path
 
 
 def test_deferred_writes_keep_the_best_epoch_and_resume_to_the_same_result(
-    digits_target, tmp_path, monkeypatch
+    small_target, tmp_path, monkeypatch
 ):
     """With writes deferred, the best epoch (here the second of three) is kept as it
     was, not as the tensors are later; a run killed before any write starts afresh."""
@@ -121,14 +131,14 @@ def test_deferred_writes_keep_the_best_epoch_and_resume_to_the_same_result(
         }
 
     monkeypatch.setattr(training, "evaluate", scripted_evaluate)
-    _, every_epoch = _train(digits_target, tmp_path / "a", epochs=3, lr=1e-2)
+    _, every_epoch = _train(small_target, tmp_path / "a", epochs=3, lr=1e-2)
     evaluations.clear()
     with pytest.raises(KeyboardInterrupt):
-        _train(digits_target, tmp_path / "b", epochs=3, lr=1e-2, fail_at=2, resume_every=3600)
+        _train(small_target, tmp_path / "b", epochs=3, lr=1e-2, fail_at=2, resume_every=3600)
     assert not (tmp_path / "b" / "resume.pt").exists()
     assert not (tmp_path / "b" / "best.pt").exists()
     evaluations.clear()
-    _, deferred = _train(digits_target, tmp_path / "b", epochs=3, lr=1e-2, resume_every=3600)
+    _, deferred = _train(small_target, tmp_path / "b", epochs=3, lr=1e-2, resume_every=3600)
     a, b = (load_task_checkpoint(r["best_path"]) for r in (every_epoch, deferred))
     assert a.epoch == b.epoch == 2
     for name in a.masks:
@@ -176,8 +186,9 @@ def _train_command(data, out, epochs):
 
 
 def test_sigkilled_training_job_resumes_to_the_same_masks(digits_target, tmp_path):
-    """A real SIGKILL mid-run, then the same command again."""
-    subprocess.run(_train_command(digits_target, tmp_path / "a", 3), check=True)
+    """A real SIGKILL mid-run, then the same command again. The uninterrupted run to
+    compare with runs beside the killed one (a thread each), not before it."""
+    uninterrupted = subprocess.Popen(_train_command(digits_target, tmp_path / "a", 3))
     killed = tmp_path / "b"
     job = subprocess.Popen(_train_command(digits_target, killed, 3))
     resume = killed / "task.pt.state" / "resume.pt"
@@ -188,6 +199,7 @@ def test_sigkilled_training_job_resumes_to_the_same_masks(digits_target, tmp_pat
     job.wait()
     assert not (killed / "task.pt").exists(), "the job finished before it could be killed"
     subprocess.run(_train_command(digits_target, killed, 3), check=True)
+    assert uninterrupted.wait(timeout=600) == 0
     a, b = (
         load_task_checkpoint(tmp_path / "a" / "task.pt"),
         load_task_checkpoint(killed / "task.pt"),

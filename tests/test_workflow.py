@@ -55,7 +55,15 @@ def paper_config(tmp_path, **experiment):
     return path
 
 
-PLOTS = ("reference", "error_curves", "mask_density", "ownership", "storage", "runtimes")
+PLOTS = (
+    "reference",
+    "paired_differences",
+    "error_curves",
+    "mask_density",
+    "ownership",
+    "storage",
+    "runtimes",
+)
 
 
 def expected_jobs(archs, datasets, orderings, independent, sequential, runs) -> dict[str, int]:
@@ -139,6 +147,41 @@ def test_a_packnet_chain_follows_its_ordering(tmp_path):
         assert ("--last-in-ordering" in commands[dataset]) == (dataset == order[-1])
 
 
+def test_each_packnet_task_gets_its_positions_fraction_and_a_folder_is_read_where_it_is(
+    tmp_path,
+):
+    """prune_fraction as a list: task k of each ordering is trained with its k-th value
+    and the start with none of them; a `folder` dataset's jobs read the user's folder
+    and check it against its prepared.json."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    fractions = [0.75, 0.6, 0.5, 0.4, -1]
+    config["methods"]["packnet"]["prune_fraction"] = fractions
+    folder = tmp_path / "datasets" / "flowers"
+    config["datasets"]["flowers"]["source"] = {"route": "folder", "path": str(folder)}
+    path = tmp_path / "lists.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "-p", "--cores", "8", "--configfile", str(path), workdir=tmp_path)
+    lines = [line for line in result.stdout.splitlines() if "src/train.py" in line]
+    for name in ("forward", "reverse"):
+        for position, dataset in enumerate(config["orderings"][name]):
+            (command,) = (
+                line
+                for line in lines
+                if f"packnet/{name}/run0/{dataset}.pt --metrics" in line and "--arch vgg16" in line
+            )
+            assert f"--prune-fraction {fractions[position]} " in command, (name, dataset)
+    starts = [line for line in lines if "src/train.py --start " in line]
+    assert starts and all("--prune-fraction " not in line for line in starts)
+    trained = [line for line in lines if "--dataset flowers" in line]
+    assert trained and all(f"--data {folder} " in line for line in trained)
+    assert all(re.search(r"--prepared \S*data/flowers/prepared\.json", line) for line in trained)
+    evaluated = [line for line in result.stdout.splitlines() if "src/evaluate.py" in line]
+    assert evaluated and all(f'"data": "{folder}"' in line for line in evaluated)
+    assert all(
+        re.search(r'"prepared": "\S*data/flowers/prepared\.json"', line) for line in evaluated
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -197,32 +240,31 @@ def shrunk_demo_config(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_the_demo_runs_end_to_end(tmp_path):
-    config = shrunk_demo_config(tmp_path)
-    result = snakemake("--cores", "2", "--configfile", str(config), workdir=tmp_path)
-    out = result.stdout + result.stderr
-    assert "piggyback: mean error" in out, "the verdict is printed"
-    table = (tmp_path / "results" / "demo" / "table.tsv").read_text().splitlines()
+def test_the_demo_runs_end_to_end(shrunk_demo):
+    config, results = shrunk_demo.config, shrunk_demo.results
+    assert "piggyback: mean error" in shrunk_demo.output, "the verdict is printed"
+    table = (results / "table.tsv").read_text().splitlines()
     header = table[0].split("\t")
     assert header[:8] == ["method", "ordering", "arch", "dataset", "position", "error", "std", "n"]
     rows = [dict(zip(header, line.split("\t"), strict=True)) for line in table[1:]]
-    tasks = ("digits_5to9", "digits_5to9_rotated")
+    tasks = ("digits_5to9", "digits_5to9_rotated", "digits_0to4")  # the last: the ImageNet row
     assert {(r["method"], r["ordering"], r["dataset"]) for r in rows} == {
         ("piggyback", "", d) for d in tasks
     } | {("packnet", o, d) for o in ("forward", "reverse") for d in tasks}
-    piggyback = [r for r in rows if r["method"] == "piggyback"]
+    trained = [r for r in rows if r["source_task"] == "False"]
+    piggyback = [r for r in trained if r["method"] == "piggyback"]
     assert all(float(r["mask_density"]) < 1.0 for r in piggyback), "the masks never moved"
     assert all(float(r["error"]) < float(r["chance_error"]) - 30 for r in piggyback)
     assert all(r["n"] == "1" for r in rows), "one run: a cell is one evaluation"
     assert all(r["reference"] == "" for r in rows), "the demo has no reference numbers"
-    markdown = (tmp_path / "results" / "demo" / "table.md").read_text()
+    markdown = (results / "table.md").read_text()
     assert "## Piggyback (piggyback)" in markdown and "no reference" in markdown
     assert "ordering reverse: digits_5to9_rotated → digits_5to9" in markdown
     assert "± 0.00" not in markdown
-    packed = tmp_path / "results" / "demo" / "packed" / "densenet121"
+    packed = results / "packed" / "densenet121"
     assert {p.name for p in packed.iterdir()} >= {"piggyback", "packnet"}
     assert {p.name for p in (packed / "packnet").iterdir()} == {"forward", "reverse"}
-    again = snakemake("--cores", "2", "--configfile", str(config), workdir=tmp_path)
+    again = snakemake("--cores", "2", "--configfile", str(config), workdir=shrunk_demo.workdir)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 

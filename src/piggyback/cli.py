@@ -50,6 +50,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", required=required, help="dataset (task) name, e.g. flowers")
     add_image_folder_arguments(group, required)
+    group.add_argument(
+        "--crop",
+        choices=("2017", "modern"),
+        required=required,
+        help="the 'standard' transform's random training crop (config: datasets.<name>.crop): "
+        "'2017', torchvision 0.1.9's RandomSizedCrop that the authors trained with, or "
+        "'modern', today's RandomResizedCrop; the 'cropped' transform has none",
+    )
     group.add_argument("--classes", type=int, help="expected number of classes (checked)")
     group.add_argument(
         "--workers", type=int, required=required, help="data loader processes (config: workers)"
@@ -69,6 +77,13 @@ def add_image_folder_arguments(parser, required: bool = True) -> None:
     )
     parser.add_argument(
         "--image-size", type=int, required=required, help="crop size (config: image_size)"
+    )
+    parser.add_argument(
+        "--prepared",
+        type=Path,
+        metavar="JSON",
+        help="the prepare stage's record of a dataset read where it is (route folder): "
+        "--data is checked against its list of files and sizes before it is read",
     )
     add_weights_transforms_argument(parser)
 
@@ -98,6 +113,17 @@ def add_cache_argument(parser) -> None:
         type=Path,
         help="decoded, pre-resized cache of --data (src/cache.py): batches come from it, "
         "augmented on the device, instead of from DataLoader workers (--workers unused)",
+    )
+
+
+def add_tf32_argument(parser) -> None:
+    parser.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="TF32 for CUDA matmuls and cuDNN convolutions, faster on Ampere and later "
+        "GPUs but rounded to a 10-bit mantissa (default: off, true fp32 as the authors "
+        "ran; on the CPU it changes nothing)",
     )
 
 

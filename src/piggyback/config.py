@@ -44,6 +44,7 @@ def check_config(config: dict[str, Any]) -> None:
         _check_transforms(config, arch)
     if "released" in config:
         _check_released(config)
+    _check_source_task(config)
 
 
 def _check_methods(config: dict[str, Any]) -> None:
@@ -62,6 +63,26 @@ def _check_methods(config: dict[str, Any]) -> None:
             _check_known(
                 [source], config["datasets"], f"methods.{method}.{START_DATASET}", "datasets"
             )
+        if method in config["experiment"]["methods"]:
+            _check_positions(config, method, settings)
+
+
+def _check_positions(config: dict[str, Any], method: str, settings: dict[str, Any]) -> None:
+    """A per-position knob given as a list has one value per position of every ordering
+    the method runs."""
+    knobs = METHODS[method].all_knobs()
+    for name, values in settings.items():
+        if not (isinstance(values, list) and knobs[name].per_position):
+            continue
+        key = f"methods.{method}.{name}"
+        for ordering in config["experiment"]["orderings"]:
+            tasks = config["orderings"][ordering]
+            if len(values) != len(tasks):
+                raise ConfigError(
+                    f"{key} has {len(values)} values, but ordering {ordering} has "
+                    f"{len(tasks)} tasks ({', '.join(tasks)}): give one per position, "
+                    "or one value for all"
+                )
 
 
 def _check_transforms(config: dict[str, Any], arch: str) -> None:
@@ -111,6 +132,42 @@ def _check_released(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"experiment.methods[{index}] is {method!r}: the authors' released files "
                 f"hold {' or '.join(released_as)} masks, and nothing is trained"
+            )
+
+
+def source_task(config: dict[str, Any]) -> str | None:
+    """The dataset marked as the backbone's source task (`source_task: true`), if any."""
+    marked = _source_tasks(config)
+    return marked[0] if marked else None
+
+
+def _source_tasks(config: dict[str, Any]) -> list[str]:
+    return [name for name, entry in config["datasets"].items() if entry.get("source_task")]
+
+
+def _check_source_task(config: dict[str, Any]) -> None:
+    """One source task at most, which no ordering trains as a new task, and the one a
+    sequential method's start retrains on, if it names one."""
+    marked = _source_tasks(config)
+    if len(marked) > 1:
+        raise ConfigError(
+            f"datasets.{marked[1]}.source_task: {marked[0]!r} is already the backbone's "
+            "source task; mark one dataset only"
+        )
+    if not marked:
+        return
+    for name in config["experiment"]["orderings"]:
+        if marked[0] in config["orderings"][name]:
+            raise ConfigError(
+                f"orderings.{name} lists {marked[0]!r}, the backbone's source task "
+                "(`source_task: true`): a task the backbone was trained on is not a new one"
+            )
+    for method, settings in config["methods"].items():
+        start = settings.get(START_DATASET)
+        if start is not None and start != marked[0]:
+            raise ConfigError(
+                f"methods.{method}.{START_DATASET} is {start!r}, but the source task is "
+                f"{marked[0]!r}: the start retrains on the source task, so name the same one"
             )
 
 

@@ -1,6 +1,7 @@
 """The GPU check: training and evaluation speed of every arch and method with the speed
-switches off and on, the largest batch, torch.compile, peak memory, the input pipelines'
-feed rate, bf16 correctness and the paper comparison's GPU-hours, in under 8 minutes.
+switches off and on, fp32, TF32 and bf16 side by side, the largest batch, torch.compile,
+peak memory, the input pipelines' feed rate, bf16 correctness and the paper comparison's
+GPU-hours, in under 8 minutes.
 
 Run from the repository root: PYTHONPATH=src:tools python3 -m gpu_check --out DIR
 Writes DIR/gpu_check.json (every figure, rewritten after each measurement) and

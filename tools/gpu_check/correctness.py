@@ -33,25 +33,39 @@ BF16_TOLERANCE = {"loss_rel": 1e-2, "grad_rel_l2": 0.2, "grad_cosine": 0.98}
 ALL_ONES_TOLERANCE = {"off": 1e-5, "on": 1e-2}
 
 
+def first_step(
+    arch: str, switches: str, settings: BenchSettings, device: torch.device
+) -> tuple[float, torch.Tensor]:
+    """The loss and every mask's gradient of the pipeline's first Piggyback step with the
+    switch set ``switches``, on a random network (the same for every switch set)."""
+    speed = SWITCHES[switches].resolve(device)
+    step = method_step(arch, "piggyback", settings, device, speed)
+    images, labels = synthetic_batch(settings.batch_size, settings, device, speed.memory_format)
+    loss, _ = step(images, labels)
+    masks = masked_weights(step.model.backbone).values()
+    return float(loss), torch.cat([mask.mask_real.grad.flatten() for mask in masks])
+
+
+def deviation(
+    reference: tuple[float, torch.Tensor], other: tuple[float, torch.Tensor]
+) -> dict[str, float]:
+    """How far ``other``'s first step (loss, mask gradients) is from ``reference``'s."""
+    (reference_loss, reference_grad), (loss, grad) = reference, other
+    return {
+        "loss_rel": abs(loss - reference_loss) / abs(reference_loss),
+        "grad_rel_l2": ((grad - reference_grad).norm() / reference_grad.norm()).item(),
+        "grad_cosine": torch.nn.functional.cosine_similarity(grad, reference_grad, 0).item(),
+    }
+
+
 def bf16_agreement(arch: str, settings: BenchSettings, device: torch.device) -> dict[str, Any]:
     """The pipeline's first Piggyback step with the switches on (bf16 autocast) against
     the same step with them off (fp32): the loss and every mask's gradient."""
-    runs = {}
-    for switches in ("off", "on"):
-        speed = SWITCHES[switches].resolve(device)
-        step = method_step(arch, "piggyback", settings, device, speed)
-        images, labels = synthetic_batch(settings.batch_size, settings, device, speed.memory_format)
-        loss, _ = step(images, labels)
-        masks = masked_weights(step.model.backbone).values()
-        runs[switches] = float(loss), torch.cat([mask.mask_real.grad.flatten() for mask in masks])
-        del step
-    (fp32_loss, fp32_grad), (bf16_loss, bf16_grad) = runs["off"], runs["on"]
+    fp32, bf16 = (first_step(arch, switches, settings, device) for switches in ("off", "on"))
     figures = {
-        "loss_fp32": fp32_loss,
-        "loss_bf16": bf16_loss,
-        "loss_rel": abs(bf16_loss - fp32_loss) / abs(fp32_loss),
-        "grad_rel_l2": ((bf16_grad - fp32_grad).norm() / fp32_grad.norm()).item(),
-        "grad_cosine": torch.nn.functional.cosine_similarity(bf16_grad, fp32_grad, 0).item(),
+        "loss_fp32": fp32[0],
+        "loss_bf16": bf16[0],
+        **deviation(fp32, bf16),
         "tolerance": BF16_TOLERANCE,
     }
     figures["passed"] = (
@@ -103,6 +117,7 @@ def all_ones_mask_is_plain(arch: str, settings: BenchSettings, device: torch.dev
     figures = {}
     for switches, tolerance in ALL_ONES_TOLERANCE.items():
         speed = SWITCHES[switches].resolve(device)
+        speed.set_float32_precision()
         plain = build_task_model(ArchSpec(arch), settings.classes, weights="random")
         masked = copy.deepcopy(plain)
         add_masks(masked.backbone, MaskSpec())  # every entry 1e-2, above 5e-3: all ones

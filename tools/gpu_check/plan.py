@@ -22,7 +22,11 @@ SWITCHES = {
     "off": SpeedOptions(amp="off", channels_last=False, fused_optimizer=False),
     "on": SpeedOptions(amp="bf16", channels_last=True, fused_optimizer=True),
     "compile": SpeedOptions(amp="bf16", channels_last=True, fused_optimizer=True, compile=True),
+    # the three numerics side by side, the other switches as "on"
+    "fp32": SpeedOptions(amp="off", channels_last=True, fused_optimizer=True),
+    "tf32": SpeedOptions(amp="off", channels_last=True, fused_optimizer=True, tf32=True),
 }
+NUMERICS = {"fp32": "fp32", "tf32": "tf32", "bf16": "on"}  # name: switch set
 HEADLINE_METHODS = ("piggyback", "finetune")  # the mask overhead is their ratio
 METHOD_ORDER = HEADLINE_METHODS + tuple(m for m in METHODS if m not in HEADLINE_METHODS)
 
@@ -68,24 +72,26 @@ GPU_PLAN = Plan(
     transformer="vit_b_16",
     sections={
         "correctness": 25,
+        "numerics": 40,
         "train": 140,
         "mask_cost": 10,
         "eval": 20,
         "input": 40,
-        "largest_batch": 65,
+        "largest_batch": 45,
         "transformer": 20,
-        "compile": 115,
+        "compile": 95,
         "summary": 15,
     },
     unit_s={
         "correctness": 20,
+        "numerics": 13,
         "train": 25,
         "mask_cost": 8,
         "eval": 10,
         "input": 25,
         "largest_batch": 20,
         "transformer": 20,
-        "compile": 100,
+        "compile": 90,
         "summary": 15,
     },
 )
@@ -105,6 +111,7 @@ CPU_PLAN = Plan(
     transformer="shufflenet_v2_x0_5",  # ViT-B/16 is built for 224 px: seconds a CPU step
     sections={
         "correctness": 60,
+        "numerics": 30,
         "train": 120,
         "mask_cost": 30,
         "eval": 30,

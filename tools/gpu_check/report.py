@@ -66,7 +66,12 @@ def device_info(device: torch.device) -> dict[str, Any]:
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1,
-        "matmul_precision": torch.get_float32_matmul_precision(),
+        # torch's fp32_precision settings as the check starts (the legacy getters,
+        # get_float32_matmul_precision and allow_tf32, refuse once the new ones are set)
+        "fp32_precision": {
+            "cuda.matmul": torch.backends.cuda.matmul.fp32_precision,
+            "cudnn.conv": torch.backends.cudnn.conv.fp32_precision,
+        },
     }
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
@@ -77,6 +82,5 @@ def device_info(device: torch.device) -> dict[str, Any]:
             capability=f"{properties.major}.{properties.minor}",
             cuda=torch.version.cuda,
             cudnn=torch.backends.cudnn.version(),
-            cudnn_tf32=torch.backends.cudnn.allow_tf32,
         )
     return info

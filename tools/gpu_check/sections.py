@@ -20,7 +20,7 @@ from bench.peer import peer_images_per_second
 from bench.throughput import BenchSettings
 
 from gpu_check import summary
-from gpu_check.correctness import CHECKS
+from gpu_check.correctness import CHECKS, deviation, first_step
 from gpu_check.figures import (
     eval_figures,
     largest_figures,
@@ -28,7 +28,7 @@ from gpu_check.figures import (
     prepare_input,
     train_figures,
 )
-from gpu_check.plan import HEADLINE_METHODS, METHOD_ORDER, SWITCHES
+from gpu_check.plan import HEADLINE_METHODS, METHOD_ORDER, NUMERICS, SWITCHES
 from gpu_check.runner import GpuCheck, need
 
 OTHER_METHODS = METHOD_ORDER[len(HEADLINE_METHODS) :]
@@ -44,6 +44,32 @@ def correctness(check: GpuCheck) -> None:
             arch=plan.check_arch,
             batch=settings.batch_size,
             image_size=settings.image_size,
+        )
+
+
+def numerics(check: GpuCheck) -> None:
+    """fp32, TF32 and bf16 side by side on the headline arch's Piggyback step at the
+    paper's batch, the other switches on: training img/s, and how far each one's first
+    step (loss, mask gradients) is from fp32's."""
+    arch, settings, device = check.plan.archs[0], check.plan.settings, check.device
+    steps = {}
+
+    def figures(name: str, switches: str) -> dict:
+        steps[name] = first_step(arch, switches, settings, device)
+        result = train_figures(device, arch, "piggyback", switches, settings)
+        if name != "fp32" and "fp32" in steps:
+            result["against_fp32"] = deviation(steps["fp32"], steps[name])
+        return result
+
+    for name, switches in NUMERICS.items():
+        check.measure(
+            f"{arch} piggyback {name} b{settings.batch_size}",
+            lambda name=name, switches=switches: figures(name, switches),
+            arch=arch,
+            method="piggyback",
+            numerics=name,
+            switches=switches,
+            batch=settings.batch_size,
         )
 
 
@@ -156,6 +182,7 @@ def summary_figures(check: GpuCheck) -> None:
 # Each section of the plans, by the name the plans and the report give it.
 SECTIONS: dict[str, Callable[[GpuCheck], None]] = {
     "correctness": correctness,
+    "numerics": numerics,
     "train": train,
     "mask_cost": mask_cost,
     "eval": evaluation,

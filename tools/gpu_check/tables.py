@@ -48,6 +48,26 @@ def configuration_table(report: Report, plan: Plan) -> str:
     return tabulate(rows, headers="keys", tablefmt="github")
 
 
+def numerics_table(report: Report, plan: Plan) -> str:
+    """fp32, TF32 and bf16 side by side: training img/s and the first step's distance
+    from fp32's."""
+    rows = []
+    for record in report["numerics"]:
+        ok = record["status"] == "ok"
+        against = record.get("against_fp32", {})
+        rows.append(
+            {
+                "numerics": record["numerics"],
+                "arch": record["arch"],
+                "batch": record["batch"],
+                "Piggyback img/s": _number(record["img_s"]) if ok else record["status"],
+                "loss vs fp32 (rel)": _scientific(against.get("loss_rel")),
+                "mask grad vs fp32 (rel L2)": _scientific(against.get("grad_rel_l2")),
+            }
+        )
+    return tabulate(rows, headers="keys", tablefmt="github")
+
+
 def goals_table(report: Report, plan: Plan) -> str:
     """Each of ``GOAL_ROWS``' rows: measured, goal, met (in the CPU mode, toy sizes: no
     verdict on a GPU goal)."""
@@ -148,7 +168,7 @@ def correctness_rows(report: Report, plan: Plan) -> list[dict]:
 # The goals table's rows, in order; a measurement with a goal adds its rows here.
 GOAL_ROWS = (speed_rows, mask_cost_rows, transformer_rows, feed_rows, correctness_rows)
 # After the heading, in order; the goals table stays last.
-TABLES = (configuration_table, goals_table)
+TABLES = (numerics_table, configuration_table, goals_table)
 
 
 def _summary_figure(report: Report, name: str, key: str) -> Any:
@@ -175,6 +195,10 @@ def _row(
         "goal": "-" if relation is None else f"{relation} {target:g}",
         "met": met,
     }
+
+
+def _scientific(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
 
 
 def _number(value) -> str:

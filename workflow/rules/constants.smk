@@ -4,7 +4,7 @@ orderings, runs and datasets, where files go, and the stage scripts."""
 import sys
 from pathlib import Path
 
-from piggyback.config import ConfigError, check_config, experiment_datasets
+from piggyback.config import ConfigError, check_config, experiment_datasets, source_task
 
 try:
     check_config(config)
@@ -23,6 +23,8 @@ METHODS = EXPERIMENT["methods"]
 ORDERINGS = EXPERIMENT["orderings"]
 RUNS = list(range(EXPERIMENT["runs"]))
 DATASETS = experiment_datasets(config)
+# The backbone's source task (`source_task: true`): the table's ImageNet row, if any.
+SOURCE_TASK = source_task(config)
 WORKERS = config["compute"]["workers"]
 RESUME_EVERY = config["compute"]["resume_every"]
 # `cached`: train and evaluate read a decoded, pre-resized cache of each dataset and
@@ -30,6 +32,8 @@ RESUME_EVERY = config["compute"]["resume_every"]
 DATA_PIPELINE = config["compute"]["data_pipeline"]
 EVAL_BATCH_SIZE = config["eval_batch_size"]
 PACK_ENCODING = config["pack_encoding"]
+# TF32 matmuls and convolutions (a speed option that changes the rounding); off: fp32.
+TF32 = config["compute"]["tf32"]
 
 # The stage scripts by absolute path, so jobs find them whatever the working directory.
 # (workflow.source_path would hand back a per-run cache copy whose path changes on every
@@ -44,6 +48,7 @@ SCRIPTS = {
         "train",
         "pack",
         "evaluate",
+        "evaluate_source",
         "aggregate",
         "plots",
     )

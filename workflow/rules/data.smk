@@ -24,7 +24,8 @@ rule download:
 
 
 rule prepare:
-    """Unpack (and crop, split) a dataset into train/<class>/ and test/<class>/."""
+    """Unpack (and crop, split) a dataset into train/<class>/ and test/<class>/; for a
+    dataset read where it is (route folder), check it and record its files."""
     input:
         f"{DOWNLOADS}/{{dataset}}.downloaded",
     output:
@@ -64,11 +65,12 @@ rule cache:
     params:
         python=PYTHON,
         script=SCRIPTS["cache"],
-        data=lambda wildcards: f"{DATA}/{wildcards.dataset}",
+        data=lambda wildcards: data_folder(wildcards.dataset),
+        record=lambda wildcards: folder_record_flag(wildcards.dataset),
         transform=lambda wildcards: dataset_entry(wildcards.dataset)["transform"],
         weights_transforms="",
     shell:
-        "{params.python} {params.script} --data {params.data} "
+        "{params.python} {params.script} --data {params.data}{params.record} "
         "--transform {params.transform} --image-size {wildcards.size} --out {output} "
         "{params.weights_transforms} --workers {threads} > {log} 2>&1"
 

@@ -2,7 +2,7 @@
 
 import json
 
-from piggyback.core.registry import START_DATASET
+from piggyback.core.registry import START_DATASET, position_settings
 
 
 def source_json(wildcards):
@@ -31,10 +31,23 @@ def arch_flags(arch):
 
 def data_flags(dataset):
     entry = dataset_entry(dataset)
-    return (
-        f"--dataset {dataset} --data {DATA}/{dataset} --transform {entry['transform']} "
-        f"--image-size {IMAGE_SIZE} --workers {WORKERS} --eval-batch-size {EVAL_BATCH_SIZE}"
+    flags = (
+        f"--dataset {dataset} --data {data_folder(dataset)} --transform {entry['transform']} "
+        f"--image-size {IMAGE_SIZE} --crop {entry['crop']} --workers {WORKERS} "
+        f"--eval-batch-size {EVAL_BATCH_SIZE}"
     )
+    return flags + folder_record_flag(dataset)
+
+
+def folder_record_flag(dataset):
+    """`--prepared RECORD` for a dataset read where it is, which the job checks first."""
+    record = folder_record(dataset)
+    return f" --prepared {record}" if record else ""
+
+
+def numerics_flag():
+    """`--tf32` when `compute: {tf32: true}`; without it the scripts compute in fp32."""
+    return "--tf32" if TF32 else ""
 
 
 def hyperparameter_flags(hyperparameters):
@@ -50,11 +63,20 @@ def pretrain_hyperparameter_flags(arch):
     return hyperparameter_flags({**pretrain.get("hyperparameters", {}), **overrides})
 
 
-def method_flags(method):
-    """The method and its hyperparameters (the config's; the rest are the paper's)."""
+def method_flags(method, position=None):
+    """The method and its hyperparameters (the config's; the rest are the paper's), those
+    given per position of the ordering at the task's ``position``."""
     settings = config["methods"].get(method, {})
     knobs = {key: value for key, value in settings.items() if key != START_DATASET}
+    knobs = position_settings(method, knobs, position)
     return f"--method {method} {hyperparameter_flags(knobs)}"
+
+
+def task_position(wildcards):
+    """A sequential task's 0-based position in its ordering; None for an independent one."""
+    if not is_sequential(series_method(wildcards.series)):
+        return None
+    return series_tasks(wildcards.series).index(wildcards.dataset)
 
 
 def chain_flags(wildcards):
@@ -74,13 +96,14 @@ def train_job_flags(wildcards):
     return " ".join(
         [
             arch_flags(wildcards.arch),
-            method_flags(series_method(wildcards.series)),
+            method_flags(series_method(wildcards.series), task_position(wildcards)),
             data_flags(wildcards.dataset),
             transforms_flag(wildcards.arch),
             cache_flag(wildcards.dataset, wildcards.arch),
             chain_flags(wildcards),
             f"--classes {dataset_entry(wildcards.dataset)['classes']}",
             f"--seed {wildcards.run}",
+            numerics_flag(),
         ]
     )
 
@@ -97,6 +120,7 @@ def start_job_flags(wildcards):
             transforms_flag(wildcards.arch) if dataset else "",
             cache_flag(dataset, wildcards.arch) if dataset else "",
             f"--seed {wildcards.run}",
+            numerics_flag(),
         ]
     )
 
@@ -111,6 +135,7 @@ def pretrain_job_flags(wildcards):
             data_flags(dataset),
             cache_flag(dataset),
             "--seed 0",
+            numerics_flag(),
         ]
     )
 
@@ -136,15 +161,34 @@ def tasks_json(wildcards):
     return json.dumps(
         {
             dataset: {
-                "data": f"{DATA}/{dataset}",
+                "data": data_folder(dataset),
                 "transform": dataset_entry(dataset)["transform"],
                 "cache": cached(dataset, wildcards.arch) or None,
+                "prepared": folder_record(dataset),
                 **({"weights_transforms": transforms} if transforms else {}),
             }
             for dataset in series_tasks(wildcards.series)
         },
         sort_keys=True,
     )
+
+
+def source_task_flags(wildcards):
+    """Param: the source task's test data and the arch's transforms, for
+    evaluate_source.py (none without a `source_task: true` dataset)."""
+    if not SOURCE_TASK:
+        return ""
+    entry = dataset_entry(SOURCE_TASK)
+    return (
+        f"--dataset {SOURCE_TASK} --data {DATA}/{SOURCE_TASK} --transform {entry['transform']} "
+        f"--image-size {IMAGE_SIZE} {cache_flag(SOURCE_TASK, wildcards.arch)} "
+        f"{transforms_flag(wildcards.arch)}"
+    )
+
+
+def start_flag(wildcards, input):
+    """Param: the start a sequential method's source-task evaluation runs on."""
+    return f"--start {input.start}"
 
 
 def reference_flags():
@@ -160,7 +204,9 @@ def tolerance_flag():
 
 
 def classes_json():
-    return json.dumps({d: dataset_entry(d)["classes"] for d in DATASETS})
+    """Param: each dataset's class count (its chance error), the source task's too."""
+    datasets = DATASETS + ([SOURCE_TASK] if SOURCE_TASK else [])
+    return json.dumps({d: dataset_entry(d)["classes"] for d in datasets})
 
 
 def orderings_json():

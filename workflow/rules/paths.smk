@@ -9,6 +9,19 @@ def prepared(dataset):
     return f"{DATA}/{dataset}/prepared.json"
 
 
+def data_folder(dataset):
+    """Where the jobs read a dataset's images: a `folder` route's own folder, used where
+    it is (never copied), or the folder `prepare` wrote under paths.data."""
+    source = dataset_entry(dataset)["source"]
+    return source["path"] if source["route"] == "folder" else f"{DATA}/{dataset}"
+
+
+def folder_record(dataset):
+    """The record a `folder` dataset's jobs check its folder against; none otherwise."""
+    route = dataset_entry(dataset)["source"]["route"]
+    return prepared(dataset) if route == "folder" else None
+
+
 def cache_file(dataset, arch=None):
     """The decoded, pre-resized cache of a prepared dataset (rule `cache`), for the
     paper's transforms or, for an arch whose transforms follow its weights, theirs
@@ -21,6 +34,11 @@ def cache_file(dataset, arch=None):
 def cached(dataset, arch=None):
     """Input: the dataset's cache when `compute: {data_pipeline: cached}`, else none."""
     return cache_file(dataset, arch) if DATA_PIPELINE == "cached" else []
+
+
+def source_task_cache(wildcards):
+    """Input: the source task's cache for the arch's transforms, if jobs read caches."""
+    return cached(SOURCE_TASK, wildcards.arch) if SOURCE_TASK else []
 
 
 def weights_transforms(arch):
@@ -106,13 +124,31 @@ def series_data(wildcards):
     return [prepared(d) for d in tasks] + [c for c in caches if c]
 
 
-def evaluation_outputs():
-    return [
-        f"{RESULTS}/eval/{arch}/{series}/run{run}.json"
-        for arch in ARCHS
-        for series in SERIES
-        for run in RUNS
-    ]
+def evaluation(arch, series, run, suffix="json"):
+    """An evaluation's JSON, or (suffix `images.tsv.gz`) its per-image file."""
+    return f"{RESULTS}/eval/{arch}/{series}/run{run}.{suffix}"
+
+
+def source_evaluation(arch, network, suffix="json"):
+    """The source task's evaluation: network `backbone`, or `<method>/run<r>` (a start)."""
+    return f"{RESULTS}/eval/{arch}/source/{network}.{suffix}"
+
+
+def source_networks():
+    """What the source task is evaluated on, per arch: the backbone if a method keeps it,
+    and each sequential method's start per run; none without a source task."""
+    if SOURCE_TASK is None:
+        return []
+    kept = ["backbone"] if any(not is_sequential(m) for m in METHODS) else []
+    starts = [f"{m}/run{r}" for m in METHODS if is_sequential(m) for r in RUNS]
+    return kept + starts
+
+
+def evaluation_outputs(suffix="json"):
+    """Every evaluation the table reads: each packed file's, and the source task's."""
+    packed = [evaluation(a, s, r, suffix) for a in ARCHS for s in SERIES for r in RUNS]
+    source = [source_evaluation(a, n, suffix) for a in ARCHS for n in source_networks()]
+    return packed + source
 
 
 def table_outputs():
@@ -125,7 +161,7 @@ def reference_inputs():
 
 
 # The report's figures, one `plot_<name>` rule each (report.smk).
-PLOTS = "reference error_curves mask_density ownership storage runtimes".split()
+PLOTS = "reference paired_differences error_curves mask_density ownership storage runtimes".split()
 
 
 def plot_file(name, suffix="png"):

@@ -9,7 +9,8 @@ from piggyback.core.registry import METHODS as METHOD_REGISTRY
 
 
 def record_files(records):
-    return [path for r in records for path in (r["file"], r.get("stats")) if path]
+    keys = ("file", "stats", "backbone")
+    return list(dict.fromkeys(r[k] for r in records for k in keys if r.get(k)))
 
 
 def records_json(records):
@@ -72,15 +73,23 @@ def mask_stats(arch, series, run):
 
 
 def storage_records():
-    """Every packed file (its header is read), with the statistics of a mask's layers."""
+    """Every packed file (its header is read), with the statistics of a mask's layers and
+    the backbone's weights (their size: a method that keeps the backbone stores it)."""
     return [
-        series_record(a, s, r, file=packed_file(a, s, r), stats=mask_stats(a, s, r))
+        series_record(
+            a,
+            s,
+            r,
+            file=packed_file(a, s, r),
+            stats=mask_stats(a, s, r),
+            backbone=weights_file(a),
+        )
         for a, s, r in packed_series()
     ]
 
 
 def benchmark_records():
-    """Every benchmarked job: pretrain, start, train and evaluate."""
+    """Every benchmarked job: pretrain, start, train, evaluate and evaluate_source."""
     bench = f"{RESULTS}/benchmarks"
     trained = trained_series()
     pretrained = [a for a in ARCHS if config["archs"][a]["weights"] == PRETRAIN_WEIGHTS]
@@ -105,5 +114,11 @@ def benchmark_records():
         series_record(arch, series, run, rule="evaluate", file=path)
         for arch, series, run in packed_series()
         for path in [f"{bench}/evaluate/{arch}/{series}/run{run}.tsv"]
+    ]
+    records += [
+        {"file": path, "rule": "evaluate_source", "arch": arch}
+        for arch in ARCHS
+        for network in source_networks()
+        for path in [f"{bench}/evaluate_source/{arch}/{network}.tsv"]
     ]
     return records

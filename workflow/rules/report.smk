@@ -1,8 +1,12 @@
 rule aggregate:
-    """The paper's table: every evaluation against the reference numbers."""
+    """The paper's table: every evaluation with its interval, the paired comparisons
+    with Piggyback from the per-image files, the verdict against the reference
+    numbers, and the storage row (from the files the storage figure reads)."""
     input:
         results=evaluation_outputs(),
+        images=evaluation_outputs("images.tsv.gz"),
         reference=reference_inputs(),
+        storage=record_files(storage_records()),
     output:
         markdown=report(
             f"{RESULTS}/table.md",
@@ -24,10 +28,12 @@ rule aggregate:
         datasets=DATASETS,
         methods=METHODS,
         orderings=orderings_json(),
+        storage=records_json(storage_records()),
     shell:
         "{params.python} {params.script} {input.results} {params.reference} "
         "--classes {params.classes:q} --archs {params.archs} --datasets {params.datasets} "
-        "--methods {params.methods} --orderings {params.orderings:q} --markdown {output.markdown} --tsv {output.tsv} "
+        "--methods {params.methods} --orderings {params.orderings:q} "
+        "--storage-records {params.storage:q} --markdown {output.markdown} --tsv {output.tsv} "
         "2> {log} | tee -a {log}"
 
 
@@ -53,6 +59,30 @@ rule plot_reference:
         tolerance=tolerance_flag(),
     shell:
         "{params.python} {params.script} reference --table {input.table} {params.tolerance} "
+        "--out {output.figure} --data {output.data} > {log} 2>&1"
+
+
+rule plot_paired_differences:
+    """Each method minus Piggyback on the same test images, with its interval."""
+    input:
+        table=f"{RESULTS}/table.tsv",
+    output:
+        figure=report(
+            plot_file("paired_differences"),
+            caption="../report/paired_differences.rst",
+            category="1. Results",
+            labels={"result": "paired differences against Piggyback"},
+        ),
+        data=plot_file("paired_differences", "tsv"),
+    log:
+        f"{RESULTS}/logs/plots/paired_differences.log",
+    conda:
+        "../../environment.yml"
+    params:
+        python=PYTHON,
+        script=SCRIPTS["plots"],
+    shell:
+        "{params.python} {params.script} paired_differences --table {input.table} "
         "--out {output.figure} --data {output.data} > {log} 2>&1"
 
 

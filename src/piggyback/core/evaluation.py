@@ -1,8 +1,10 @@
 """Evaluation: the pass over a test split that the training loop makes after each epoch
-(``evaluate``), and every task of a packed file (``evaluate_pack``). For a packed file the
-backbone is built and the file read once; each task is the plain backbone with the
-method's change applied (masks baked in, owners' weights, or a whole network) and the
-task's head, so evaluation costs exactly what the plain backbone costs."""
+(``evaluate``), every task of a packed file (``evaluate_pack``), and the backbone's
+source task with its own head (``evaluate_source``: the table's ImageNet row). For a
+packed file the backbone is built and the file read once; each task is the plain
+backbone with the method's change applied (masks baked in, owners' weights, or a whole
+network) and the task's head, so evaluation costs exactly what the plain backbone
+costs."""
 
 from __future__ import annotations
 
@@ -14,30 +16,43 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from piggyback.core.backbones import ArchSpec, TaskModel, build_backbone
-from piggyback.core.checkpoints import backbone_sha256
+from piggyback.core.backbones import ArchSpec, TaskModel, build_backbone, build_source_model
+from piggyback.core.checkpoints import (
+    CheckpointError,
+    TaskCheckpoint,
+    backbone_sha256,
+    load_task_checkpoint,
+)
 from piggyback.core.packed_file import PackedFile, PackError, read_pack
 from piggyback.core.registry import load_method
 from piggyback.core.run import SpeedOptions
 from piggyback.data.datasets import DataError
 from piggyback.data.feed import open_task_feed
 from piggyback.data.transforms import PAPER_PREPROCESSING, Preprocessing, TransformStyle
+from piggyback.per_image import TaskImages
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader, device: torch.device, speed: SpeedOptions | None = None
-) -> dict[str, float]:
-    """Top-1 and top-5 error (%) and the image count. Parametrized weights (masks) are
-    computed once for the whole pass, not once per batch: they do not change in it."""
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    speed: SpeedOptions | None = None,
+    per_image: bool = False,
+) -> dict[str, Any]:
+    """Top-1 and top-5 error (%) and the image count; with ``per_image``, also every
+    image's label and top-5 classes in loader order (``labels``, ``top5``), kept from the
+    same pass. Parametrized weights (masks) are computed once for the whole pass, not
+    once per batch: they do not change in it."""
     speed = (speed or SpeedOptions()).resolve(device)
     model.eval()
     with parametrize.cached():
-        return _evaluate(model, loader, device, speed)
+        return _evaluate(model, loader, device, speed, per_image)
 
 
-def _evaluate(model: nn.Module, loader, device: torch.device, speed: SpeedOptions) -> dict:
+def _evaluate(model: nn.Module, loader, device, speed: SpeedOptions, per_image: bool) -> dict:
     top1 = top5 = total = 0
+    labels_seen, ranks = [], []
     for images, labels in loader:
         images = images.to(device, non_blocking=True, memory_format=speed.memory_format)
         labels = labels.to(device, non_blocking=True)
@@ -49,13 +64,20 @@ def _evaluate(model: nn.Module, loader, device: torch.device, speed: SpeedOption
         top1 += hits[:, 0].sum().item()
         top5 += hits.any(dim=1).sum().item()
         total += labels.numel()
+        if per_image:
+            labels_seen.append(labels.cpu())
+            ranks.append(ranked.cpu())
     if total == 0:
         raise ValueError("cannot evaluate on an empty split")
-    return {
+    result: dict[str, Any] = {
         "top1_error": 100.0 * (1 - top1 / total),
         "top5_error": 100.0 * (1 - top5 / total),
         "images": total,
     }
+    if per_image:
+        result["labels"] = torch.cat(labels_seen).tolist()
+        result["top5"] = torch.cat(ranks).tolist()
+    return result
 
 
 @dataclass(frozen=True)
@@ -80,11 +102,13 @@ def evaluate_pack(
     weights_dir: Path | None = None,
     device: torch.device | None = None,
     workers: int = 0,
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """Top-1/top-5 error of every task in ``pack_path`` on its test split, in the file's
-    order. Refuses another arch, and backbone weights other than those the tasks were
-    trained from: the masks only mean something on the exact weights they were learned
-    over."""
+    order; with ``per_image``, also each task's images (``per_image``: a list of
+    :class:`TaskImages`, which the caller writes beside the JSON). Refuses another arch,
+    and backbone weights other than those the tasks were trained from: the masks only
+    mean something on the exact weights they were learned over."""
     device = device or torch.device("cpu")
     packed = read_pack(pack_path)
     manifest = packed.manifest
@@ -95,22 +119,25 @@ def evaluate_pack(
     backbone.to(device)
     pristine = {k: v.clone() for k, v in backbone.state_dict().items()}
     method = load_method(manifest["method"])
-    results = []
+    results, images = [], []
     for position, task in enumerate(manifest["ordering"], start=1):
         backbone.load_state_dict(pristine)
         method.apply(backbone, packed, task)
         entry = manifest["tasks"][task]
-        classes, batches = _test_batches(tasks[task], image_size, batch_size, device, workers)
-        _check_classes(classes, entry["classes"], task, tasks[task], pack_path)
-        head = nn.Linear(features, len(classes))
+        test = _test_batches(tasks[task], image_size, batch_size, device, workers)
+        _check_classes(test.classes, entry["classes"], task, tasks[task], pack_path)
+        head = nn.Linear(features, len(test.classes))
         head.load_state_dict(packed.head(task))
         model = TaskModel(backbone, head.to(device), arch, backbone.head_name)
+        totals = evaluate(model, test.batches, device, per_image=per_image)
+        if per_image:
+            images.append(_task_images(task, test.paths, totals))
         results.append(
             {
                 "dataset": task,
                 "position": position,
                 "seed": entry["seed"],
-                **evaluate(model, batches, device),
+                **totals,
                 "trained_test_top1_error": entry["trained_test_top1_error"],
                 **entry.get("summary", {}),
             }
@@ -121,7 +148,82 @@ def evaluate_pack(
         "ordering": manifest.get("ordering_name"),
         "tasks": results,
         **({"start": manifest["start"]} if "start" in manifest else {}),
+        **({"per_image": images} if per_image else {}),
     }
+
+
+def evaluate_source(
+    dataset: str,
+    data: TaskData,
+    arch: str,
+    spec: ArchSpec,
+    image_size: int,
+    batch_size: int,
+    weights: str | Path | None = None,
+    weights_dir: Path | None = None,
+    device: torch.device | None = None,
+    workers: int = 0,
+    start: Path | None = None,
+) -> dict[str, Any]:
+    """The source task (ImageNet; the demo's pretraining set) on its test split, with the
+    head the weights were trained with, and its per-image results (``per_image``).
+    Without ``start``: the backbone as the methods that keep it hold it. With a
+    sequential method's start checkpoint (PackNet's): the pruned backbone, and its head
+    if the start retrained the source task; what that method's source task stays after
+    any number of later tasks, which never change the weights it owns."""
+    device = device or torch.device("cpu")
+    model = build_source_model(spec, weights, weights_dir, arch)
+    network = {"method": None, "network": "backbone", "seed": None}
+    if start is not None:
+        checkpoint = load_task_checkpoint(start)
+        _load_start(model, checkpoint, start, weights or spec.weights)
+        network = {
+            "method": checkpoint.method,
+            "network": "start",
+            "seed": checkpoint.seed,
+            "start": checkpoint.start,
+        }
+    model.to(device)
+    test = _test_batches(data, image_size, batch_size, device, workers)
+    named = start or weights or spec.weights
+    _check_classes(test.classes, model.head.out_features, dataset, data, named)
+    totals = evaluate(model, test.batches, device, per_image=True)
+    images = _task_images(dataset, test.paths, totals)
+    return {
+        "arch": arch,
+        "ordering": None,
+        "source_task": dataset,
+        **network,
+        "tasks": [{"dataset": dataset, "position": 0, "seed": network["seed"], **totals}],
+        "per_image": [images],
+    }
+
+
+def _load_start(model: TaskModel, checkpoint: TaskCheckpoint, path: Path, weights) -> None:
+    """A start's network in place of the backbone's: refused unless it is a start made
+    from these very backbone weights (whose head it keeps unless it retrained it)."""
+    if checkpoint.role != "start" or checkpoint.weights is None:
+        raise CheckpointError(
+            f"{path} is not the start of a sequential method that holds a network "
+            f"(role {checkpoint.role!r}, method {checkpoint.method!r})"
+        )
+    identity = backbone_sha256(model.backbone)
+    if checkpoint.backbone_sha256 != identity:
+        raise CheckpointError(
+            f"{path} started from backbone weights with sha256 "
+            f"{checkpoint.backbone_sha256[:16]}..., not from {weights} ({identity[:16]}...)"
+        )
+    model.backbone.load_state_dict(checkpoint.weights)
+    if checkpoint.start.get("source") is not None:
+        model.head.load_state_dict(checkpoint.head)
+
+
+def _task_images(task: str, paths: list[str], totals: dict[str, Any]) -> TaskImages:
+    """The per-image part of ``evaluate``'s result, taken out of it, with the paths."""
+    labels, top5 = totals.pop("labels"), totals.pop("top5")
+    if len(paths) != len(labels):
+        raise DataError(f"task {task!r}: {len(paths)} test images listed, {len(labels)} evaluated")
+    return TaskImages(task, paths, labels, top5)
 
 
 def _backbone(packed: PackedFile, arch, spec, weights, weights_dir) -> tuple[nn.Module, int]:
@@ -140,7 +242,17 @@ def _backbone(packed: PackedFile, arch, spec, weights, weights_dir) -> tuple[nn.
     return backbone, features
 
 
-def _test_batches(source: TaskData, image_size, batch_size, device, workers):
+@dataclass(frozen=True)
+class EvaluationSplit:
+    """A task's test batches, in order, with the class names and each image's path
+    relative to the split folder (the same through the DataLoader and the cache)."""
+
+    classes: list[str]
+    batches: Any
+    paths: list[str]
+
+
+def _test_batches(source: TaskData, image_size, batch_size, device, workers) -> EvaluationSplit:
     feed = open_task_feed(
         source.data,
         source.transform,
@@ -151,7 +263,7 @@ def _test_batches(source: TaskData, image_size, batch_size, device, workers):
         splits=("test",),
         preprocessing=source.preprocessing,
     )
-    return feed.classes, feed.batches("test", batch_size, 0)
+    return EvaluationSplit(feed.classes, feed.batches("test", batch_size, 0), feed.paths("test"))
 
 
 def _check_classes(found: list[str], trained: list[str] | int, task, source, pack_path) -> None:

@@ -20,7 +20,9 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Knob:
-    """One hyperparameter: its default, what it does, and the values it may take."""
+    """One hyperparameter: its default, what it does, and the values it may take. A
+    sequential method's knob may be ``per_position``: the config then gives one value,
+    or a list of one per position of the ordering, and each task gets its position's."""
 
     default: Any
     help: str
@@ -28,6 +30,7 @@ class Knob:
     exclusive_minimum: bool = False
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
+    per_position: bool = False
 
     @property
     def kind(self) -> type:
@@ -41,6 +44,8 @@ class Knob:
             schema["exclusiveMinimum" if self.exclusive_minimum else "minimum"] = self.minimum
         if self.maximum is not None:
             schema["maximum"] = self.maximum
+        if self.per_position:
+            return {"anyOf": [schema, {"type": "array", "items": schema, "minItems": 1}]}
         return schema
 
 
@@ -158,10 +163,13 @@ METHODS: dict[str, MethodEntry] = {
             knobs={
                 "prune_fraction": Knob(
                     0.75,
-                    "share of a task's weights, per layer, freed for later tasks "
-                    "(the last task of an ordering is never pruned)",
-                    minimum=0,
+                    "share of a task's weights, per layer, freed for later tasks; 0 or "
+                    "less (the authors' scripts: -1) prunes nothing, and the last task of "
+                    "an ordering is never pruned. In the config, one value or one per "
+                    "position of the ordering (the authors' three tasks: 0.75, 0.75, -1)",
+                    minimum=-1,
                     maximum=1,
+                    per_position=True,
                 ),
                 "prune_epochs": Knob(
                     10, "epochs retraining the survivors after pruning", minimum=0
@@ -299,6 +307,21 @@ def _coerced(method: str, name: str, value: Any, knob: Knob) -> Any:
     if knob.choices is not None and value not in knob.choices:
         raise MethodError(f"{method}.{name} is {value!r}; expected one of {knob.choices}")
     return value
+
+
+def position_settings(method: str, settings: dict[str, Any], position: int | None) -> dict:
+    """A method's config settings for the task at ``position`` (0-based) of its ordering:
+    each per-position knob given as a list takes its value there. The start of a chain
+    (``position`` None) is no task of the ordering, so such lists do not apply to it."""
+    knobs = method_entry(method).all_knobs()
+    chosen = {}
+    for name, value in settings.items():
+        if isinstance(value, list) and name in knobs and knobs[name].per_position:
+            if position is None:
+                continue
+            value = value[position]
+        chosen[name] = value
+    return chosen
 
 
 def load_method(name: str, hp: Hyperparameters | None = None):

@@ -1,6 +1,6 @@
 """The vocabulary of a training run, below both the loop and the methods: what a run is
-(``TaskRun``), a stretch of its epochs (``Phase``), how fast it may go without changing
-what it computes (``SpeedOptions``), the seed of each epoch, and the error that stops it.
+(``TaskRun``), a stretch of its epochs (``Phase``), how fast it may go and how it
+rounds (``SpeedOptions``), the seed of each epoch, and the error that stops it.
 
 Every epoch's randomness is seeded from (seed, epoch) by ``epoch_seed``, not carried over
 from the epoch before: the loop, the DataLoader and the cached batches all take their
@@ -45,28 +45,31 @@ class Phase:
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    """Switches that change how fast the method runs, not what it computes.
+    """Switches that change how fast the method runs, and two that change its rounding.
 
     ``None`` means the sensible default for the device: channels_last on CUDA, off
     on the CPU; fused optimiser steps everywhere (on the CPU they cut VGG-16's Adam
-    step over 138M mask entries from about 1 s to 0.1 s). bf16 autocast is off by
-    default because it changes rounding (the masks are still thresholded in fp32: the
-    mask's forward runs outside autocast's op lists); turn it on for speed on GPUs.
+    step over 138M mask entries from about 1 s to 0.1 s). The two numerics switches
+    are off by default, since the authors ran true fp32 (a Pascal GPU has no TF32):
+    ``tf32`` lets CUDA matmuls and cuDNN convolutions round their inputs to TF32's
+    10-bit mantissa (PyTorch's own default does so for convolutions); bf16 autocast
+    (``amp``) runs most operations in bf16 (the masks are still thresholded in fp32:
+    the mask's forward runs outside autocast's op lists). Turn them on for speed on GPUs.
     """
 
     amp: str = "off"
     channels_last: bool | None = None
     compile: bool = False
     fused_optimizer: bool | None = None
+    tf32: bool = False
 
     def resolve(self, device: torch.device) -> SpeedOptions:
         if self.amp not in ("off", "bf16"):
             raise ValueError(f"unknown amp {self.amp!r}: expected 'off' or 'bf16'")
         on_cuda = device.type == "cuda"
-        return SpeedOptions(
-            amp=self.amp,
+        return dataclasses.replace(
+            self,
             channels_last=on_cuda if self.channels_last is None else self.channels_last,
-            compile=self.compile,
             fused_optimizer=True if self.fused_optimizer is None else self.fused_optimizer,
         )
 
@@ -76,6 +79,14 @@ class SpeedOptions:
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16")
+
+    def set_float32_precision(self) -> None:
+        """TF32 or IEEE fp32 for this process's CUDA matmuls and cuDNN convolutions,
+        through torch's ``fp32_precision`` settings (the ``allow_tf32`` flags are their
+        deprecated predecessors). The CPU's kernels compute in fp32 either way."""
+        precision = "tf32" if self.tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

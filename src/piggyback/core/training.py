@@ -51,7 +51,9 @@ def prepare_training(
     model: TaskModel, run: TaskRun, device: torch.device, speed: SpeedOptions
 ) -> tuple[Method, nn.Module]:
     """The run's method, prepared on ``model`` (seeded), the model on the device, and the
-    forward to call (compiled if asked): where training and the benchmark both start."""
+    forward to call (compiled if asked): where training and the benchmark both start, so
+    both run at the float32 precision the switches say."""
+    speed.set_float32_precision()
     method = load_method(run.method, run.hp)
     torch.manual_seed(run.seed)
     method.prepare(model, run)

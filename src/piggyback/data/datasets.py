@@ -10,6 +10,9 @@ What the data on disk may hold, and what happens (docs/reliability.md):
 - a file that claims to be an image but cannot be decoded (truncated, corrupt,
   unreadable) stops the job with a ``DataError`` naming it, when the loader reaches it:
   every image is read in the first epoch, so this costs no extra pass over the data.
+- an image of any size is decoded: Pillow's decompression-bomb limit (about 179
+  megapixels) is lifted for these trusted archives (``pillow_limit_lifted``), and the
+  prepare stage names each image above it in its log.
 
 The transforms are :mod:`piggyback.data.transforms`.
 """
@@ -17,8 +20,10 @@ The transforms are :mod:`piggyback.data.transforms`.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,6 +34,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from piggyback.data.transforms import (
     PAPER_PREPROCESSING,
+    CropSampler,
     Preprocessing,
     TransformStyle,
     build_transform,
@@ -68,17 +74,53 @@ def error_message(error: BaseException) -> str:
     return last.split(": ", 1)[-1]
 
 
+_PIXEL_LIMIT = threading.Lock()
+
+
+@contextmanager
+def pillow_limit_lifted() -> Iterator[None]:
+    """Pillow's decompression-bomb guard off for the block. Pillow refuses an image above
+    twice ``Image.MAX_IMAGE_PIXELS`` (about 179 megapixels) and warns above it, against
+    untrusted files; these datasets are trusted archives, a few of WikiArt's paintings
+    are that large, and the authors' Pillow decoded them with a warning their code
+    silenced. Pillow reads the limit as a module global: the block holds a lock, and
+    only opening (which checks the limit) is done in it, not decoding."""
+    with _PIXEL_LIMIT:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
 def read_image(path: str) -> Image.Image:
-    """An image as RGB; a file that cannot be decoded raises a ``DataError`` naming it."""
+    """An image as RGB, whatever its size; a file that cannot be decoded raises a
+    ``DataError`` naming it."""
     try:
         with open(path, "rb") as handle:
-            return Image.open(handle).convert("RGB")
+            with pillow_limit_lifted():
+                image = Image.open(handle)
+            return image.convert("RGB")
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError...
-        raise DataError(
-            f"cannot read image {path} ({type(error).__name__}: {error}): the file is "
-            "truncated, corrupt or unreadable; replace it, or prepare the dataset again "
-            "(delete its data folder and rerun the workflow)"
-        ) from None
+        raise unreadable(path, error) from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, whatever its size; a file Pillow cannot
+    open raises a ``DataError`` naming it."""
+    try:
+        with open(path, "rb") as handle, pillow_limit_lifted():
+            return Image.open(handle).size
+    except Exception as error:
+        raise unreadable(path, error) from None
+
+
+def unreadable(path, error: BaseException) -> DataError:
+    return DataError(
+        f"cannot read image {path} ({type(error).__name__}: {error}): the file is "
+        "truncated, corrupt or unreadable; replace it, or prepare the dataset again "
+        "(delete its data folder and rerun the workflow)"
+    )
 
 
 class TaskImageFolder(datasets.ImageFolder):
@@ -125,6 +167,22 @@ class TaskImageFolder(datasets.ImageFolder):
         return True
 
 
+def image_files(root: Path) -> dict[str, dict[str, int]]:
+    """Per split, every image file the split's loader reads (hidden files and files that
+    are not images left out, as ``TaskImageFolder`` does), relative to ``root``, with its
+    size in bytes; a missing split or an empty class raises a ``DataError``."""
+    files = {}
+    for split in SPLITS:
+        folder = Path(root) / split
+        if not folder.is_dir():
+            raise DataError(f"{folder} does not exist: expected {root}/<split>/<class>/<image>")
+        samples = TaskImageFolder(folder).samples
+        files[split] = {
+            str(Path(path).relative_to(root)): os.stat(path).st_size for path, _ in samples
+        }
+    return files
+
+
 def load_split(
     root: Path,
     split: str,
@@ -133,12 +191,13 @@ def load_split(
     train: bool,
     log: Callable[[str], None] = print,
     preprocessing: Preprocessing = PAPER_PREPROCESSING,
+    crop: CropSampler = "2017",
 ) -> TaskImageFolder:
     """One split; files that are not images are skipped and their count logged."""
     folder = Path(root) / split
     if not folder.is_dir():
         raise DataError(f"{folder} does not exist: expected {root}/<split>/<class>/<image>")
-    transform = build_transform(style, image_size, train, preprocessing)
+    transform = build_transform(style, image_size, train, preprocessing, crop=crop)
     dataset = TaskImageFolder(folder, transform=transform)
     if dataset.skipped:
         log(
@@ -155,9 +214,11 @@ def load_task_data(
     num_classes: int | None = None,
     log: Callable[[str], None] = print,
     preprocessing: Preprocessing = PAPER_PREPROCESSING,
+    crop: CropSampler = "2017",
 ) -> tuple[TaskImageFolder, TaskImageFolder]:
-    """Train and test splits, checked to share one class list (and its expected size)."""
-    train = load_split(root, "train", style, image_size, True, log, preprocessing)
+    """Train and test splits, checked to share one class list (and its expected size);
+    ``crop`` is the train split's crop sampler (for the ``standard`` style)."""
+    train = load_split(root, "train", style, image_size, True, log, preprocessing, crop)
     test = load_split(root, "test", style, image_size, False, log, preprocessing)
     if train.classes != test.classes:
         only_train = sorted(set(train.classes) - set(test.classes))

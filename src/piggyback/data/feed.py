@@ -21,7 +21,12 @@ from piggyback.data.datasets import (
     load_task_data,
     make_loader,
 )
-from piggyback.data.transforms import PAPER_PREPROCESSING, Preprocessing, TransformStyle
+from piggyback.data.transforms import (
+    PAPER_PREPROCESSING,
+    CropSampler,
+    Preprocessing,
+    TransformStyle,
+)
 
 
 @dataclass
@@ -33,14 +38,24 @@ class TaskFeed:
     folders: dict[str, TaskImageFolder]
     device: torch.device
     workers: int
+    crop: CropSampler
 
     def batches(self, split: str, batch_size: int, seed: int) -> Iterable:
         """A pass over ``split``, iterable again and again: the train split shuffled and
         augmented as ``seed`` draws it, the test split in order."""
         train = split == "train"
         if self.cache is not None:
-            return cached_batches(self.cache, batch_size, train, seed, self.device)
+            return cached_batches(self.cache, batch_size, train, seed, self.device, crop=self.crop)
         return make_loader(self.folders[split], batch_size, train, seed, self.workers)
+
+    def paths(self, split: str) -> list[str]:
+        """Each image's path relative to the split folder, in the order a test pass gives
+        them: the same names whether the images come from the cache or the folder."""
+        if self.cache is not None:
+            return list(self.cache.splits[split].paths)
+        folder = self.folders[split]
+        root = Path(folder.root)
+        return [Path(path).relative_to(root).as_posix() for path, _ in folder.samples]
 
 
 def open_task_feed(
@@ -54,22 +69,29 @@ def open_task_feed(
     splits: tuple[str, ...] = SPLITS,
     log: Callable[[str], None] = print,
     preprocessing: Preprocessing = PAPER_PREPROCESSING,
+    crop: CropSampler = "2017",
 ) -> TaskFeed:
     """The task's ``splits`` from ``cache`` if given (on ``device`` if it fits), else
     from the folder ``data``; ``classes``, if given, is the class count to check;
-    ``preprocessing``, the transforms' (the paper's, or the backbone's weights')."""
+    ``preprocessing``, the transforms' (the paper's, or the backbone's weights'), and
+    ``crop`` the train split's random crop (the ``standard`` style's)."""
     if cache is not None:
         cached = load_task_cache(
             cache, style, image_size, classes, device, splits, log, preprocessing
         )
-        return TaskFeed(cached.classes, cached, {}, device, workers)
+        return TaskFeed(cached.classes, cached, {}, device, workers, crop)
     if splits == SPLITS:  # both splits, checked to share their classes
-        train, test = load_task_data(data, style, image_size, classes, log, preprocessing)
-        return TaskFeed(train.classes, None, {"train": train, "test": test}, device, workers)
+        train, test = load_task_data(
+            data, style, image_size, classes, log, preprocessing=preprocessing, crop=crop
+        )
+        folders = {"train": train, "test": test}
+        return TaskFeed(train.classes, None, folders, device, workers, crop)
     folders = {
-        split: load_split(data, split, style, image_size, split == "train", log, preprocessing)
+        split: load_split(
+            data, split, style, image_size, split == "train", log, preprocessing, crop
+        )
         for split in splits
     }
     found = folders[splits[0]].classes
     check_class_count(f"{data}: found", len(found), classes, "the data folder")
-    return TaskFeed(found, None, folders, device, workers)
+    return TaskFeed(found, None, folders, device, workers, crop)

@@ -14,6 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from piggyback.data.archives import extract_archive, is_content_dir
+from piggyback.data.datasets import pillow_limit_lifted
 from piggyback.data.sources import SourceError
 
 SKETCH_TEST_EVERY = 5  # in each class, sorted by number, every 5th sketch is a test one
@@ -239,7 +240,7 @@ def _crop_all(jobs: list[tuple[Path, tuple, Path]], description: str, progress: 
             raise SourceError(f"{source} is listed in the annotations but not in the archive")
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with Image.open(source) as image:
+            with pillow_limit_lifted(), Image.open(source) as image:
                 crop = image.crop(_pixel_box(box, image.size, source))
         except OSError as error:
             raise SourceError(f"{source} is not a readable image ({error})") from None

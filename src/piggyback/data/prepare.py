@@ -1,9 +1,17 @@
 """How a dataset becomes ``<out>/{train,test}/<class>/<image>``: the route's files, found in
 the downloads folder, are unpacked (the ``authors`` route), split and cropped
-(:mod:`piggyback.data.originals`) or written (``digits``).
+(:mod:`piggyback.data.originals`) or written (``digits``); a ``folder`` dataset stays
+where it is, and ``<out>`` holds only its record (:mod:`piggyback.data.folders`).
 
 Preparation happens in a temporary folder beside ``out`` that is renamed at the end, and
 ``prepared.json`` is written last, so a half-prepared dataset is never seen.
+
+Every image's header is read once here: one that Pillow cannot open stops the stage,
+naming it, and each image above Pillow's decompression-bomb limit is named in the log and
+in ``prepared.json`` (``large_images``). Such images are decoded as they are, here and in
+training (``pillow_limit_lifted``), rather than resized once here: the archives are
+trusted, and the authors' code trained on the full images, resized per epoch by the
+transforms; a copy resized here would give other pixels after the transforms' resize.
 """
 
 from __future__ import annotations
@@ -11,12 +19,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from PIL import Image
 
 from piggyback.atomic import atomic_write_json
 from piggyback.data.archives import extract_archive, is_content_dir, replace_folder
-from piggyback.data.datasets import SPLITS, check_class_count
+from piggyback.data.datasets import SPLITS, DataError, check_class_count, image_files, image_size
 from piggyback.data.digits import write_digits_task
+from piggyback.data.folders import prepare_folder
 from piggyback.data.originals import ORIGINAL_ROUTES
 from piggyback.data.sources import (
     SourceError,
@@ -35,8 +47,10 @@ def prepare_dataset(
     out: Path,
     classes: int | None = None,
     progress: bool = False,
+    log: Callable[[str], None] = print,
 ) -> dict:
-    """Build ``out/{train,test}/<class>/<image>`` and ``out/prepared.json`` (last).
+    """Build ``out/{train,test}/<class>/<image>`` and ``out/prepared.json`` (last); for
+    the ``folder`` route, ``out/prepared.json`` alone.
 
     The work happens in temporary folders beside ``out``; ``out`` appears, or is
     replaced, only once everything is written and the class count is as expected.
@@ -56,14 +70,20 @@ def prepare_dataset(
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.unpacked-", dir=out.parent))
     try:
         route = source["route"]
-        if route == "authors":
-            _prepare_authors(files, staging, scratch, progress)
-        elif route == "digits":
-            _prepare_digits(source, staging)
+        if route == "folder":
+            summary = prepare_folder(
+                dataset, source, out, classes, lambda root, found: _scan(root, found, log)
+            )
         else:
-            ORIGINAL_ROUTES[source["kind"]](files, staging, scratch, dataset, progress)
+            if route == "authors":
+                _prepare_authors(files, staging, scratch, progress)
+            elif route == "digits":
+                _prepare_digits(source, staging)
+            else:
+                ORIGINAL_ROUTES[source["kind"]](files, staging, scratch, dataset, progress)
+            summary = _summarise(dataset, source, staging, out, classes)
+            summary["large_images"] = _scan_prepared(staging, out, log)
         shutil.rmtree(scratch)
-        summary = _summarise(dataset, source, staging, out, classes)
         atomic_write_json(summary, staging / PREPARED_MARKER)
         replace_folder(staging, out)
     finally:
@@ -104,6 +124,37 @@ def _summarise(dataset: str, source: dict, staging: Path, out: Path, classes: in
     elif source["route"] == "authors":
         summary["archive"] = authors_archive_name(dataset, source)
     return summary
+
+
+def _scan_prepared(staging: Path, out: Path, log: Callable[[str], None]) -> list[dict]:
+    """``_scan`` of a dataset prepared in ``staging``, its messages naming ``out``, where
+    it is about to be."""
+    try:
+        return _scan(staging, image_files(staging), log, shown=out)
+    except DataError as error:
+        raise SourceError(str(error).replace(str(staging), str(out))) from None
+
+
+def _scan(
+    root: Path, files: dict[str, dict[str, int]], log: Callable[[str], None], shown=None
+) -> list[dict]:
+    """Every image's header: one Pillow cannot open raises a ``DataError``; each image
+    above Pillow's decompression-bomb limit is logged and returned."""
+    limit = Image.MAX_IMAGE_PIXELS
+    large = []
+    for split in SPLITS:
+        for name in files[split]:
+            width, height = image_size(root / name)
+            if limit is not None and width * height > limit:
+                large.append({"image": name, "width": width, "height": height})
+                log(
+                    f"{shown or root}/{name}: {width} x {height} pixels "
+                    f"({width * height / 1e6:.0f} megapixels), above Pillow's limit of "
+                    f"{limit / 1e6:.0f} (it warns there and refuses twice as many): "
+                    "decoded whole all the same, here and in training, as the authors' "
+                    "Pillow did (the dataset is trusted)"
+                )
+    return large
 
 
 # --- route: authors ---------------------------------------------------------------------

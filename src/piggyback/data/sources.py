@@ -7,6 +7,8 @@ A dataset's ``source`` entry in the config names one route:
 - ``original``: the datasets' own archives, split and cropped here the documented way.
   Closest to the authors' data, not identical (see docs/datasets.md).
 - ``digits``: small real tasks from scikit-learn's digits, for the demo and the tests.
+- ``folder``: a dataset already unpacked on disk in the authors' layout, read where it
+  is (:mod:`piggyback.data.folders`); nothing to fetch.
 
 How a route's files become the dataset folder is :mod:`piggyback.data.prepare`.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from piggyback.data.download import FetchedFile, checksum_from, download, verify_file
 
 AUTHORS_BOX_URL = "https://uofi.box.com/s/ixncr3d85guosajywhf7yridszzg5zsq"
-ROUTES = ("authors", "original", "digits")
+ROUTES = ("authors", "original", "digits", "folder")
 ORIGINAL_FILES = {
     "cub200": ("CUB_200_2011.tgz",),
     "stanford_cars": (
@@ -39,6 +41,7 @@ _ROUTE_KEYS = {
     "authors": {"route", "archive", "url", "md5", "sha256"},
     "original": {"route", "kind", "files"},
     "digits": {"route", "digits", "view", "per_class", "test_fraction", "seed"},
+    "folder": {"route", "path"},
 }
 _FILE_KEYS = {"url", "md5", "sha256"}
 
@@ -97,6 +100,10 @@ def check_source(dataset: str, source: dict) -> dict:
                 raise SourceError(f"{where}: files.{name} has unknown key(s) {bad}")
     if route == "digits" and not source.get("digits"):
         raise SourceError(f"{where}: route digits needs `digits:`, a list of digits 0-9")
+    if route == "folder" and not isinstance(source.get("path"), str):
+        raise SourceError(
+            f"{where}: route folder needs `path:`, the folder holding train/ and test/"
+        )
     return source
 
 

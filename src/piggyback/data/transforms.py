@@ -2,26 +2,42 @@
 
 ``cropped`` (CUBS, Cars: images already cropped to the object): resize to a square,
 random horizontal flip for training. ``standard`` (Flowers, WikiArt, Sketch): resize
-the shorter side to 256/224 of the crop size, random resized crop and flip for
-training, centre crop for testing.
+the shorter side to 256/224 of the crop size, random sized crop and flip for training,
+centre crop for testing.
 
 Both resize bilinearly and normalise with ImageNet's mean and std, as the paper's code
 does: its backbones were trained so. A backbone whose weights were trained with other
 preprocessing (torchvision's weights say theirs) can have the styles follow it instead:
 its resize-to-crop ratio, interpolation and normalisation (``Preprocessing``).
+
+The training crop of ``standard`` is drawn by one of two samplers (``crop``):
+``2017`` (the default), torchvision 0.1.9's ``RandomSizedCrop``, which the authors
+trained with, or ``modern``, today's ``RandomResizedCrop``, which draws the aspect ratio
+log-uniformly, never swaps width and height, and falls back to a clamped central crop.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
 
 TransformStyle = Literal["cropped", "standard"]
+CropSampler = Literal["2017", "modern"]
+CROP_SAMPLERS = ("2017", "modern")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# torchvision 0.1.9's RandomSizedCrop: its area fractions, aspect ratios and tries
+AREA_2017 = (0.08, 1.0)
+RATIO_2017 = (3 / 4, 4 / 3)
+TRIES_2017 = 10
 
 
 class PreprocessingError(ValueError):
@@ -71,11 +87,63 @@ def weights_preprocessing(name: str) -> Preprocessing:
     )
 
 
+def sized_crop_2017(
+    height: int, width: int, generator: torch.Generator | None = None
+) -> tuple[int, int, int, int] | None:
+    """(top, left, height, width) of a crop drawn as torchvision 0.1.9's
+    ``RandomSizedCrop`` draws it, from ``generator`` (default: torch's global stream, as
+    in a DataLoader worker), or None when all its tries fail and it falls back.
+
+    Each try draws an area fraction uniformly in [0.08, 1] of the image's area, an aspect
+    ratio (width over height) uniformly in [3/4, 4/3], and a fair coin that swaps the
+    crop's width and height; a crop that fits is placed uniformly, left then top."""
+    area = height * width
+    for _ in range(TRIES_2017):
+        target = area * torch.empty(1).uniform_(*AREA_2017, generator=generator).item()
+        ratio = torch.empty(1).uniform_(*RATIO_2017, generator=generator).item()
+        crop_width = int(round(math.sqrt(target * ratio)))
+        crop_height = int(round(math.sqrt(target / ratio)))
+        if torch.rand(1, generator=generator).item() < 0.5:
+            crop_width, crop_height = crop_height, crop_width
+        # a crop of no pixels cannot be resized (0.1.9 would fail on it): tried again
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            left = torch.randint(0, width - crop_width + 1, (1,), generator=generator).item()
+            top = torch.randint(0, height - crop_height + 1, (1,), generator=generator).item()
+            return top, left, crop_height, crop_width
+    return None
+
+
+class RandomSizedCrop2017:
+    """torchvision 0.1.9's ``RandomSizedCrop(size)`` on a PIL image: the drawn crop
+    resized to size x size (bilinearly, as 0.1.9 did, unless the backbone's
+    preprocessing says otherwise), or, when every try fails, ``Scale(size)`` then
+    ``CenterCrop(size)`` of the whole image (today's ``Resize(size)``, which sizes the
+    longer side as ``Scale`` did, and ``CenterCrop(size)``)."""
+
+    def __init__(self, size: int, interpolation: InterpolationMode = InterpolationMode.BILINEAR):
+        self.size = size
+        self.interpolation = interpolation
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        crop = sized_crop_2017(height, width)
+        if crop is None:
+            return F.center_crop(F.resize(image, self.size, self.interpolation), self.size)
+        top, left, crop_height, crop_width = crop
+        size = [self.size, self.size]
+        return F.resized_crop(image, top, left, crop_height, crop_width, size, self.interpolation)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
 def build_transform(
     style: TransformStyle,
     image_size: int,
     train: bool,
     preprocessing: Preprocessing = PAPER_PREPROCESSING,
+    *,
+    crop: CropSampler = "2017",
 ) -> transforms.Compose:
     interpolation = InterpolationMode(preprocessing.interpolation)
     normalize = [
@@ -91,7 +159,7 @@ def build_transform(
         if train:
             steps = [
                 transforms.Resize(resize, interpolation),
-                transforms.RandomResizedCrop(image_size, interpolation=interpolation),
+                _random_crop(crop, image_size, interpolation),
                 transforms.RandomHorizontalFlip(),
             ]
         else:
@@ -99,3 +167,11 @@ def build_transform(
     else:
         raise ValueError(f"unknown transform style {style!r}: expected 'cropped' or 'standard'")
     return transforms.Compose(steps + normalize)
+
+
+def _random_crop(crop: CropSampler, image_size: int, interpolation: InterpolationMode):
+    if crop == "2017":
+        return RandomSizedCrop2017(image_size, interpolation)
+    if crop == "modern":
+        return transforms.RandomResizedCrop(image_size, interpolation=interpolation)
+    raise ValueError(f"unknown crop sampler {crop!r}: expected one of {', '.join(CROP_SAMPLERS)}")

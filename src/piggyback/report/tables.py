@@ -1,8 +1,12 @@
-"""The paper's table from the evaluation results, set beside the reference numbers.
+"""The paper's table from the evaluation results, with the evidence beside each number:
+per cell (method x ordering x arch x dataset) the mean error over runs and its 95%
+interval, the verdict against the published number, the paired comparison with
+Piggyback on the same test images, and the storage of all of the series' tasks
+(docs/statistics.md). ``piggyback.report.markdown`` lays it out.
 
-Independent methods give one block each: mean ± std over runs (``n`` = the number of
-runs; one run has no ±). A sequential method gives one block per ordering, named after
-it, each task with its position in it: its errors depend on the order.
+A sequential method's cells are per ordering, each task with its position in it. The
+source task's evaluations (the ImageNet row) are shared: the backbone's by every method
+that keeps it, a sequential method's start by each of its orderings.
 """
 
 from __future__ import annotations
@@ -10,43 +14,70 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from piggyback.core.registry import METHODS
+from piggyback.report.comparisons import KEYS, PAIRED, paired_table
+from piggyback.report.statistics import agreement, cell_interval, standard_error
 
-KEYS = ["method", "ordering", "arch", "dataset"]
 COLUMNS = [
     *KEYS,
     "position",
     "error",
     "std",
     "n",
+    "images",
+    "low",
+    "high",
+    "se",
     "chance_error",
+    "source_task",
     "reference",
     "difference",
-    "within_tolerance",
+    "agrees",
+    "verdict",
     "reference_source",
     "reference_setting",
+    *PAIRED,
+    "storage_networks",
+    "storage_megabytes",
 ]
-SUMMARIES = ["mask_density", "owned_share"]  # per-task figures a method's pack reports
+# per-task figures a method's pack reports (PackNet's prune_fraction: 0, not pruned)
+SUMMARIES = ["mask_density", "owned_share", "prune_fraction"]
 
 
-def load_results(paths: list[Path]) -> pd.DataFrame:
-    """One row per task evaluation (arch x method x ordering x run x dataset)."""
+def load_results(
+    paths: list[Path], methods: list[str], orderings: list[str] | None = None
+) -> pd.DataFrame:
+    """One row per task evaluation (arch x method x ordering x run x dataset), with its
+    JSON (``result``) and per-image file (``per_image``). A source-task evaluation
+    becomes a row for each of ``methods`` it stands for: the backbone's for those that
+    keep it, a start's for each ordering of its method."""
     rows = []
     for path in paths:
         result = json.loads(Path(path).read_text())
-        for task in result["tasks"]:
-            rows.append(
-                {
-                    "method": result["method"],
-                    "ordering": result["ordering"] or "",
-                    "arch": result["arch"],
-                    "start_source": (result.get("start") or {}).get("source"),
-                    **task,
-                }
-            )
+        files = {
+            "result": str(path),
+            "per_image": str(Path(path).parent / result["per_image"]),
+            "start_source": (result.get("start") or {}).get("source"),
+            "source_task": "source_task" in result,
+        }
+        for method, ordering in _stands_for(result, methods, orderings or [""]):
+            for task in result["tasks"]:
+                rows.append(
+                    {"method": method, "ordering": ordering, "arch": result["arch"], **files} | task
+                )
     return pd.DataFrame(rows)
+
+
+def _stands_for(result: dict, methods: list[str], orderings: list[str]):
+    if "source_task" not in result:
+        yield result["method"], result["ordering"] or ""
+    elif result["network"] == "backbone":
+        yield from ((m, "") for m in methods if not METHODS[m].sequential)
+    elif result["method"] in methods:
+        yield from ((result["method"], ordering) for ordering in orderings)
 
 
 def load_reference(path: Path) -> pd.DataFrame:
@@ -68,27 +99,61 @@ def summarize(
     reference: pd.DataFrame | None,
     tolerance: float,
     classes: dict[str, int],
+    storage: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Mean and spread over runs per method x ordering x arch x dataset, with the
-    reference, the difference and whether it is within ``tolerance`` points."""
-    grouped = results.groupby(KEYS, sort=False)
-    table = grouped["top1_error"].agg(
-        error="mean", std=lambda e: e.std(ddof=1) if len(e) > 1 else float("nan"), n="count"
-    )
-    table["position"] = grouped["position"].first()
-    for column in SUMMARIES:
-        if column in results.columns:
-            table[column] = grouped[column].mean()
-    table["start_source"] = grouped["start_source"].first()
-    table = table.reset_index()
+    """Per cell: the mean error over runs, its spread, its 95% interval and SE; the
+    reference, the difference and the verdict (the reference within the interval
+    widened by ``tolerance`` points); the paired comparison with Piggyback; and the
+    series' storage (``storage_totals``)."""
+    table = _cells(results)
     table["chance_error"] = table["dataset"].map(lambda d: 100.0 * (1 - 1 / classes[d]))
     table = _with_reference(table, reference)
     table["difference"] = table["error"] - table["reference"]
-    table["within_tolerance"] = (
-        table["difference"].abs().le(tolerance).where(table["reference"].notna())
-    )
+    verdicts = [
+        agreement(row.error, row.low, row.high, row.reference, tolerance)
+        if pd.notna(row.reference)
+        else (None, "no reference")
+        for row in table.itertuples()
+    ]
+    table["agrees"] = pd.Series([agrees for agrees, _ in verdicts], dtype=object)
+    table["verdict"] = [text for _, text in verdicts]
+    table = table.merge(paired_table(results), on=KEYS, how="left")
+    table = _with_storage(table, storage)
     extra = [c for c in [*SUMMARIES, "start_source"] if c in table.columns]
     return table[COLUMNS + extra]
+
+
+def _cells(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread over runs, and the interval from each run's error count: the runs
+    of a cell must share their test images (their count, at least, is checked here)."""
+    rows = []
+    for keys, runs in results.groupby(KEYS, sort=False):
+        images = runs["images"].unique()
+        if len(images) != 1:
+            raise ValueError(
+                f"the runs of {dict(zip(KEYS, keys, strict=True))} were evaluated on "
+                f"{sorted(images)} test images: a cell's runs share one test set"
+            )
+        errors = (runs["top1_error"] * images[0] / 100).round().to_numpy()
+        low, high = cell_interval(errors, int(images[0]))
+        first = runs.iloc[0]
+        rows.append(
+            {
+                **dict(zip(KEYS, keys, strict=True)),
+                "position": first["position"],
+                "error": runs["top1_error"].mean(),
+                "std": runs["top1_error"].std(ddof=1) if len(runs) > 1 else float("nan"),
+                "n": len(runs),
+                "images": int(images[0]),
+                "low": low,
+                "high": high,
+                "se": standard_error(low, high),
+                "source_task": bool(first["source_task"]),
+                "start_source": first["start_source"],
+                **{c: runs[c].mean() for c in SUMMARIES if c in runs},
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _with_reference(table: pd.DataFrame, reference: pd.DataFrame | None) -> pd.DataFrame:
@@ -108,130 +173,9 @@ def _with_reference(table: pd.DataFrame, reference: pd.DataFrame | None) -> pd.D
     return exact
 
 
-def block_title(method: str, ordering: str, datasets: list[str], start_source) -> str:
-    entry = METHODS.get(method)
-    title = f"{entry.label if entry else method} ({method})"
-    if ordering:
-        title += f", ordering {ordering}: {' → '.join(datasets)}"
-        if entry is not None and entry.sequential and pd.isna(start_source):
-            title += " (the start was pruned but not retrained on the source task)"
-    return title
-
-
-def to_markdown(
-    table: pd.DataFrame,
-    archs: list[str],
-    datasets: list[str],
-    methods: list[str],
-    orderings: dict[str, list[str]],
-    tolerance: float,
-) -> str:
-    """One block per method (per ordering, for a sequential method): datasets as rows,
-    archs as columns (the paper's layout), chance error beside each dataset."""
-    lines = [
-        "# Top-1 test error (%)",
-        "",
-        "Mean ± std over runs (one run: no ±); in brackets the reference and the difference "
-        f"(a cell within ±{tolerance:g} points of its reference is marked ✓; † marks a "
-        "reference from another setting, named below the table).",
-        "",
-    ]
-    referenced = table["reference"].notna().any()
-    if not referenced:
-        lines += ["No cell has a published number to compare with (no reference).", ""]
-    notes: dict[str, int] = {}
-    for (method, ordering), block in _blocks(table, methods):
-        rows = []
-        order = orderings.get(ordering, datasets) if ordering else datasets
-        for dataset in order:
-            row = {"dataset": dataset}
-            cells = block[block["dataset"] == dataset]
-            if ordering and len(cells):
-                row = {"position": int(cells["position"].iloc[0]), **row}
-            row["chance"] = f"{cells['chance_error'].iloc[0]:.1f}" if len(cells) else ""
-            for arch in archs:
-                cell = cells[cells["arch"] == arch]
-                row[arch] = _cell(cell.iloc[0], notes, referenced) if len(cell) else "not run"
-            rows.append(row)
-        start = block["start_source"].iloc[0] if "start_source" in block else None
-        lines += [f"## {block_title(method, ordering, order, start)}", ""]
-        lines += [_markdown(rows), ""]
-        lines += _summary_lines(block, order, archs)
-    lines += ["## Verdict", "", *verdict(table, tolerance), ""]
-    if notes:
-        lines += ["Settings that differ (†):", ""]
-        lines += [f"{index}. {setting}" for setting, index in notes.items()]
-        lines.append("")
-    sources = table["reference_source"].dropna().unique()
-    if len(sources):
-        lines += ["References:", "", *[f"- {s}" for s in sources], ""]
-    return "\n".join(lines)
-
-
-def _markdown(rows: list[dict]) -> str:
-    """A markdown table of the rows, their text as written (no "31.00" shown as "31")."""
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
-
-
-def _blocks(table: pd.DataFrame, methods: list[str]):
-    for method in methods:
-        block = table[table["method"] == method]
-        for ordering, part in block.groupby("ordering", sort=False):
-            yield (method, ordering), part
-
-
-def _summary_lines(block: pd.DataFrame, datasets: list[str], archs: list[str]) -> list[str]:
-    """What the method's packed files say of each task (Piggyback: the share of mask
-    entries kept; PackNet: the share of the backbone the task owns)."""
-    lines = []
-    for column, what in (
-        ("mask_density", "Share of mask entries kept (%)"),
-        ("owned_share", "Share of the backbone's weights the task owns (%)"),
-    ):
-        if column not in block or block[column].isna().all():
-            continue
-        rows = []
-        for dataset in datasets:
-            row = {"dataset": dataset}
-            for arch in archs:
-                cell = block[(block["dataset"] == dataset) & (block["arch"] == arch)]
-                row[arch] = f"{100.0 * cell[column].iloc[0]:.2f}" if len(cell) else "not run"
-            rows.append(row)
-        lines += [f"{what}:", "", _markdown(rows), ""]
-    return lines
-
-
-def verdict(table: pd.DataFrame, tolerance: float) -> list[str]:
-    lines = []
-    for (method, ordering), block in table.groupby(["method", "ordering"], sort=False):
-        with_ref = block[block["reference"].notna()]
-        within = int(with_ref["within_tolerance"].sum())
-        name = f"{method} ({ordering})" if ordering else method
-        text = (
-            f"{name}: mean error {block['error'].mean():.2f}% "
-            f"(chance {block['chance_error'].mean():.2f}%) over {len(block)} cells; "
-        )
-        if "mask_density" in block and block["mask_density"].notna().any():
-            text += f"masks keep {100 * block['mask_density'].mean():.1f}% of their entries; "
-        if len(with_ref):
-            text += f"{within} of {len(with_ref)} within ±{tolerance:g} of the reference"
-        else:
-            text += "no reference numbers for these cells"
-        if 0 < len(with_ref) < len(block):
-            text += f", {len(block) - len(with_ref)} without reference"
-        lines.append(f"- {text}")
-    return lines
-
-
-def _cell(row: pd.Series, notes: dict[str, int], referenced: bool) -> str:
-    """The error (± std over runs), and its reference where the table has any."""
-    text = f"{row['error']:.2f}"
-    if row["n"] > 1:
-        text += f" ± {row['std']:.2f} (n={row['n']})"
-    if pd.isna(row["reference"]):
-        return text + " (no reference)" if referenced else text
-    mark = " ✓" if row["within_tolerance"] else ""
-    setting = row["reference_setting"]
-    if setting:
-        mark += " †" + str(notes.setdefault(setting, len(notes) + 1))
-    return f"{text} ({row['reference']:.2f}, {row['difference']:+.2f}{mark})"
+def _with_storage(table: pd.DataFrame, storage: pd.DataFrame | None) -> pd.DataFrame:
+    if storage is None or storage.empty:
+        return table.assign(storage_networks=np.nan, storage_megabytes=np.nan)
+    totals = storage.rename(columns={"networks": "storage_networks"})
+    totals = totals.rename(columns={"megabytes": "storage_megabytes"})
+    return table.merge(totals, on=["arch", "method", "ordering"], how="left")

@@ -11,7 +11,8 @@ ordering. Tasks are sequential:
   by earlier tasks, biases and BatchNorm fixed, BN in eval mode), keeps the best epoch,
   then frees ``prune_fraction`` of its weights per layer, smallest magnitude first, and
   retrains the survivors, keeping the best epoch with the pruned network as the one to
-  beat. The last task of an ordering is not pruned.
+  beat. The last task of an ordering is not pruned, nor one whose fraction is 0 or less
+  (the config may give one fraction per position of the ordering).
 - Task k is evaluated with every weight that is free or owned by a later task zeroed,
   which is exactly the network as it was at the end of task k's training.
 """
@@ -97,7 +98,7 @@ class PackNet(Method):
             lr = hp.start_lr
             return [Phase("prune", epochs, lr, lr, hp.start_lr_decay_every, self.retrains_source)]
         phases = [Phase("finetune", hp.epochs, hp.lr, hp.lr_head, hp.lr_decay_every)]
-        if not self.last and hp.prune_fraction > 0:
+        if freed_fraction(hp.prune_fraction, self.last) > 0:
             lr = hp.prune_lr
             phases.append(Phase("prune", hp.prune_epochs, lr, lr, hp.prune_lr_decay_every, True))
         return phases
@@ -224,10 +225,16 @@ class PackNet(Method):
         super().pack(checkpoints, contents)
 
     def pack_task(self, checkpoint, contents) -> dict[str, Any]:
+        """The task's owner id; its summary, the share of the backbone it owns and the
+        share of its weights it freed for later tasks (0: not pruned)."""
         owners = checkpoint.owners.values()
         owned = sum(int((owner == checkpoint.task_id).sum()) for owner in owners)
         share = owned / sum(owner.numel() for owner in owners)
-        return {"owner": checkpoint.task_id, "summary": {"owned_share": share}}
+        freed = freed_fraction(
+            checkpoint.hyperparameters["prune_fraction"], bool(checkpoint.last_in_ordering)
+        )
+        summary = {"owned_share": share, "prune_fraction": freed}
+        return {"owner": checkpoint.task_id, "summary": summary}
 
     def apply(self, backbone: nn.Module, packed, task: str) -> None:
         manifest = packed.manifest
@@ -241,6 +248,13 @@ class PackNet(Method):
                     owner |= packed.plane(f"owners/{bit}/{name}", shape).to(torch.int16) << bit
                 weight = layers[name].parameter
                 weight.mul_(((owner != FREE) & (owner <= task_id)).to(weight))
+
+
+def freed_fraction(prune_fraction: float, last_in_ordering: bool) -> float:
+    """The share of a task's weights per layer that pruning frees; 0 where the task is
+    not pruned: the last of its ordering, or a fraction of 0 or less (the authors'
+    scripts give -1)."""
+    return 0.0 if last_in_ordering or prune_fraction <= 0 else prune_fraction
 
 
 def _check_chain(checkpoints: list[TaskCheckpoint], contents) -> None:

@@ -1,9 +1,11 @@
 """Batches from the dataset cache on the device: test batches exactly torchvision's (same
 bytes cached, same lookup), train batches exactly torchvision's for the same random
-draws. The crop parameters are drawn by ``RandomResizedCrop.get_params``'s algorithm and
-the flip as ``RandomHorizontalFlip`` does, in the same order, from a ``torch.Generator``
-seeded per epoch. The draws come from another stream than a DataLoader worker's, so a
-run's augmentation equals the DataLoader path's in distribution, not image for image."""
+draws. The crop parameters are drawn by the DataLoader path's own sampler
+(:func:`piggyback.data.transforms.sized_crop_2017`, or ``RandomResizedCrop.get_params``'s
+algorithm for the modern one) and the flip as ``RandomHorizontalFlip`` does, in the same
+order, from a ``torch.Generator`` seeded per epoch. The draws come from another stream
+than a DataLoader worker's, so a run's augmentation equals the DataLoader path's in
+distribution, not image for image."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from pathlib import Path
 import torch
 
 from piggyback.data.cache.format import Cache, CacheError, load_cache, plan
-from piggyback.data.cache.resize import resize_crops
+from piggyback.data.cache.resize import resize_and_center_crop, resize_crops
+from piggyback.data.transforms import CropSampler, RandomSizedCrop2017, sized_crop_2017
 
 # -- random crop parameters, as torchvision draws them ---------------------------------
 
@@ -74,9 +77,10 @@ class CachedBatches:
         seed: int,
         device: torch.device,
         prefetch: int | None = None,
+        crop: CropSampler = "2017",
     ):
         self.split = cache.splits["train" if train else "test"]
-        self.plan = plan(cache.style, cache.image_size, train, cache.preprocessing)
+        self.plan = plan(cache.style, cache.image_size, train, cache.preprocessing, crop)
         self.image_size = cache.image_size
         self.batch_size = batch_size
         self.train = train
@@ -133,26 +137,42 @@ class CachedBatches:
 
     def _crops(self, index: list[int], generator: torch.Generator) -> torch.Tensor:
         """Per image, as Compose draws them: crop parameters, then the flip; then the
-        crops, padded to one size, resized together."""
+        crops, padded to one size, resized together. An image whose crop fell back (the
+        2017 sampler) is resized whole and centre-cropped on its own."""
         params, flips = [], []
         for item in index:
-            params.append(crop_params(*self.split.shape(item), generator, *self._crop_range))
+            params.append(self._crop_params(*self.split.shape(item), generator))
             flips.append(bool(torch.rand(1, generator=generator) < self.plan.flip))
-        sizes = torch.tensor([(h, w) for _, _, h, w in params], dtype=torch.int64)
-        rows, cols = sizes.max(dim=0).values.tolist()
-        crops = torch.zeros(
-            (len(index), 3, rows, cols),
-            dtype=torch.uint8,
-            device=self.split.pixels.device,
-            pin_memory=self._pinned(),
-        )
-        for slot, (item, (i, j, h, w)) in enumerate(zip(index, params, strict=True)):
-            crops[slot, :, :h, :w] = self.split.image(item)[:, i : i + h, j : j + w]
-        return resize_crops(self._to_device(crops), sizes, self.image_size, torch.tensor(flips))
+        drawn = [slot for slot, crop in enumerate(params) if crop is not None]
+        out = self.image_size
+        resized = torch.empty((len(index), 3, out, out), dtype=torch.int32, device=self.device)
+        if drawn:
+            sizes = torch.tensor([params[slot][2:] for slot in drawn], dtype=torch.int64)
+            rows, cols = sizes.max(dim=0).values.tolist()
+            crops = torch.zeros(
+                (len(drawn), 3, rows, cols),
+                dtype=torch.uint8,
+                device=self.split.pixels.device,
+                pin_memory=self._pinned(),
+            )
+            for row, slot in enumerate(drawn):
+                i, j, h, w = params[slot]
+                crops[row, :, :h, :w] = self.split.image(index[slot])[:, i : i + h, j : j + w]
+            picked = torch.tensor([flips[slot] for slot in drawn])
+            resized[drawn] = resize_crops(self._to_device(crops), sizes, out, picked)
+        for slot, crop in enumerate(params):
+            if crop is None:
+                image = resize_and_center_crop(self.split.image(index[slot]), out)
+                resized[slot] = self._to_device(image.flip(-1) if flips[slot] else image)
+        return resized
 
-    @property
-    def _crop_range(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        return tuple(self.plan.crop.scale), tuple(self.plan.crop.ratio)
+    def _crop_params(
+        self, height: int, width: int, generator: torch.Generator
+    ) -> tuple[int, int, int, int] | None:
+        crop = self.plan.crop
+        if isinstance(crop, RandomSizedCrop2017):
+            return sized_crop_2017(height, width, generator)
+        return crop_params(height, width, generator, tuple(crop.scale), tuple(crop.ratio))
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         channel = torch.arange(3, device=pixels.device).view(1, 3, 1, 1) * 256
@@ -166,11 +186,12 @@ def cached_batches(
     seed: int,
     device: torch.device | str,
     prefetch: int | None = None,
+    crop: CropSampler = "2017",
 ) -> CachedBatches:
     """Batches from a cache (or a cache file) on ``device``: see ``CachedBatches``."""
     if not isinstance(cache, Cache):
         cache = load_cache(Path(cache), ("train",) if train else ("test",))
-    return CachedBatches(cache, batch_size, train, seed, torch.device(device), prefetch)
+    return CachedBatches(cache, batch_size, train, seed, torch.device(device), prefetch, crop)
 
 
 _DONE = object()

@@ -4,8 +4,8 @@ in its header (docs/data-pipeline.md).
 
 ``build_transform`` (piggyback.data.transforms) is split in three by ``plan``: the
 deterministic steps in front (``Resize``, ``CenterCrop``) run once, with torchvision and
-PIL, when the cache is built; the random steps (``RandomResizedCrop``,
-``RandomHorizontalFlip``) run per batch on the device (:mod:`piggyback.data.cache.batches`);
+PIL, when the cache is built; the random steps (the random crop, ``RandomHorizontalFlip``)
+run per batch on the device (:mod:`piggyback.data.cache.batches`);
 ``ToTensor`` + ``Normalize`` become a 256-entry lookup table per channel, made by those
 very transforms.
 """
@@ -36,16 +36,20 @@ from piggyback.data.datasets import (
 )
 from piggyback.data.transforms import (
     PAPER_PREPROCESSING,
+    CropSampler,
     Preprocessing,
+    RandomSizedCrop2017,
     TransformStyle,
     build_transform,
 )
 
 FORMAT = "piggyback.cache"
-VERSION = 1
+PATHS = "piggyback.cache.paths"  # per split, each image's path relative to its split folder
+VERSION = 2  # 2: the images' paths (per-image evaluation results name the images by them)
 
 
 DETERMINISTIC_STEPS = (transforms.Resize, transforms.CenterCrop)
+RANDOM_CROPS = (RandomSizedCrop2017, transforms.RandomResizedCrop)
 CACHE_TENSORS = ("pixels", "offsets", "shapes", "labels")
 
 
@@ -62,7 +66,7 @@ class Plan:
     steps for the device, and the tensor conversion (``ToTensor`` + ``Normalize``)."""
 
     cached: transforms.Compose
-    crop: transforms.RandomResizedCrop | None
+    crop: RandomSizedCrop2017 | transforms.RandomResizedCrop | None
     flip: float
     to_tensor: transforms.Compose
 
@@ -78,9 +82,11 @@ def plan(
     image_size: int,
     train: bool,
     preprocessing: Preprocessing = PAPER_PREPROCESSING,
+    crop: CropSampler = "2017",
 ) -> Plan:
     """Refuses a ``build_transform`` this module cannot reproduce exactly, so that a
-    change there fails loudly here instead of silently training on other images."""
+    change there fails loudly here instead of silently training on other images. The
+    crop sampler changes only the random steps: one cache serves both."""
     if preprocessing.interpolation != InterpolationMode.BILINEAR.value:
         raise CacheError(
             f"the cached pipeline resizes as Pillow's bilinear filter does, but these "
@@ -88,11 +94,11 @@ def plan(
             "own preprocessing, `transforms: weights`): train this arch with "
             "`compute: {data_pipeline: dataloader}`"
         )
-    steps = list(build_transform(style, image_size, train, preprocessing).transforms)
+    steps = list(build_transform(style, image_size, train, preprocessing, crop=crop).transforms)
     cached = []
     while steps and isinstance(steps[0], DETERMINISTIC_STEPS):
         cached.append(steps.pop(0))
-    crop = steps.pop(0) if steps and isinstance(steps[0], transforms.RandomResizedCrop) else None
+    crop = steps.pop(0) if steps and isinstance(steps[0], RANDOM_CROPS) else None
     flip = 0.0
     if steps and isinstance(steps[0], transforms.RandomHorizontalFlip):
         flip = float(steps.pop(0).p)
@@ -101,7 +107,7 @@ def plan(
             f"build_transform({style!r}, {image_size}, train={train}) has steps the cached "
             f"pipeline does not reproduce: {steps}"
         )
-    if crop is not None and (
+    if isinstance(crop, transforms.RandomResizedCrop) and (
         crop.interpolation != InterpolationMode.BILINEAR
         or crop.antialias is False
         or tuple(crop.size) != (image_size, image_size)
@@ -116,12 +122,14 @@ def plan(
 @dataclass
 class CachedSplit:
     """A split's images as uint8 CHW, one after another in ``pixels`` (on any device);
-    ``offsets``, ``shapes`` (height, width) and ``labels`` stay on the CPU."""
+    ``offsets``, ``shapes`` (height, width) and ``labels`` stay on the CPU, and ``paths``
+    names each image relative to the split folder (as the DataLoader path's results do)."""
 
     pixels: torch.Tensor
     offsets: torch.Tensor
     shapes: torch.Tensor
     labels: torch.Tensor
+    paths: list[str]
     _offsets: list[int] = field(init=False, repr=False)
     _shapes: list[list[int]] = field(init=False, repr=False)
 
@@ -133,6 +141,7 @@ class CachedSplit:
         if (
             self.pixels.dtype != torch.uint8
             or len(self.labels) != len(sizes)
+            or len(self.paths) != len(sizes)
             or self._offsets != expected
             or self.pixels.numel() != sum(sizes)
         ):
@@ -162,7 +171,9 @@ class CachedSplit:
         return self.pixels.view(len(self), 3, *self._shapes[0])
 
     def to(self, device: torch.device) -> CachedSplit:
-        return CachedSplit(self.pixels.to(device), self.offsets, self.shapes, self.labels)
+        return CachedSplit(
+            self.pixels.to(device), self.offsets, self.shapes, self.labels, self.paths
+        )
 
 
 @dataclass
@@ -195,7 +206,7 @@ def build_cache(
     splits = {}
     for name, dataset in (("train", train), ("test", test)):
         steps = plan(style, image_size, name == "train", preprocessing).cached
-        splits[name] = _decode_split(dataset.samples, steps, workers)
+        splits[name] = _decode_split(dataset.samples, Path(dataset.root), steps, workers)
         log(
             f"{root}/{name}: {len(dataset)} images cached "
             f"({splits[name].nbytes / 2**20:.1f} MiB after {steps.transforms})"
@@ -203,7 +214,7 @@ def build_cache(
     return Cache(list(train.classes), style, image_size, splits, preprocessing)
 
 
-def _decode_split(samples: list[tuple[str, int]], steps, workers: int) -> CachedSplit:
+def _decode_split(samples: list[tuple[str, int]], root: Path, steps, workers: int) -> CachedSplit:
     def decode(path: str) -> np.ndarray:
         image = np.asarray(steps(read_image(path)))  # (height, width, 3) uint8
         return np.ascontiguousarray(image.transpose(2, 0, 1))
@@ -220,7 +231,8 @@ def _decode_split(samples: list[tuple[str, int]], steps, workers: int) -> Cached
         pixels[start : start + sizes[index]] = torch.from_numpy(arrays[index].reshape(-1))
         arrays[index] = None
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-    return CachedSplit(pixels, offsets, shapes, labels)
+    paths = [Path(path).relative_to(root).as_posix() for path, _ in samples]
+    return CachedSplit(pixels, offsets, shapes, labels, paths)
 
 
 def _metadata(cache: Cache) -> dict:
@@ -267,7 +279,11 @@ def save_cache(cache: Cache, path: Path) -> None:
         for name, split in cache.splits.items()
         for key in CACHE_TENSORS
     }
-    metadata = {FORMAT: json.dumps(_metadata(cache), sort_keys=True)}
+    paths = {name: split.paths for name, split in cache.splits.items()}
+    metadata = {
+        FORMAT: json.dumps(_metadata(cache), sort_keys=True),
+        PATHS: json.dumps(paths, separators=(",", ":")),
+    }
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
@@ -301,8 +317,14 @@ def read_metadata(path: Path) -> dict:
             f"{path} is not a readable dataset cache ({type(error).__name__}: {error}); "
             "delete it and build it again"
         ) from None
-    if metadata.get("format") != FORMAT or metadata.get("version") != VERSION:
-        raise CacheError(f"{path} is not a version {VERSION} dataset cache; build it again")
+    if metadata.get("format") != FORMAT:
+        raise CacheError(f"{path} is not a dataset cache; delete it and build it again")
+    if metadata.get("version") != VERSION:
+        raise CacheError(
+            f"{path} is a version {metadata.get('version')} dataset cache, and this code reads "
+            f"version {VERSION} (which records each image's path, for the per-image results): "
+            "delete it and rebuild the cache (the workflow's `cache` rule does, once it is gone)"
+        )
     return metadata
 
 
@@ -312,23 +334,36 @@ def load_cache(path: Path, splits: tuple[str, ...] = SPLITS) -> Cache:
     metadata = read_metadata(path)
     style, image_size = metadata["style"], metadata["image_size"]
     preprocessing = _preprocessing(metadata)
+    for name in splits:
+        steps = repr(_cached_steps(style, image_size, name, preprocessing))
+        if metadata["cached_steps"].get(name) != steps:
+            raise CacheError(
+                f"{path} was built with other {name} transforms than today's "
+                f"({metadata['cached_steps'].get(name)} instead of {steps}); "
+                "delete it and build it again"
+            )
+    paths = _read_paths(path)
     loaded = {}
     try:
         with safe_open(str(path), framework="pt") as handle:
             for name in splits:
-                steps = repr(_cached_steps(style, image_size, name, preprocessing))
-                if metadata["cached_steps"].get(name) != steps:
-                    raise CacheError(
-                        f"{path} was built with other {name} transforms than today's "
-                        f"({metadata['cached_steps'].get(name)} instead of {steps}); "
-                        "delete it and build it again"
-                    )
                 loaded[name] = CachedSplit(
-                    *(handle.get_tensor(f"{name}.{key}") for key in CACHE_TENSORS)
+                    *(handle.get_tensor(f"{name}.{key}") for key in CACHE_TENSORS), paths[name]
                 )
     except SafetensorError as error:
         raise CacheError(f"{path} is not a readable dataset cache ({error})") from None
     return Cache(metadata["classes"], style, image_size, loaded, preprocessing)
+
+
+def _read_paths(path: Path) -> dict[str, list[str]]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return json.loads(handle.metadata()[PATHS])
+    except (SafetensorError, KeyError, ValueError) as error:
+        raise CacheError(
+            f"{path} holds no readable image paths ({type(error).__name__}: {error}); "
+            "delete it and rebuild the cache"
+        ) from None
 
 
 def place(

@@ -1,6 +1,7 @@
 """Pillow's bilinear resize, batched on the device and bit-exact: the crops of a training
 batch are resized together by Pillow's own fixed-point arithmetic (integer gathers and
-multiply-adds), so a cached batch equals torchvision's for the same random draws."""
+multiply-adds), so a cached batch equals torchvision's for the same random draws; so is
+the 2017 sampler's fallback, a resize of the whole image and its centre."""
 
 from __future__ import annotations
 
@@ -75,18 +76,46 @@ def _resize(
     return _resample(across, sizes[:, 0], out, dim=2)
 
 
+def resize_and_center_crop(image: torch.Tensor, out: int) -> torch.Tensor:
+    """``CenterCrop(out)`` of ``Resize(out)`` of a (3, height, width) image, bit-exactly
+    as torchvision does them on a PIL image: the shorter side resized to ``out`` and the
+    longer to ``int(out * long / short)`` by Pillow's two passes (in its order), then
+    the centre out x out kept, as ``round((length - out) / 2)`` places it; int32.
+
+    Each pass computes only the output pixels the window keeps, which are the same as
+    the full pass's: Pillow computes every output pixel from its own input window."""
+    _, height, width = image.shape
+    if height <= width:
+        rows, cols = out, int(out * width / height)
+    else:
+        rows, cols = int(out * height / width), out
+    top, left = int(round((rows - out) / 2.0)), int(round((cols - out) / 2.0))
+    passes = [(3, width, cols, left), (2, height, rows, top)]
+    if _pillow_may_resize_vertically_first() and _loses_more_height(height, width, rows, cols):
+        passes.reverse()
+    pixels = image[None]
+    for dim, length, size, start in passes:
+        pixels = _resample(pixels, torch.tensor([length]), size, dim, window=(start, out))
+    return pixels[0]
+
+
 def _resample(
     pixels: torch.Tensor,
     lengths: torch.Tensor,
     out: int,
     dim: int,
     flips: torch.Tensor | None = None,
+    window: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """One Pillow pass along ``dim`` (2: rows, 3: columns) of (B, 3, rows, columns)
     images whose first ``lengths`` pixels along it are the image; output order reversed
-    where ``flips``. Pillow's ``ImagingResample{Horizontal,Vertical}_8bpc``: a sum of
-    pixel x coefficient from 2^21, shifted right by 22 bits, clipped to 0-255."""
+    where ``flips``; only the output pixels of ``window`` (first, count), if given.
+    Pillow's ``ImagingResample{Horizontal,Vertical}_8bpc``: a sum of pixel x coefficient
+    from 2^21, shifted right by 22 bits, clipped to 0-255."""
     xmin, fixed = pil_coefficients(lengths, out)
+    if window is not None:
+        first, out = window
+        xmin, fixed = xmin[:, first : first + out], fixed[:, first : first + out]
     if flips is not None:
         xmin = torch.where(flips[:, None], xmin.flip(1), xmin)
         fixed = torch.where(flips[:, None, None], fixed.flip(1), fixed)
@@ -107,12 +136,17 @@ def _resample(
 
 def vertical_first(sizes: torch.Tensor, out: int) -> torch.Tensor:
     """Per (height, width) in ``sizes``, whether Pillow resizes it to out x out vertical
-    pass first: Pillow 13 does when the height loses more than twice as many pixels as
-    the width; earlier versions never do."""
+    pass first."""
     if not _pillow_may_resize_vertically_first():
         return torch.zeros(len(sizes), dtype=torch.bool)
-    height, width = sizes[:, 0], sizes[:, 1]
-    return (height > out) & ((height - out) > 2 * (width - out))
+    return _loses_more_height(sizes[:, 0], sizes[:, 1], out, out)
+
+
+def _loses_more_height(height, width, rows, cols):
+    """Pillow 13's choice of the vertical pass first, resizing (height, width) to
+    (rows, cols): when the height shrinks, by more than twice as many pixels as the
+    width loses (earlier Pillows never do)."""
+    return (height > rows) & ((height - rows) > 2 * (width - cols))
 
 
 @functools.cache

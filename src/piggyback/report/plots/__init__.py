@@ -12,6 +12,7 @@ One module per figure; ``FIGURES`` names them for ``src/plots.py``.
 
 from piggyback.report.plots.curves import error_curves
 from piggyback.report.plots.layers import mask_density, ownership
+from piggyback.report.plots.paired import paired_differences
 from piggyback.report.plots.reference import reference_comparison
 from piggyback.report.plots.runtimes import runtimes
 from piggyback.report.plots.storage import storage
@@ -19,6 +20,7 @@ from piggyback.report.plots.storage import storage
 FIGURES = {
     "error_curves": error_curves,
     "reference": reference_comparison,
+    "paired_differences": paired_differences,
     "mask_density": mask_density,
     "ownership": ownership,
     "storage": storage,

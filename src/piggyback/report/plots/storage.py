@@ -1,11 +1,14 @@
 """The storage one more task costs, in megabytes and bits per weight, read from the packed
-files' headers and the masks' statistics."""
+files' headers and the masks' statistics; and what all of a config's tasks cost, in
+networks and megabytes, which the table's storage row shows (``storage_totals``)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from piggyback.core.entropy import entropy_bits
+from piggyback.core.registry import METHODS
 from piggyback.report.plots.style import (
     PARTS,
     Record,
@@ -25,9 +29,12 @@ from piggyback.report.plots.style import (
 )
 
 
-def safetensors_layout(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The manifest and each tensor's shape and size in bytes, from the file's header
-    alone (its first bytes: a length, then JSON), so gigabytes of weights are not read."""
+def safetensors_layout(
+    path: str | Path, manifest: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest (of a packed file) and each tensor's shape and size in bytes, from the
+    file's header alone (its first bytes: a length, then JSON), so gigabytes of weights
+    are not read."""
     with open(path, "rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(length))
@@ -36,7 +43,30 @@ def safetensors_layout(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
         key: {"shape": entry["shape"], "bytes": entry["data_offsets"][1] - entry["data_offsets"][0]}
         for key, entry in header.items()
     }
-    return json.loads(metadata["piggyback"]), tensors
+    return (json.loads(metadata["piggyback"]) if manifest else {}), tensors
+
+
+BACKBONE = "pretrained backbone, kept as it is"
+NETWORK_PARTS = {"weights", "network"}  # a whole network (÷ tasks, if shared)
+
+
+def keeps_backbone(method: str) -> bool:
+    """An independent method keeps the pretrained backbone as it is: all its tasks share it
+    (Piggyback, Classifier Only), or it stays the source task's network (Individual
+    Networks). A sequential one (PackNet) turns it into its one network."""
+    return not METHODS[method].sequential
+
+
+def weights_megabytes(path: str | Path) -> float:
+    """The tensors' bytes in a weights file, without reading them: a safetensors header,
+    or the sizes of the tensor records in torch.save's zip archive."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        _, tensors = safetensors_layout(path, manifest=False)
+        return sum(tensor["bytes"] for tensor in tensors.values()) / 1e6
+    with zipfile.ZipFile(path) as archive:
+        records = [i for i in archive.infolist() if re.search(r"/data/\d+$", i.filename)]
+        return sum(record.file_size for record in records) / 1e6
 
 
 def _task_tensors(tensors: dict[str, Any], tasks: list[str], task: str):
@@ -80,92 +110,135 @@ def mask_entropy_bits(stats: pd.DataFrame) -> dict[str, float]:
 
 def storage_data(records: list[Record]) -> pd.DataFrame:
     """Per packed file and task, the megabytes each part costs (a shared part divided
-    among the file's tasks), and the bits per backbone weight (heads aside)."""
+    among the file's tasks), the networks it counts as (a whole network 1, PackNet's
+    1 / tasks) and the bits per backbone weight (heads aside); and, for a method that
+    keeps the pretrained backbone, one row for it (no dataset) where the record names
+    the weights file (``backbone``)."""
     rows = []
     for record in records:
         manifest, tensors = safetensors_layout(record["file"])
         tasks = list(manifest["tasks"])
         entropy = mask_entropy_bits(read_tsv(record["stats"])) if record.get("stats") else {}
+        series = {
+            "arch": record["arch"],
+            "method": record["method"],
+            "ordering": record["ordering"] or "",
+            "run": record["run"],
+        }
         for task in tasks:
-            used = list(_task_tensors(tensors, tasks, task))
-            parts: dict[str, float] = {}
-            for part, tensor, share in used:
-                parts[part] = parts.get(part, 0.0) + tensor["bytes"] * share
-            weights = _backbone_weights(manifest, task, used)
-            backbone_bytes = sum(b for p, b in parts.items() if p != "head")
-            for part, size in parts.items():
-                rows.append(
-                    {
-                        "arch": record["arch"],
-                        "method": record["method"],
-                        "ordering": record["ordering"] or "",
-                        "run": record["run"],
-                        "dataset": task,
-                        "part": PARTS.get(part, (part,))[0],
-                        "megabytes": size / 1e6,
-                        "bits_per_weight": 8 * backbone_bytes / weights if weights else 0.0,
-                        "entropy_bits_per_weight": entropy.get(task, float("nan")),
-                    }
-                )
+            rows += _task_rows(series, manifest, tensors, tasks, task, entropy.get(task))
+        if record.get("backbone") and keeps_backbone(record["method"]):
+            megabytes = weights_megabytes(record["backbone"])
+            rows.append({**series, "dataset": "", "part": BACKBONE, "megabytes": megabytes})
+            rows[-1].update(networks=1.0, bits_per_weight=float("nan"))
     return pd.DataFrame(rows)
+
+
+def _task_rows(series, manifest, tensors, tasks, task, entropy) -> list[dict[str, Any]]:
+    used = list(_task_tensors(tensors, tasks, task))
+    parts: dict[str, float] = {}
+    networks: dict[str, float] = {}
+    for part, tensor, share in used:
+        parts[part] = parts.get(part, 0.0) + tensor["bytes"] * share
+        networks[part] = share if part in NETWORK_PARTS else 0.0
+    weights = _backbone_weights(manifest, task, used)
+    backbone_bytes = sum(b for p, b in parts.items() if p != "head")
+    return [
+        {
+            **series,
+            "dataset": task,
+            "part": PARTS.get(part, (part,))[0],
+            "megabytes": size / 1e6,
+            "networks": networks[part],
+            "bits_per_weight": 8 * backbone_bytes / weights if weights else 0.0,
+            "entropy_bits_per_weight": float("nan") if entropy is None else entropy,
+        }
+        for part, size in parts.items()
+    ]
+
+
+def storage_totals(data: pd.DataFrame) -> pd.DataFrame:
+    """What all of a series' tasks cost, per arch, method and ordering: the networks kept
+    and the megabytes (every part of the packed file, and the pretrained backbone where
+    the method keeps it), averaged over runs."""
+    keys = ["arch", "method", "ordering"]
+    if data.empty:
+        return pd.DataFrame(columns=[*keys, "networks", "megabytes"])
+    per_run = data.groupby([*keys, "run"], sort=False)[["networks", "megabytes"]].sum()
+    return per_run.groupby(keys, sort=False).mean().reset_index()
 
 
 def storage(records: list[Record]) -> tuple[Figure, pd.DataFrame]:
     """Per arch and method, what one more task costs: megabytes by part (left) and bits
-    per backbone weight (right), averaged over the file's tasks and runs."""
-    title = "Storage per task, from the packed files"
+    per backbone weight (middle), averaged over the file's tasks and runs; and what all
+    of the config's tasks cost, in networks and megabytes (right: the table's storage
+    row)."""
+    title = "Storage, from the packed files and the backbone's weights"
     data = storage_data(records)
     if data.empty:
         return no_data(title, "no packed files in this config"), data
     keys = ["arch", "method", "ordering"]
-    per_task = data.groupby([*keys, "run", "dataset", "part"], sort=False)["megabytes"].sum()
-    bits = data.groupby(keys, sort=False)[["bits_per_weight", "entropy_bits_per_weight"]].mean()
+    tasks = data[data["part"] != BACKBONE]
+    per_task = tasks.groupby([*keys, "run", "dataset", "part"], sort=False)["megabytes"].sum()
+    bits = tasks.groupby(keys, sort=False)[["bits_per_weight", "entropy_bits_per_weight"]].mean()
     megabytes = per_task.groupby([*keys, "part"]).mean().unstack("part", fill_value=0)
     order = [label for label, _ in dict.fromkeys(PARTS.values())]
     columns = sorted(megabytes.columns, key=lambda p: order.index(p) if p in order else len(order))
     megabytes = megabytes.reindex(index=bits.index, columns=columns)  # the records' order
     rows = list(megabytes.index)
-    labels = [f"{arch} · {series_label(method, ordering)}" for arch, method, ordering in rows]
-    figure = new_figure(13, 2.4 + 0.42 * len(rows))
-    left, right = figure.subplots(1, 2, sharey=True)
-    y = np.arange(len(rows))
-    edge = np.zeros(len(rows))
+    figure = new_figure(17, 2.4 + 0.42 * len(rows))
+    left, middle, right = figure.subplots(1, 3, sharey=True)
+    _parts_panel(left, megabytes)
+    _bits_panel(middle, bits, rows)
+    totals = storage_totals(data).set_index(keys).reindex(rows)
+    _totals_panel(right, totals)
+    left.set_yticks(range(len(rows)), [f"{a} · {series_label(m, o)}" for a, m, o in rows])
+    left.set_ylim(len(rows) - 0.5, -0.5)
+    handles = left.get_legend_handles_labels()[0] + middle.get_legend_handles_labels()[0]
+    figure.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=9, frameon=False)
+    figure.suptitle(title, fontweight="bold")
+    return figure, data
+
+
+def _parts_panel(axes, megabytes: pd.DataFrame) -> None:
+    edge = np.zeros(len(megabytes))
     part_colors = dict(PARTS.values())
+    y = np.arange(len(megabytes))
     for part in megabytes.columns:
         values = megabytes[part].to_numpy()
-        left.barh(y, values, left=edge, color=part_colors.get(part, "black"), label=part)
+        axes.barh(y, values, left=edge, color=part_colors.get(part, "black"), label=part)
         edge += values
     for index, total in enumerate(edge):
-        left.annotate(f" {total:.3g} MB", (total, index), va="center", fontsize=8)
-    left.set_xlim(0, 1.2 * edge.max())
-    left.set_xlabel("megabytes per task (10⁶ bytes)")
-    left.set_yticks(y, labels)
-    left.set_ylim(len(rows) - 0.5, -0.5)
-    left.set_title("what one more task adds to the packed file")
+        axes.annotate(f" {total:.3g} MB", (total, index), va="center", fontsize=8)
+    axes.set_xlim(0, 1.2 * edge.max())
+    axes.set_xlabel("megabytes per task (10⁶ bytes)")
+    axes.set_title("what one more task adds to the packed file")
+
+
+def _bits_panel(axes, bits: pd.DataFrame, rows: list) -> None:
+    y = np.arange(len(rows))
     stored = bits["bits_per_weight"].to_numpy()
     colors = series_colors((method, ordering) for _, method, ordering in rows)
-    right.barh(y, stored, color=[colors[method, ordering] for _, method, ordering in rows])
+    axes.barh(y, stored, color=[colors[method, ordering] for _, method, ordering in rows])
     for index, value in enumerate(stored):
-        right.annotate(f" {value:.3g}", (value, index), va="center", fontsize=8)
+        axes.annotate(f" {value:.3g}", (value, index), va="center", fontsize=8)
     entropy = bits["entropy_bits_per_weight"].to_numpy()
     coded = ~np.isnan(entropy)
-    right.plot(
-        entropy[coded],
-        y[coded],
-        "kD",
-        markersize=6,
-        label="entropy of the masks: what pack_encoding: entropy would store",
-    )
-    right.set_xlim(0, 1.15 * max(stored.max(), 1.0))
-    right.set_xlabel("bits per conv/linear weight of the backbone, per task")
-    right.set_title("the same, heads aside, per weight")
-    handles, labels = left.get_legend_handles_labels()
     if coded.any():
-        handles += right.get_legend_handles_labels()[0]
-    figure.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=9, frameon=False)
-    figure.suptitle(
-        f"{title}\n(not counted: the pretrained backbone, which Piggyback and Classifier Only "
-        "keep once for all tasks)",
-        fontweight="bold",
-    )
-    return figure, data
+        label = "entropy of the masks: what pack_encoding: entropy would store"
+        axes.plot(entropy[coded], y[coded], "kD", markersize=6, label=label)
+    axes.set_xlim(0, 1.15 * max(stored.max(), 1.0))
+    axes.set_xlabel("bits per conv/linear weight of the backbone, per task")
+    axes.set_title("the same, heads aside, per weight")
+
+
+def _totals_panel(axes, totals: pd.DataFrame) -> None:
+    """All tasks: the packed file and, where the method keeps it, the backbone."""
+    values = totals["megabytes"].to_numpy()
+    axes.barh(np.arange(len(values)), values, color="0.55")
+    for index, (networks, megabytes) in enumerate(zip(totals["networks"], values, strict=True)):
+        text = f" {megabytes:.4g} MB, {networks:g} network{'' if networks == 1 else 's'}"
+        axes.annotate(text, (megabytes, index), va="center", fontsize=8)
+    axes.set_xlim(0, 1.6 * values.max())
+    axes.set_xlabel("megabytes for all tasks (the table's storage row)")
+    axes.set_title("all tasks: packed file + the backbone it keeps")

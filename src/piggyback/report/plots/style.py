@@ -31,6 +31,7 @@ RULE_COLORS = {
     "start": "tab:brown",
     "train": "tab:blue",
     "evaluate": "tab:orange",
+    "evaluate_source": "tab:olive",
 }
 WITHIN, OUTSIDE, NO_REFERENCE = "tab:green", "tab:red", "0.45"
 # What each part of a packed file is, by the first component of a key under a task (or
