@@ -70,7 +70,11 @@ def test_a_task_checkpoint_is_a_plain_dict_on_disk_with_the_keys_of_version_2(tr
     identity = ["format", "version", "arch", "method", "role", "dataset", "classes", "seed"]
     identity += ["hyperparameters", "backbone_sha256", "head_name", "speed"]
     best = ["epoch", "phase", "test_top1_error", "test_top5_error", "test_images", "head"]
-    own = {"mask": (["mask"], ["masks"]), "weights": ([], ["weights"]), "head": ([], [])}
+    own = {
+        "mask": (["mask", "coverage"], ["masks"]),
+        "weights": ([], ["weights"]),
+        "head": ([], []),
+    }
     for method, path in trained.items():
         on_disk = load_checkpoint(path)
         meta, learned = own[METHODS[method].stores]
