@@ -215,6 +215,7 @@ def _checkpoint(model: TaskModel, method, arch: str, **fields) -> TaskCheckpoint
         method=method.name,
         classes=["a", "b", "c"],
         seed=0,
+        hyperparameters=method.hp.as_dict(),  # as training records them (PackNet's fraction)
         backbone_sha256="zoo",
         **{**task, **fields},
         **method.checkpoint_meta(),
