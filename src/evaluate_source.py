@@ -19,6 +19,7 @@ from piggyback import cli
 from piggyback.core.backbones import BackboneError
 from piggyback.core.checkpoints import CheckpointError
 from piggyback.core.evaluation import TaskData, evaluate_source
+from piggyback.core.run import SpeedOptions
 from piggyback.data.datasets import DataError, error_message
 from piggyback.data.transforms import PreprocessingError
 from piggyback.per_image import per_image_path, write_evaluation
@@ -44,9 +45,12 @@ def main() -> None:
     parser.add_argument(
         "--images", type=Path, help="per-image results (.tsv.gz; default: beside --out)"
     )
+    cli.add_tf32_argument(parser)
     cli.add_runtime_arguments(parser)
     args = parser.parse_args()
     device = cli.select_device(args)
+    speed = SpeedOptions(tf32=args.tf32).resolve(device)
+    speed.set_float32_precision()
     try:
         result = evaluate_source(
             args.dataset,
@@ -61,7 +65,9 @@ def main() -> None:
             args.workers,
             args.start,
         )
-        write_evaluation(result, args.out, args.images or per_image_path(args.out))
+        write_evaluation(
+            {**result, "speed": speed.as_dict()}, args.out, args.images or per_image_path(args.out)
+        )
     except SafetensorError as error:
         cli.fail(f"weights file {args.weights} is not a readable safetensors file: {error}")
     except (BackboneError, CheckpointError, DataError, PreprocessingError, OSError) as error:

@@ -66,12 +66,14 @@ rule evaluate_source:
         arch=lambda wildcards: arch_flags(wildcards.arch),
         data=source_task_flags,
         start="",
+        numerics=numerics_flag(),
         batch_size=EVAL_BATCH_SIZE,
         workers=WORKERS,
     shell:
         "{params.python} {params.script} {params.arch} {params.data} {params.start} "
         "--batch-size {params.batch_size} --workers {params.workers} "
-        "--out {output.result} --images {output.images} --threads {threads} > {log} 2>&1"
+        "--out {output.result} --images {output.images} {params.numerics} "
+        "--threads {threads} > {log} 2>&1"
 
 
 use rule evaluate_source as evaluate_start with:
