@@ -52,19 +52,7 @@ def main() -> None:
     parser.add_argument(
         "--image-size", type=int, required=True, help="crop size (config: image_size)"
     )
-    parser.add_argument(
-        "--batch-size", type=int, required=True, help="images per batch (config: eval_batch_size)"
-    )
-    parser.add_argument(
-        "--workers", type=int, required=True, help="data loader processes (config: workers)"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="results (.json)")
-    parser.add_argument(
-        "--images",
-        type=Path,
-        help="per-image results (.tsv.gz; default: beside --out, <name>.images.tsv.gz)",
-    )
-    cli.add_tf32_argument(parser)
+    cli.add_evaluation_arguments(parser)
     cli.add_runtime_arguments(parser)
     args = parser.parse_args()
     tasks = read_tasks(args.tasks_json)

@@ -35,17 +35,7 @@ def main() -> None:
     cli.add_image_folder_arguments(group)
     cli.add_cache_argument(group)
     parser.add_argument("--start", type=Path, help="a sequential method's start (.pt)")
-    parser.add_argument(
-        "--batch-size", type=int, required=True, help="images per batch (config: eval_batch_size)"
-    )
-    parser.add_argument(
-        "--workers", type=int, required=True, help="data loader processes (config: workers)"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="results (.json)")
-    parser.add_argument(
-        "--images", type=Path, help="per-image results (.tsv.gz; default: beside --out)"
-    )
-    cli.add_tf32_argument(parser)
+    cli.add_evaluation_arguments(parser)
     cli.add_runtime_arguments(parser)
     args = parser.parse_args()
     device = cli.select_device(args)

@@ -116,6 +116,23 @@ def add_cache_argument(parser) -> None:
     )
 
 
+def add_evaluation_arguments(parser) -> None:
+    """What an evaluation stage reads its batches with, writes, and computes in."""
+    parser.add_argument(
+        "--batch-size", type=int, required=True, help="images per batch (config: eval_batch_size)"
+    )
+    parser.add_argument(
+        "--workers", type=int, required=True, help="data loader processes (config: workers)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="results (.json)")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="per-image results (.tsv.gz; default: beside --out, <name>.images.tsv.gz)",
+    )
+    add_tf32_argument(parser)
+
+
 def add_tf32_argument(parser) -> None:
     parser.add_argument(
         "--tf32",
