@@ -63,3 +63,32 @@ def test_the_catalog_file_has_the_keys_the_catalog_reads():
     assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
     assert set(usage["mandatory-flags"]) == {"desc", "flags"}
     assert set(usage["software-stack-deployment"]) <= {"conda", "apptainer", "apptainer+conda"}
+
+
+def test_the_slurm_profile_sends_every_gpu_job_and_only_those_to_the_gpu_partition(tmp_path):
+    """A dry run through workflow/profiles/slurm of the demo (PackNet's start and the
+    ImageNet rows included) with one GPU per GPU job: a rule missing from the profile's
+    `set-resources` lands on the CPU partition asking for a GPU, which a cluster refuses
+    or never schedules. tests/test_slurm.py runs the profile for real, where SLURM is."""
+    gpus = tmp_path / "gpus.yaml"
+    gpus.write_text(
+        yaml.safe_dump({"compute": {stage: {"gpus": 1} for stage in ("train", "evaluate")}})
+    )
+    configs = [str(ROOT / "config" / "demo.yaml"), str(gpus)]
+    output = snakemake(
+        "-n", "--forceall", "--workflow-profile", str(ROOT / "workflow" / "profiles" / "slurm"),
+        "--configfile", *configs, workdir=tmp_path,
+    ).stdout  # fmt: skip
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", output, re.MULTILINE)
+    placement = {}
+    for rule, resources in jobs:
+        partition = re.search(r"slurm_partition=(\w+)", resources)[1]
+        gpu = re.search(r"\bgpu=(\d+)", resources)
+        placement.setdefault(rule, set()).add((partition, int(gpu[1]) if gpu else 0))
+    assert {"start", "train", "evaluate", "evaluate_source", "evaluate_start", "pack"} <= set(
+        placement
+    )
+    wrong = {
+        rule: p for rule, p in placement.items() if any((part == "gpu") != (n > 0) for part, n in p)
+    }
+    assert wrong == {}, "GPU jobs off the GPU partition, or CPU jobs on it"
