@@ -240,3 +240,13 @@ def test_the_verdict_names_the_cells_that_do_not_agree(tmp_path):
     (line,) = [line for line in verdict(table, 0.1) if line.startswith("- piggyback:")]
     assert "1 of 2 cells agree with their reference" in line
     assert "; rotated (resnet50) lower by 15.00 points" in line
+
+
+def test_the_verdict_averages_the_new_tasks_and_gives_the_source_task_apart(tmp_path):
+    """PackNet (forward) is wrong on 8 of 40 images of each new task (20%) and its start on
+    14 of 40 source images (35%): an average over all three cells would say 25%."""
+    (line,) = [
+        line for line in verdict(table_of(evaluations(tmp_path)), 0.1) if "(forward)" in line
+    ]
+    assert "mean error 20.00% (chance 75.00%) over 2 new-task cells" in line
+    assert "source task 35.00% over 1 cell;" in line

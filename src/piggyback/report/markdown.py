@@ -286,17 +286,23 @@ def _summary_lines(block: pd.DataFrame, datasets: list[str], archs: list[str]) -
 
 
 def verdict(table: pd.DataFrame, tolerance: float) -> list[str]:
-    """A line per method (and ordering): its mean error, and how many of its cells agree
-    with their published numbers, naming each that does not."""
+    """A line per method (and ordering): its mean error over the new tasks, its source-task
+    error apart (an ImageNet row averaged in would say more of the backbone than of the
+    method), and how many of its cells agree with their published numbers, naming each
+    that does not."""
     lines = []
     for (method, ordering), block in table.groupby(["method", "ordering"], sort=False):
         with_ref = block[block["reference"].notna()]
         agrees = with_ref["agrees"].map(is_true)
         name = f"{method} ({ordering})" if ordering else method
+        new, source = block[~block["source_task"]], block[block["source_task"]]
         text = (
-            f"{name}: mean error {block['error'].mean():.2f}% "
-            f"(chance {block['chance_error'].mean():.2f}%) over {len(block)} cells; "
+            f"{name}: mean error {new['error'].mean():.2f}% "
+            f"(chance {new['chance_error'].mean():.2f}%) over {len(new)} new-task cells; "
         )
+        if len(source):
+            cells = "cell" if len(source) == 1 else "cells"
+            text += f"source task {source['error'].mean():.2f}% over {len(source)} {cells}; "
         if "mask_density" in block and block["mask_density"].notna().any():
             text += f"masks keep {100 * block['mask_density'].mean():.1f}% of their entries; "
         if len(with_ref):
