@@ -1,7 +1,7 @@
 """Learning really happens: a backbone trained on digits 0-4, then piggybacked onto
 mirrored digits 5-9 (real images from scikit-learn), gets far below chance error; and
-the masks add something: with the same data, steps and head training, Piggyback beats a
-head alone."""
+the demo's Classifier Only row is Piggyback without its masks: with the mask rate at 0,
+Piggyback trains the same head to the same numbers."""
 
 import csv
 from pathlib import Path
@@ -64,31 +64,37 @@ def test_piggyback_on_a_pretrained_backbone_learns_a_new_task(
 
 
 @pytest.mark.slow
-def test_the_masks_beat_a_head_alone_given_the_same_head_training(shrunk_demo, tmp_path):
+def test_classifier_only_is_piggyback_with_its_masks_frozen(shrunk_demo, tmp_path):
     """The demo's setting, one task: the shrunk demo's DenseNet-121, pretrained on digits
-    0-4, and its Piggyback job on digits 5-9 rotated a quarter turn (200 test images).
-    Classifier-only trains the head here from the same backbone and images, with the
-    optimiser, rate, batch and epochs config/demo.yaml gives both rows; Piggyback's masks
-    (which must have changed) take the error lower by more than one test image. The
-    Piggyback side is the demo run's job, shared with the workflow's tests."""
+    0-4, on digits 5-9 rotated a quarter turn. Classifier Only trains its head with the
+    optimiser, rate, batch and epochs config/demo.yaml gives Piggyback's, so Piggyback
+    with its mask rate at 0 trains the same head to the same numbers, epoch by epoch, to
+    the bit: whatever separates the two rows of the demo's table is the masks' doing.
+    That the masks help is not pinned: over four seeds on one machine, Piggyback's error
+    here ranged 8 to 24.5% and Classifier Only's 11.5 to 14% (README, "The demo"). The
+    demo run's Piggyback job (shared with the workflow's tests) shows that they moved."""
     methods = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())["methods"]
     head_training = ("epochs", "batch_size", "optimizer", "lr_head", "lr_decay_every")
     same = Hyperparameters.for_method("piggyback", **methods["piggyback"])
     head_only = Hyperparameters.for_method("classifier_only", **methods["classifier_only"])
     assert {k: same[k] for k in head_training} == {k: head_only[k] for k in head_training}
     task = "digits_5to9_rotated"
-    alone = _run(
-        shrunk_demo.results / "data" / task,
-        "classifier_only",
-        shrunk_demo.results / "pretrain" / "densenet121.pth",
-        tmp_path,
-        "densenet121",
-        **methods["classifier_only"],
-    )
+    data, weights = shrunk_demo.results / "data" / task, shrunk_demo.results / "pretrain"
+    shorter = {"epochs": 2, "lr_decay_every": 1}
+    runs = {
+        method: _run(data, method, weights / "densenet121.pth", tmp_path, "densenet121", **hp)
+        for method, hp in (
+            ("classifier_only", {**methods["classifier_only"], **shorter}),
+            ("piggyback", {**methods["piggyback"], **shorter, "lr": 0.0}),
+        )
+    }
+    curves = {
+        method: [(m["train_loss"], m["test_top1_error"]) for m in run["metrics"]]
+        for method, run in runs.items()
+    }
+    assert curves["piggyback"] == curves["classifier_only"]
+    assert curves["piggyback"][-1][1] < CHANCE_ERROR / 2, "the head learned"
     job = shrunk_demo.results / "train" / "densenet121" / "piggyback" / "run0" / task
-    masked = load_checkpoint(job.with_suffix(".pt"))
     with open(job.with_suffix(".metrics.tsv"), newline="") as metrics:
         last_epoch = list(csv.DictReader(metrics, delimiter="\t"))[-1]
-    one_image = 100.0 / alone["best"]["test_images"]
-    assert masked["test_top1_error"] < alone["best"]["test_top1_error"] - one_image
     assert float(last_epoch["mask_density"]) < 0.99
