@@ -2,12 +2,12 @@
 
 The test starts munged, slurmctld and slurmd (Debian's `slurm-wlm`) on localhost, with four
 fake GPUs (a `gpu` GRES whose device files are /dev/null, /dev/zero...) in partitions
-named as in workflow/profiles/slurm. It runs the demo shrunk (tests/slurm/config.yaml)
-through that profile and, at the same time, locally with `--cores 2`; cancels one running
-training job with `scancel`; and checks that every GPU rule ran as its own SLURM job
-asking for one GPU, that the CPU-only rules asked for none, that the cancelled job was
-resubmitted, and that both runs wrote the same table. It stops the daemons it started,
-by their process ids.
+named as in workflow/profiles/slurm. It runs the demo shrunk (tests/slurm/config.yaml),
+up to its table, through that profile and, at the same time, locally with `--cores 2`;
+cancels one running training job with `scancel`; and checks that every GPU rule ran as
+its own SLURM job asking for one GPU, that the CPU-only rules asked for none, that the
+cancelled job was resubmitted, and that both runs wrote the same table. It stops the
+daemons it started, by their process ids.
 
 The job step of the executor plugin drops `SLURM_*` variables, `SLURM_CONF` included, so
 `srun` inside a job only finds the cluster through /etc/slurm/slurm.conf: the test writes
@@ -283,8 +283,11 @@ def _drain(cluster: Cluster, daemons: list[subprocess.Popen]) -> None:
 
 
 def _snakemake(workdir: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
+    """Up to the table: the plots after it are CPU jobs like the others, one more
+    polling round each run (tests/test_workflow_usage.py checks every rule's placement)."""
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-    command += ["--configfile", *map(str, CONFIGS), *args]
+    command += [f"results/{_config()['name']}/table.tsv", "--configfile", *map(str, CONFIGS)]
+    command += args
     with (workdir / "snakemake.log").open("w") as log:
         return subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
 
