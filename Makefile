@@ -28,8 +28,13 @@ demo-vgg16: $(STAMP)
 	@cat results/demo-vgg16/table.md
 	@echo "The report: $(CURDIR)/results/demo-vgg16/report.html (open it in a browser)"
 
+# Two pytest workers (pytest-xdist): the suite's end-to-end runs spend much of their time
+# starting processes and waiting on SLURM's polling, so two overlap on two cores. Each
+# test module stays on one worker, and the longest units start first (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests tools

@@ -48,3 +48,24 @@ def shrunk_demo(tmp_path_factory):
         results=workdir / "results" / "demo",
         output=run.stdout + run.stderr,
     )
+
+
+# The longest units first, so that with several workers (make test: pytest -n 2) they
+# start at once instead of one of them ending the run alone.
+LONGEST = ("shrunk_demo", "test_slurm")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """For `pytest -n N --dist loadgroup`: a module's tests stay on one worker, so that
+    its module-scoped fixtures are built once, and every module that reads the shrunk
+    demo joins one group, so that the demo runs once. Before xdist reads the groups."""
+    readers = {item.module.__name__ for item in items if "shrunk_demo" in item.fixturenames}
+
+    def group(item) -> str:
+        return "shrunk_demo" if item.module.__name__ in readers else item.module.__name__
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    rank = {name: index for index, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(group(item), len(LONGEST)))
