@@ -30,11 +30,12 @@ demo-vgg16: $(STAMP)
 
 # Two pytest workers (pytest-xdist): the suite's end-to-end runs spend much of their time
 # starting processes and waiting on SLURM's polling, so two overlap on two cores. Each
-# test module stays on one worker, and the longest units start first (tests/conftest.py).
+# test module stays on one worker, the shrunk demo's readers share one, and the longest
+# units start first (tests/conftest.py).
 TEST_WORKERS ?= 2
 
 test: $(STAMP) lint
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests tools

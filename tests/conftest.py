@@ -3,6 +3,7 @@ shrunk demo for every test that only reads what the workflow wrote."""
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,9 @@ from piggyback.data.digits import write_digits_task
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    torch.set_num_threads(2)
+    """Two threads, or one per worker where pytest-xdist runs two workers on the two
+    cores: four spinning OpenMP threads on two cores made every worker's step wait."""
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")
@@ -50,22 +53,47 @@ def shrunk_demo(tmp_path_factory):
     )
 
 
-# The longest units first, so that with several workers (make test: pytest -n 2) they
-# start at once instead of one of them ending the run alone.
-LONGEST = ("shrunk_demo", "test_slurm")
+# With `pytest -n 2 --dist loadscope` (make test), a module's tests run on one worker, so
+# that its module-scoped fixtures are built once; the modules that read the shrunk demo
+# share one worker, so that the demo runs once and no reader's edit (put back afterwards)
+# is seen by another. The longest units first, so that they start at once instead of one
+# of them ending the run alone.
+DEMO_READERS = ("tests/test_learning.py", "tests/test_report.py", "tests/test_workflow.py")
+LONGEST = ("test_slurm.py", "shrunk_demo")
 
 
-@pytest.hookimpl(tryfirst=True)
+def _scope(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return "shrunk_demo" if module in DEMO_READERS else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndTheDemo(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    return ModulesAndTheDemo(config, log)
+
+
 def pytest_collection_modifyitems(items):
-    """For `pytest -n N --dist loadgroup`: a module's tests stay on one worker, so that
-    its module-scoped fixtures are built once, and every module that reads the shrunk
-    demo joins one group, so that the demo runs once. Before xdist reads the groups."""
-    readers = {item.module.__name__ for item in items if "shrunk_demo" in item.fixturenames}
+    unlisted = {
+        item.nodeid.split("::", 1)[0]
+        for item in items
+        if "shrunk_demo" in item.fixturenames and _scope(item.nodeid) != "shrunk_demo"
+    }
+    if unlisted:
+        raise pytest.UsageError(
+            f"{', '.join(sorted(unlisted))} read the shrunk demo: add them to DEMO_READERS in "
+            "tests/conftest.py, so that they run on the worker that runs it"
+        )
 
-    def group(item) -> str:
-        return "shrunk_demo" if item.module.__name__ in readers else item.module.__name__
+    def rank(item) -> int:
+        scope = _scope(item.nodeid)
+        return next((i for i, name in enumerate(LONGEST) if scope.endswith(name)), len(LONGEST))
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    rank = {name: index for index, name in enumerate(LONGEST)}
-    items.sort(key=lambda item: rank.get(group(item), len(LONGEST)))
+    items.sort(key=rank)
