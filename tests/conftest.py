@@ -56,10 +56,22 @@ def shrunk_demo(tmp_path_factory):
 # With `pytest -n 2 --dist loadscope` (make test), a module's tests run on one worker, so
 # that its module-scoped fixtures are built once; the modules that read the shrunk demo
 # share one worker, so that the demo runs once and no reader's edit (put back afterwards)
-# is seen by another. The longest units first, so that they start at once instead of one
-# of them ending the run alone.
+# is seen by another. The longest units first (serial seconds on 2 cores, 2026-12-02:
+# SLURM 141, the demo and its readers 150, then 56 down to 11), so that no long one
+# starts last and ends the run alone.
 DEMO_READERS = ("tests/test_learning.py", "tests/test_report.py", "tests/test_workflow.py")
-LONGEST = ("test_slurm.py", "shrunk_demo")
+LONGEST = (
+    "test_slurm.py",
+    "shrunk_demo",
+    "test_workflow_released.py",
+    "test_reliability.py",
+    "test_packnet.py",
+    "test_training.py",
+    "test_fastdata.py",
+    "test_gpu_check.py",
+    "test_workflow_data.py",
+    "test_folders.py",
+)
 
 
 def _scope(nodeid: str) -> str:
