@@ -74,9 +74,12 @@ LONGEST = (
 )
 
 
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 def _scope(nodeid: str) -> str:
-    module = nodeid.split("::", 1)[0]
-    return "shrunk_demo" if module in DEMO_READERS else module
+    return "shrunk_demo" if _module(nodeid) in DEMO_READERS else _module(nodeid)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -94,9 +97,9 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(items):
     unlisted = {
-        item.nodeid.split("::", 1)[0]
+        _module(item.nodeid)
         for item in items
-        if "shrunk_demo" in item.fixturenames and _scope(item.nodeid) != "shrunk_demo"
+        if "shrunk_demo" in item.fixturenames and _module(item.nodeid) not in DEMO_READERS
     }
     if unlisted:
         raise pytest.UsageError(
