@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torchvision
 
 from piggyback.core.backbones import (
     ArchSpec,
@@ -7,6 +8,7 @@ from piggyback.core.backbones import (
     build_backbone,
     build_task_model,
     find_head,
+    torchvision_state,
 )
 from piggyback.core.checkpoints import backbone_sha256
 
@@ -29,9 +31,27 @@ def test_other_torchvision_models_work_when_their_head_is_a_linear():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
-def test_a_model_without_linear_head_gets_a_clear_error():
-    with pytest.raises(BackboneError, match="no nn.Linear classification head"):
-        build_backbone(ArchSpec("squeezenet1_0"), weights="random")
+def test_a_model_without_linear_or_pointwise_head_gets_a_clear_error():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    with pytest.raises(BackboneError, match="no classification head"):
+        find_head(model)
+
+
+@pytest.mark.parametrize("builder", ["squeezenet1_0", "squeezenet1_1"])
+def test_squeezenet_task_model_is_torchvisions_with_num_classes(builder):
+    """SqueezeNet's head is its last 1x1 convolution, followed by ReLU and pooling: the
+    task's head runs in its place, so the task model computes what torchvision's own
+    model built with ``num_classes`` computes from the same tensors, to the bit."""
+    model = build_task_model(ArchSpec(builder), 7, weights="random").eval()
+    assert model.head_name == "classifier.1"
+    assert isinstance(model.head, torch.nn.Conv2d) and model.head.out_channels == 7
+    plain = torchvision.models.get_model(builder, num_classes=7).eval()
+    state = torchvision_state(model.backbone.state_dict(), model.head.state_dict(), model.head_name)
+    plain.load_state_dict(state, strict=True)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(images), plain(images))
+        assert model.backbone.classifier[1].bound is model.head
 
 
 def test_head_can_be_named_explicitly():

@@ -1,5 +1,10 @@
 """Backbones from torchvision by name, with their ImageNet head swapped for a task head.
 
+A head is the model's last ``nn.Linear`` or, in a model without one (SqueezeNet), its
+last 1x1 convolution. The task's head runs where torchvision put the old one, through a
+:class:`HeadSlot`, so whatever the model does after its head (SqueezeNet's ReLU and
+pooling) still applies and a task's model is torchvision's own with ``num_classes`` set.
+
 Weights come from a torchvision enum name (``IMAGENET1K_V1``), a local file, or
 ``random`` (tests). The backbone's identity is the sha256 of its tensors, so a
 re-serialised file with the same numbers keeps the same identity while a different
@@ -33,37 +38,82 @@ class ArchSpec:
     head: str | None = None
 
 
-class TaskModel(nn.Module):
-    """A shared backbone (head removed) followed by one task's linear head."""
+class HeadSlot(nn.Module):
+    """Where the model's own head was: it hands its input to the task's head (identity
+    while none is bound). The head is held outside the module tree, so the backbone's
+    state dict, masks and digest never see it: the :class:`TaskModel` registers it."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Linear, arch: str, head_name: str):
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.conv = isinstance(head, nn.Conv2d)
+        self.features = head.in_channels if self.conv else head.in_features
+        self.__dict__["bound"] = None
+
+    def new_head(self, classes: int) -> nn.Module:
+        """A freshly initialised head of the old one's kind, for ``classes`` classes."""
+        if self.conv:
+            return nn.Conv2d(self.features, classes, kernel_size=1)
+        return nn.Linear(self.features, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.bound is None else self.bound(x)
+
+
+class TaskModel(nn.Module):
+    """A shared backbone and one task's head, which runs in the backbone's head slot."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, arch: str, head_name: str):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.arch = arch
         self.head_name = head_name  # where torchvision keeps the head, for export
+        backbone.get_submodule(head_name).__dict__["bound"] = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.backbone(x)
 
 
-def find_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Linear]:
-    """The classification head: the named module, or the model's last ``nn.Linear``."""
+def new_head(backbone: nn.Module, classes: int) -> nn.Module:
+    """A new head for ``classes`` classes in the slot ``strip_head`` left in ``backbone``."""
+    return backbone.get_submodule(backbone.head_name).new_head(classes)
+
+
+def head_classes(head: nn.Module) -> int:
+    return head.out_channels if isinstance(head, nn.Conv2d) else head.out_features
+
+
+def _is_head(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (
+        isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+    )
+
+
+def find_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Module]:
+    """The classification head: the named module, or the model's last ``nn.Linear``, or
+    in a model without one its last 1x1 convolution (SqueezeNet's ``classifier.1``)."""
     if head is not None:
         try:
             module = model.get_submodule(head)
         except AttributeError as error:
             raise BackboneError(f"head {head!r} is not a module of this model") from error
-        if not isinstance(module, nn.Linear):
-            raise BackboneError(f"head {head!r} is a {type(module).__name__}, not nn.Linear")
+        if not _is_head(module):
+            raise BackboneError(
+                f"head {head!r} is a {type(module).__name__}, not nn.Linear or a 1x1 nn.Conv2d"
+            )
         return head, module
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    modules = list(model.named_modules())
+    linears = [(n, m) for n, m in modules if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1]
+    pointwise = [(n, m) for n, m in modules if _is_head(m)]
+    if not pointwise:
         raise BackboneError(
-            f"{type(model).__name__} has no nn.Linear classification head; "
-            "name the head module with `head:` in its arch entry, or choose another arch"
+            f"{type(model).__name__} has no classification head (an nn.Linear or a 1x1 "
+            "nn.Conv2d); name the head module with `head:` in its arch entry, or choose "
+            "another arch"
         )
-    return linears[-1]
+    return pointwise[-1]
 
 
 def build_backbone(
@@ -71,8 +121,8 @@ def build_backbone(
     weights: str | Path | None = None,
     weights_dir: Path | None = None,
 ) -> tuple[nn.Module, int]:
-    """The torchvision model with its head replaced by ``nn.Identity``, and the width
-    of the features it returns (``backbone.head_name`` says where the head was).
+    """The torchvision model with its head replaced by a :class:`HeadSlot`, and the
+    width of the features the head takes (``backbone.head_name`` says where it was).
 
     ``weights`` overrides ``spec.weights``: an enum name, a file path, or ``random``.
     """
@@ -88,8 +138,8 @@ def build_task_model(
     arch: str | None = None,
 ) -> TaskModel:
     """The backbone and a new head for ``num_classes``."""
-    backbone, features = build_backbone(spec, weights, weights_dir)
-    head = nn.Linear(features, num_classes)
+    backbone, _ = build_backbone(spec, weights, weights_dir)
+    head = new_head(backbone, num_classes)
     return TaskModel(backbone, head, arch or spec.builder, backbone.head_name)
 
 
@@ -110,9 +160,10 @@ def build_source_model(
     return TaskModel(backbone, head, arch or spec.builder, backbone.head_name)
 
 
-def _split_model(spec: ArchSpec, weights, weights_dir) -> tuple[nn.Module, int, nn.Linear | None]:
-    """The model with its head replaced by ``nn.Identity``, the width of its features,
-    and the head, loaded from the weights (None if they hold none)."""
+def _split_model(spec: ArchSpec, weights, weights_dir) -> tuple[nn.Module, int, nn.Module | None]:
+    """The model with its head replaced by a :class:`HeadSlot`, the width of the
+    features the head takes, and the head, loaded from the weights (None if they hold
+    none)."""
     choice = str(weights if weights is not None else spec.weights)
     if choice == "DEFAULT":
         raise BackboneError(
@@ -148,17 +199,18 @@ def _split_model(spec: ArchSpec, weights, weights_dir) -> tuple[nn.Module, int, 
                 f"{spec.builder} has tensors that are not in its state dict "
                 f"({left_on_meta[:3]}); this builder cannot be loaded from weights"
             )
-        return model, head.in_features, _loaded_head(head_state, head.in_features)
-    return model, head.in_features, head
+        slot = model.get_submodule(head_name)
+        return model, slot.features, _loaded_head(head_state, slot)
+    return model, model.get_submodule(head_name).features, head
 
 
-def strip_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Linear, tuple[str, ...]]:
-    """Replace the classification head by ``nn.Identity`` (``model.head_name`` says where
-    it was) and drop the auxiliary ImageNet heads that GoogLeNet and Inception-v3 return
+def strip_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Module, tuple[str, ...]]:
+    """Replace the classification head by a :class:`HeadSlot` (``model.head_name`` says
+    where it was) and drop the auxiliary ImageNet heads that GoogLeNet and Inception-v3 return
     in training mode; returns the head's name, the head, and the dropped modules'
     state-dict prefixes."""
     head_name, module = find_head(model, head)
-    _replace_module(model, head_name, nn.Identity())
+    _replace_module(model, head_name, HeadSlot(module))
     model.head_name = head_name
     dropped = ()
     if getattr(model, "aux_logits", False):
@@ -169,12 +221,13 @@ def strip_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Linea
     return head_name, module, tuple(f"{name}." for name in dropped)
 
 
-def _loaded_head(state: dict[str, torch.Tensor], features: int) -> nn.Linear | None:
+def _loaded_head(state: dict[str, torch.Tensor], slot: HeadSlot) -> nn.Module | None:
     """The weights file's own head, whatever its class count, if it holds one."""
-    weight = state.get("weight")
-    if set(state) != {"weight", "bias"} or weight.ndim != 2 or weight.shape[1] != features:
+    if set(state) != {"weight", "bias"}:
         return None
-    head = nn.Linear(features, weight.shape[0])
+    head = slot.new_head(state["weight"].shape[0])
+    if state["weight"].shape != head.weight.shape:
+        return None
     head.load_state_dict(state)
     return head
 

@@ -16,7 +16,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from piggyback.core.backbones import ArchSpec, TaskModel, build_backbone, build_source_model
+from piggyback.core.backbones import (
+    ArchSpec,
+    TaskModel,
+    build_backbone,
+    build_source_model,
+    head_classes,
+    new_head,
+)
 from piggyback.core.checkpoints import (
     CheckpointError,
     TaskCheckpoint,
@@ -115,7 +122,7 @@ def evaluate_pack(
     missing = [task for task in manifest["ordering"] if task not in tasks]
     if missing:
         raise PackError(f"{pack_path} holds {', '.join(missing)}, but no test data was given")
-    backbone, features = _backbone(packed, arch, spec, weights, weights_dir)
+    backbone = _backbone(packed, arch, spec, weights, weights_dir)
     backbone.to(device)
     pristine = {k: v.clone() for k, v in backbone.state_dict().items()}
     method = load_method(manifest["method"])
@@ -126,7 +133,7 @@ def evaluate_pack(
         entry = manifest["tasks"][task]
         test = _test_batches(tasks[task], image_size, batch_size, device, workers)
         _check_classes(test.classes, entry["classes"], task, tasks[task], pack_path)
-        head = nn.Linear(features, len(test.classes))
+        head = new_head(backbone, len(test.classes))
         head.load_state_dict(packed.head(task))
         model = TaskModel(backbone, head.to(device), arch, backbone.head_name)
         totals = evaluate(model, test.batches, device, per_image=per_image)
@@ -186,7 +193,7 @@ def evaluate_source(
     model.to(device)
     test = _test_batches(data, image_size, batch_size, device, workers)
     named = start or weights or spec.weights
-    _check_classes(test.classes, model.head.out_features, dataset, data, named)
+    _check_classes(test.classes, head_classes(model.head), dataset, data, named)
     totals = evaluate(model, test.batches, device, per_image=True)
     images = _task_images(dataset, test.paths, totals)
     return {
@@ -226,11 +233,11 @@ def _task_images(task: str, paths: list[str], totals: dict[str, Any]) -> TaskIma
     return TaskImages(task, paths, labels, top5)
 
 
-def _backbone(packed: PackedFile, arch, spec, weights, weights_dir) -> tuple[nn.Module, int]:
+def _backbone(packed: PackedFile, arch, spec, weights, weights_dir) -> nn.Module:
     manifest = packed.manifest
     if manifest["arch"] != arch:
         raise PackError(f"{packed.path} was packed for arch {manifest['arch']!r}, not {arch!r}")
-    backbone, features = build_backbone(spec, weights, weights_dir)
+    backbone, _ = build_backbone(spec, weights, weights_dir)
     identity = backbone_sha256(backbone)
     if identity != manifest["backbone_sha256"]:
         raise PackError(
@@ -239,7 +246,7 @@ def _backbone(packed: PackedFile, arch, spec, weights, weights_dir) -> tuple[nn.
             f"({weights or spec.weights}) have {identity[:16]}...: the masks would be applied "
             "to different numbers; use the weights the masks were trained on"
         )
-    return backbone, features
+    return backbone
 
 
 @dataclass(frozen=True)
