@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: setup demo demo-vgg16 test lint format rulegraph bench gpu-check clean-demo
+.PHONY: setup demo test lint format rulegraph bench gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -21,16 +21,9 @@ demo: $(STAMP)
 	@cat results/demo/table.md
 	@echo "The report: $(CURDIR)/results/demo/report.html (open it in a browser)"
 
-# The demo with VGG-16 too: an 11-minute pipeline on 2 cores (README, "The demo").
-demo-vgg16: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 --configfile config/demo.yaml config/demo-vgg16.yaml
-	$(VENV)/bin/snakemake --report results/demo-vgg16/report.html --configfile config/demo.yaml config/demo-vgg16.yaml
-	@cat results/demo-vgg16/table.md
-	@echo "The report: $(CURDIR)/results/demo-vgg16/report.html (open it in a browser)"
-
 # Two pytest workers (pytest-xdist): the suite's end-to-end runs spend much of their time
 # starting processes and waiting on SLURM's polling, so two overlap on two cores. Each
-# test module stays on one worker, the shrunk demo's readers share one, and the longest
+# test module stays on one worker, the digits run's readers share one, and the longest
 # units start first (tests/conftest.py).
 TEST_WORKERS ?= 2
 
@@ -41,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests tools
 	$(VENV)/bin/ruff format --check src tests tools
 	$(VENV)/bin/snakefmt --check Snakefile workflow
-	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml
+	$(VENV)/bin/snakemake --lint --configfile config/digits.yaml
 
 # The README's rule graph, from the paper's config; tests/test_workflow_usage.py fails
 # while it is out of date. Snakemake orders the graph by string hashes: a fixed

@@ -1,5 +1,6 @@
 """Shared fixtures: small real image tasks from scikit-learn's digits, and one run of the
-shrunk demo for every test that only reads what the workflow wrote."""
+digits run (config/digits.yaml shrunk) for every test that only reads what the workflow
+wrote."""
 
 from __future__ import annotations
 
@@ -36,33 +37,33 @@ def digits_target(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def shrunk_demo(tmp_path_factory):
-    """The shrunk demo (tests/test_workflow.py) run once, with what Snakemake printed: the
+def digits_run(tmp_path_factory):
+    """The digits setting shrunk (tests/test_workflow.py) run once, with what Snakemake printed: the
     end-to-end test and the report's tests read the same outputs, and each run costs
     minutes of training. A reader that changes a file puts it back as it was."""
-    from test_workflow import shrunk_demo_config, snakemake
+    from test_workflow import digits_run_config, snakemake
 
-    workdir = tmp_path_factory.mktemp("shrunk_demo")
-    config = shrunk_demo_config(workdir)
+    workdir = tmp_path_factory.mktemp("digits_run")
+    config = digits_run_config(workdir)
     run = snakemake("--cores", "2", "--configfile", str(config), workdir=workdir)
     return SimpleNamespace(
         workdir=workdir,
         config=config,
-        results=workdir / "results" / "demo",
+        results=workdir / "results" / "digits",
         output=run.stdout + run.stderr,
     )
 
 
 # With `pytest -n 2 --dist loadscope` (make test), a module's tests run on one worker, so
-# that its module-scoped fixtures are built once; the modules that read the shrunk demo
-# share one worker, so that the demo runs once and no reader's edit (put back afterwards)
+# that its module-scoped fixtures are built once; the modules that read the digits run
+# share one worker, so that it runs once and no reader's edit (put back afterwards)
 # is seen by another. The longest units first (serial seconds on 2 cores, 2026-12-02:
-# SLURM 141, the demo and its readers 150, then 56 down to 11), so that no long one
+# SLURM 141, the digits run and its readers 150, then 56 down to 11), so that no long one
 # starts last and ends the run alone.
-DEMO_READERS = ("tests/test_learning.py", "tests/test_report.py", "tests/test_workflow.py")
+DIGITS_READERS = ("tests/test_learning.py", "tests/test_report.py", "tests/test_workflow.py")
 LONGEST = (
     "test_slurm.py",
-    "shrunk_demo",
+    "digits_run",
     "test_workflow_released.py",
     "test_reliability.py",
     "test_packnet.py",
@@ -79,7 +80,7 @@ def _module(nodeid: str) -> str:
 
 
 def _scope(nodeid: str) -> str:
-    return "shrunk_demo" if _module(nodeid) in DEMO_READERS else _module(nodeid)
+    return "digits_run" if _module(nodeid) in DIGITS_READERS else _module(nodeid)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -99,11 +100,11 @@ def pytest_collection_modifyitems(items):
     unlisted = {
         _module(item.nodeid)
         for item in items
-        if "shrunk_demo" in item.fixturenames and _module(item.nodeid) not in DEMO_READERS
+        if "digits_run" in item.fixturenames and _module(item.nodeid) not in DIGITS_READERS
     }
     if unlisted:
         raise pytest.UsageError(
-            f"{', '.join(sorted(unlisted))} read the shrunk demo: add them to DEMO_READERS in "
+            f"{', '.join(sorted(unlisted))} read the digits run: add them to DIGITS_READERS in "
             "tests/conftest.py, so that they run on the worker that runs it"
         )
 

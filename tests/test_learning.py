@@ -64,7 +64,7 @@ def test_piggyback_on_a_pretrained_backbone_learns_a_new_task(
 
 
 @pytest.mark.slow
-def test_classifier_only_is_piggyback_with_its_masks_frozen(shrunk_demo, tmp_path):
+def test_classifier_only_is_piggyback_with_its_masks_frozen(digits_run, tmp_path):
     """The demo's setting, one task: the shrunk demo's DenseNet-121, pretrained on digits
     0-4, on digits 5-9 rotated a quarter turn. Classifier Only trains its head with the
     optimiser, rate, batch and epochs config/demo.yaml gives Piggyback's, so Piggyback
@@ -79,7 +79,7 @@ def test_classifier_only_is_piggyback_with_its_masks_frozen(shrunk_demo, tmp_pat
     head_only = Hyperparameters.for_method("classifier_only", **methods["classifier_only"])
     assert {k: same[k] for k in head_training} == {k: head_only[k] for k in head_training}
     task = "digits_5to9_rotated"
-    data, weights = shrunk_demo.results / "data" / task, shrunk_demo.results / "pretrain"
+    data, weights = digits_run.results / "data" / task, digits_run.results / "pretrain"
     shorter = {"epochs": 2, "lr_decay_every": 1}
     runs = {
         method: _run(data, method, weights / "densenet121.pth", tmp_path, "densenet121", **hp)
@@ -94,7 +94,7 @@ def test_classifier_only_is_piggyback_with_its_masks_frozen(shrunk_demo, tmp_pat
     }
     assert curves["piggyback"] == curves["classifier_only"]
     assert curves["piggyback"][-1][1] < CHANCE_ERROR / 2, "the head learned"
-    job = shrunk_demo.results / "train" / "densenet121" / "piggyback" / "run0" / task
+    job = digits_run.results / "train" / "densenet121" / "piggyback" / "run0" / task
     with open(job.with_suffix(".metrics.tsv"), newline="") as metrics:
         last_epoch = list(csv.DictReader(metrics, delimiter="\t"))[-1]
     assert float(last_epoch["mask_density"]) < 0.99

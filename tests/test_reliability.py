@@ -149,9 +149,9 @@ KILL_TASK = "digits_5to9"
 
 
 def kill_test_config(workdir: Path) -> Path:
-    """config/demo.yaml cut to resnet18 (pretrained by the pretrain stage), piggyback,
+    """config/digits.yaml cut to resnet18 (pretrained by the pretrain stage), piggyback,
     one task of 20 images a class at 32 px, 3 epochs, one thread a job."""
-    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config" / "digits.yaml").read_text())
     pretrain = config["pretrain"]
     pretrain.pop("arch_hyperparameters", None)
     pretrain["hyperparameters"]["epochs"] = 1

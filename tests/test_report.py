@@ -42,19 +42,19 @@ needs_chromium = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def demo(shrunk_demo):
-    """The shrunk demo (Piggyback and PackNet on DenseNet-121), the run the end-to-end
+def demo(digits_run):
+    """The digits run (Piggyback and PackNet on DenseNet-121), the run the end-to-end
     test reads too, and its report."""
-    report = shrunk_demo.results / "report.html"
+    report = digits_run.results / "report.html"
     snakemake(
         "--report",
         str(report),
         "--configfile",
-        str(shrunk_demo.config),
-        workdir=shrunk_demo.workdir,
+        str(digits_run.config),
+        workdir=digits_run.workdir,
     )
     print(f"report: {report} ({report.stat().st_size} bytes)")
-    return SimpleNamespace(**vars(shrunk_demo), report=report)
+    return SimpleNamespace(**vars(digits_run), report=report)
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -139,7 +139,7 @@ def test_the_reference_figure_draws_every_cell_of_the_table(demo):
 
 @pytest.mark.slow
 def test_the_paired_figure_draws_every_comparison_of_the_table(demo):
-    """The shrunk demo's PackNet orderings against Piggyback, on both tasks and on the
+    """The digits run's PackNet orderings against Piggyback, on both tasks and on the
     source task (the ImageNet row), with the table's numbers."""
     columns = [*KEYS, "paired_difference", "paired_low", "paired_high", "paired_p_holm"]
     table = _table(demo)

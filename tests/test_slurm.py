@@ -2,7 +2,7 @@
 
 The test starts munged, slurmctld and slurmd (Debian's `slurm-wlm`) on localhost, with four
 fake GPUs (a `gpu` GRES whose device files are /dev/null, /dev/zero...) in partitions
-named as in workflow/profiles/slurm. It runs the demo shrunk (tests/slurm/config.yaml),
+named as in workflow/profiles/slurm. It runs the digits setting shrunk (tests/slurm/config.yaml),
 up to its table, through that profile and, at the same time, locally with `--cores 2`;
 cancels one running training job with `scancel`; and checks that every GPU rule ran as
 its own SLURM job asking for one GPU, that the CPU-only rules asked for none, that the
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
-CONFIGS = [ROOT / "config" / "demo.yaml", ROOT / "tests" / "slurm" / "config.yaml"]
+CONFIGS = [ROOT / "config" / "digits.yaml", ROOT / "tests" / "slurm" / "config.yaml"]
 SLURM_ETC = Path("/etc/slurm")  # where Debian's SLURM looks when SLURM_CONF is unset
 MARKER = "# Test cluster of tests/test_slurm.py (removed when the test ends)"
 LOCK = Path(tempfile.gettempdir()) / "piggyback-test-slurm.lock"

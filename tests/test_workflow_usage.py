@@ -66,7 +66,7 @@ def test_the_catalog_file_has_the_keys_the_catalog_reads():
 
 
 def test_the_slurm_profile_sends_every_gpu_job_and_only_those_to_the_gpu_partition(tmp_path):
-    """A dry run through workflow/profiles/slurm of the demo (PackNet's start and the
+    """A dry run through workflow/profiles/slurm of the digits setting (PackNet's start and the
     ImageNet rows included) with one GPU per GPU job: a rule missing from the profile's
     `set-resources` lands on the CPU partition asking for a GPU, which a cluster refuses
     or never schedules. tests/test_slurm.py runs the profile for real, where SLURM is."""
@@ -74,7 +74,7 @@ def test_the_slurm_profile_sends_every_gpu_job_and_only_those_to_the_gpu_partiti
     gpus.write_text(
         yaml.safe_dump({"compute": {stage: {"gpus": 1} for stage in ("train", "evaluate")}})
     )
-    configs = [str(ROOT / "config" / "demo.yaml"), str(gpus)]
+    configs = [str(ROOT / "config" / "digits.yaml"), str(gpus)]
     output = snakemake(
         "-n", "--forceall", "--workflow-profile", str(ROOT / "workflow" / "profiles" / "slurm"),
         "--configfile", *configs, workdir=tmp_path,
