@@ -65,9 +65,10 @@ def main() -> None:
         args.done,
     )
     downloaded = sum(f.downloaded for f in fetched)
+    # where they are: a route may read files in place (Debian's installed Fashion-MNIST)
+    where = ", ".join(sorted({str(f.path.parent) for f in fetched})) or args.downloads
     print(
-        f"{args.dataset}: {len(fetched)} file(s) verified in {args.downloads} "
-        f"({downloaded} downloaded now)"
+        f"{args.dataset}: {len(fetched)} file(s) verified in {where} ({downloaded} downloaded now)"
     )
 
 

@@ -249,7 +249,7 @@ def test_no_way_to_the_files_gives_one_message_with_the_three_ways(tmp_path, mon
     assert (
         f"(2) `apt-get download {PACKAGE}`" in message and f"put the .deb in {folder}/" in message
     )
-    assert f"(3) download them from the original release, {RELEASE_URL}/" in message
+    assert f"(3) download each file above from the original release, {RELEASE_URL}/" in message
     assert message.count("\n") == 0
     assert list(folder.iterdir()) == [folder / ".lock"], "no partial file left"
 

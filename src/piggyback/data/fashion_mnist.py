@@ -344,9 +344,9 @@ def _nowhere(dataset: str, tried: list[str], folder: Path) -> str:
         f"(1) as root, `apt-get update && apt-get install {PACKAGE}`, which puts them in "
         f"{INSTALLED} (or point the entry's `installed:` at a folder holding them); "
         f"(2) `apt-get download {PACKAGE}` (no root needed, once apt has its lists) and "
-        f"put the .deb in {folder}/; (3) download them from the original release, "
-        f"{RELEASE_URL}/<name>, on a machine with internet and put them in {folder}/, "
-        "or set the entry's `url:` to a mirror that serves them"
+        f"put the .deb in {folder}/; (3) download each file above from the original "
+        f"release, {RELEASE_URL}/<file>, on a machine with internet and put them in "
+        f"{folder}/, or set the entry's `url:` to a mirror that serves them"
     )
 
 
