@@ -455,6 +455,7 @@ def fashion_config(tmp_path: Path, source: dict) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_workflow_plans_then_downloads_and_prepares_fashion_mnist(tmp_path):
     installed = write_files(tmp_path / "installed", RELEASE["gz"])
     source = entry(tmp_path, installed=str(installed), per_class={"train": 3, "test": None})
