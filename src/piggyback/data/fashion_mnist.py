@@ -261,11 +261,11 @@ def _locked(folder: Path) -> Iterator[None]:
 def _from_package(folder: Path, missing: list[str], expected: dict) -> dict[str, FetchedFile]:
     """The missing files unpacked from Debian's package, fetched first unless its .deb is
     already in ``folder`` (kept there, so that a rerun fetches nothing)."""
-    debs = sorted(folder.glob(f"{PACKAGE}_*.deb"))
-    deb = debs[-1] if debs else _apt_download(folder)
     dpkg = shutil.which("dpkg-deb")
     if dpkg is None:
-        raise _RouteFailed(f"dpkg-deb, which unpacks {deb.name}, is not on this machine")
+        raise _RouteFailed("dpkg-deb, which unpacks the package, is not on this machine")
+    debs = sorted(folder.glob(f"{PACKAGE}_*.deb"))
+    deb = debs[-1] if debs else _apt_download(folder)
     scratch = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=folder))
     try:
         unpacking = subprocess.run(
