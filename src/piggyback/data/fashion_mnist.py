@@ -261,11 +261,13 @@ def _locked(folder: Path) -> Iterator[None]:
 def _from_package(folder: Path, missing: list[str], expected: dict) -> dict[str, FetchedFile]:
     """The missing files unpacked from Debian's package, fetched first unless its .deb is
     already in ``folder`` (kept there, so that a rerun fetches nothing)."""
-    dpkg = shutil.which("dpkg-deb")
-    if dpkg is None:
-        raise _RouteFailed("dpkg-deb, which unpacks the package, is not on this machine")
     debs = sorted(folder.glob(f"{PACKAGE}_*.deb"))
-    deb = debs[-1] if debs else _apt_download(folder)
+    apt, dpkg = shutil.which("apt-get"), shutil.which("dpkg-deb")
+    if not debs and apt is None:
+        raise _RouteFailed("apt-get is not on this machine (Debian and Ubuntu have it)")
+    if dpkg is None:  # looked for before fetching a package it could not unpack
+        raise _RouteFailed("dpkg-deb, which unpacks the package, is not on this machine")
+    deb = debs[-1] if debs else _apt_download(apt, folder)
     scratch = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=folder))
     try:
         unpacking = subprocess.run(
@@ -294,10 +296,7 @@ def _from_package(folder: Path, missing: list[str], expected: dict) -> dict[str,
         shutil.rmtree(scratch)
 
 
-def _apt_download(folder: Path) -> Path:
-    apt = shutil.which("apt-get")
-    if apt is None:
-        raise _RouteFailed("apt-get is not on this machine (Debian and Ubuntu have it)")
+def _apt_download(apt: str, folder: Path) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=".apt-get-", dir=folder))
     try:
         fetching = subprocess.run(
