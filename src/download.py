@@ -6,6 +6,12 @@ Routes (the `source` entry of the dataset in the config, passed as JSON):
             of your own mirror. Without a url this only checks the file is there.
   original  the dataset's own archives, each from `files.<name>.url`, checked by md5.
   digits    nothing to fetch (scikit-learn ships the images).
+  folder    nothing to fetch (the dataset is already on disk).
+  fashion_mnist
+            Fashion-MNIST's four files: Debian's installed package where it is, else
+            `apt-get download dataset-fashion-mnist` into --downloads/fashion-mnist/
+            (the .deb kept), else the original release over HTTP (`url:`); each checked
+            by the sha256 of its decompressed bytes.
 
 A file already present that verifies is not downloaded again; an interrupted download
 resumes. The --done marker (JSON: each file's size, md5 and sha256) is written last.
@@ -59,9 +65,10 @@ def main() -> None:
         args.done,
     )
     downloaded = sum(f.downloaded for f in fetched)
+    # where they are: a route may read files in place (Debian's installed Fashion-MNIST)
+    where = ", ".join(sorted({str(f.path.parent) for f in fetched})) or args.downloads
     print(
-        f"{args.dataset}: {len(fetched)} file(s) verified in {args.downloads} "
-        f"({downloaded} downloaded now)"
+        f"{args.dataset}: {len(fetched)} file(s) verified in {where} ({downloaded} downloaded now)"
     )
 
 

@@ -6,6 +6,9 @@ Reads the files download.py fetched into --downloads and, by the source route:
             CUB and Cars to their boxes (Flowers: train = train + val; Sketch: every
             5th sketch of each class, by number, is a test one);
   digits    writes the scikit-learn digits task;
+  fashion_mnist
+            writes Fashion-MNIST's images as <class>/<index>.png, a per-class subset
+            of each split drawn with a fixed seed (`per_class:`, `seed:`);
   folder    checks a dataset already on disk (`path:`) and records its files and their
             sizes; the folder is neither copied nor written to, and --out holds only
             prepared.json.

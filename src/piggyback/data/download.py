@@ -16,6 +16,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,7 @@ def download(
     progress: bool = True,
     attempts: int = 3,
     timeout: float = 60.0,
+    check: Callable[[Path, str], None] | None = None,
 ) -> FetchedFile:
     """Make ``dest`` hold the verified file at ``url``; fetch nothing if it already does.
 
@@ -143,12 +145,18 @@ def download(
     checked to be as long as the server said. An existing ``dest`` that does not verify
     is left alone and reported: it may be a file the user put there by hand. A transfer
     that breaks midway is resumed up to ``attempts`` times; an HTTP error is not retried.
+    ``check(path, what)``, if given, is a further test of the whole file where a checksum
+    of its bytes cannot say enough (a compressed file whose compression may differ):
+    it raises ``ChecksumError``, with the same consequences as a checksum that fails.
     """
     dest = Path(dest)
     checksum = checksum_from(md5, sha256)
     if dest.is_file():
         try:
-            return verify_file(dest, checksum)
+            verified = verify_file(dest, checksum)
+            if check is not None:
+                check(dest, str(dest))
+            return verified
         except ChecksumError as error:
             raise ChecksumError(
                 f"{error}; the file is not the one expected: delete it to download again, "
@@ -166,8 +174,11 @@ def download(
         except TransferBroken:
             if attempt == attempts:
                 raise
+    what = f"downloaded {dest.name} from {url}"
     try:
-        fetched = verify_file(part, checksum, what=f"downloaded {dest.name} from {url}")
+        fetched = verify_file(part, checksum, what=what)
+        if check is not None:
+            check(part, what)
     except ChecksumError:
         part.unlink(missing_ok=True)
         raise

@@ -1,7 +1,8 @@
 """How a dataset becomes ``<out>/{train,test}/<class>/<image>``: the route's files, found in
 the downloads folder, are unpacked (the ``authors`` route), split and cropped
-(:mod:`piggyback.data.originals`) or written (``digits``); a ``folder`` dataset stays
-where it is, and ``<out>`` holds only its record (:mod:`piggyback.data.folders`).
+(:mod:`piggyback.data.originals`) or written (``digits``, ``fashion_mnist``: a
+per-class subset of :mod:`piggyback.data.fashion_mnist`'s files); a ``folder`` dataset
+stays where it is, and ``<out>`` holds only its record (:mod:`piggyback.data.folders`).
 
 Preparation happens in a temporary folder beside ``out`` that is renamed at the end, and
 ``prepared.json`` is written last, so a half-prepared dataset is never seen.
@@ -28,6 +29,7 @@ from piggyback.atomic import atomic_write_json
 from piggyback.data.archives import extract_archive, is_content_dir, replace_folder
 from piggyback.data.datasets import SPLITS, DataError, check_class_count, image_files, image_size
 from piggyback.data.digits import write_digits_task
+from piggyback.data.fashion_mnist import write_fashion_mnist
 from piggyback.data.folders import prepare_folder
 from piggyback.data.originals import ORIGINAL_ROUTES
 from piggyback.data.sources import (
@@ -75,13 +77,16 @@ def prepare_dataset(
                 dataset, source, out, classes, lambda root, found: _scan(root, found, log)
             )
         else:
+            details = {}
             if route == "authors":
                 _prepare_authors(files, staging, scratch, progress)
             elif route == "digits":
                 _prepare_digits(source, staging)
+            elif route == "fashion_mnist":
+                details = write_fashion_mnist(dataset, source, downloads, staging)
             else:
                 ORIGINAL_ROUTES[source["kind"]](files, staging, scratch, dataset, progress)
-            summary = _summarise(dataset, source, staging, out, classes)
+            summary = {**_summarise(dataset, source, staging, out, classes), **details}
             summary["large_images"] = _scan_prepared(staging, out, log)
         shutil.rmtree(scratch)
         atomic_write_json(summary, staging / PREPARED_MARKER)

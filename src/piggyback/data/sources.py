@@ -9,6 +9,8 @@ A dataset's ``source`` entry in the config names one route:
 - ``digits``: small real tasks from scikit-learn's digits, for the demo and the tests.
 - ``folder``: a dataset already unpacked on disk in the authors' layout, read where it
   is (:mod:`piggyback.data.folders`); nothing to fetch.
+- ``fashion_mnist``: Zalando's Fashion-MNIST, from Debian's package or the original
+  release (:mod:`piggyback.data.fashion_mnist`): real images to be had offline.
 
 How a route's files become the dataset folder is :mod:`piggyback.data.prepare`.
 """
@@ -16,13 +18,14 @@ How a route's files become the dataset folder is :mod:`piggyback.data.prepare`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from piggyback.data.download import FetchedFile, checksum_from, download, verify_file
 
 AUTHORS_BOX_URL = "https://uofi.box.com/s/ixncr3d85guosajywhf7yridszzg5zsq"
-ROUTES = ("authors", "original", "digits", "folder")
+ROUTES = ("authors", "original", "digits", "folder", "fashion_mnist")
 ORIGINAL_FILES = {
     "cub200": ("CUB_200_2011.tgz",),
     "stanford_cars": (
@@ -34,6 +37,13 @@ ORIGINAL_FILES = {
     "flowers102": ("102flowers.tgz", "imagelabels.mat", "setid.mat"),
     "sketches": ("sketches_png.zip",),
 }
+# The decompressed IDX files of Fashion-MNIST, each stored as <name>.gz.
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 NO_ORIGINAL_SOURCE = {
     "wikiart": "no public archive of the authors' 195-artist WikiArt subset is known",
 }
@@ -42,6 +52,7 @@ _ROUTE_KEYS = {
     "original": {"route", "kind", "files"},
     "digits": {"route", "digits", "view", "per_class", "test_fraction", "seed"},
     "folder": {"route", "path"},
+    "fashion_mnist": {"route", "per_class", "seed", "installed", "apt", "url", "sha256"},
 }
 _FILE_KEYS = {"url", "md5", "sha256"}
 
@@ -104,7 +115,53 @@ def check_source(dataset: str, source: dict) -> dict:
         raise SourceError(
             f"{where}: route folder needs `path:`, the folder holding train/ and test/"
         )
+    if route == "fashion_mnist":
+        _check_fashion_mnist(where, source)
     return source
+
+
+def _check_fashion_mnist(where: str, source: dict) -> None:
+    per_class = source.get("per_class")
+    if per_class is not None:
+        if not isinstance(per_class, dict) or set(per_class) - {"train", "test"}:
+            raise SourceError(
+                f"{where}: `per_class:` must map train and/or test to a number of images "
+                f"per class (null: all), like {{train: 500, test: null}}; got {per_class!r}"
+            )
+        for split, count in per_class.items():
+            if count is not None and (not _is_int(count) or count < 1):
+                raise SourceError(
+                    f"{where}: per_class.{split} must be a whole number of images of each "
+                    f"class, at least 1, or null for all; got {count!r}"
+                )
+    seed = source.get("seed")
+    if seed is not None and (not _is_int(seed) or seed < 0):
+        raise SourceError(f"{where}: `seed:` must be a whole number, 0 or more; got {seed!r}")
+    for key in ("installed", "url"):
+        if source.get(key) is not None and not (isinstance(source[key], str) and source[key]):
+            raise SourceError(f"{where}: `{key}:` must be a non-empty string; got {source[key]!r}")
+    if source.get("apt") not in (None, True, False):
+        raise SourceError(f"{where}: `apt:` must be true or false; got {source['apt']!r}")
+    digests = source.get("sha256")
+    if digests is None:
+        return
+    if not isinstance(digests, dict):
+        raise SourceError(f"{where}: `sha256:` must map file names to digests; got {digests!r}")
+    for name, digest in digests.items():
+        if name not in FASHION_MNIST_FILES:
+            raise SourceError(
+                f"{where}: sha256.{name} names no Fashion-MNIST file; the files are "
+                f"{', '.join(FASHION_MNIST_FILES)} (decompressed)"
+            )
+        if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
+            raise SourceError(f"{where}: sha256.{name} must be 64 hex digits; got {digest!r}")
+
+
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def source_from_json(text: str) -> dict:
@@ -146,6 +203,12 @@ def fetch_source(
 ) -> list[FetchedFile]:
     """Make every file the route needs present and verified in ``downloads``."""
     downloads = Path(downloads)
+    if source.get("route") == "fashion_mnist":
+        # imported here: it imports this module
+        from piggyback.data.fashion_mnist import fetch_fashion_mnist
+
+        check_source(dataset, source)
+        return fetch_fashion_mnist(dataset, source, downloads, progress)
     fetched = []
     for needed in source_files(dataset, source):
         path = downloads / needed.name
