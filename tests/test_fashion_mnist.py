@@ -444,8 +444,8 @@ def test_the_schema_and_the_check_refuse_bad_entries_naming_the_key(keys, named)
 
 
 def fashion_config(tmp_path: Path, source: dict) -> Path:
-    """The demo's config with Fashion-MNIST as one of its two new tasks."""
-    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    """The digits setting with Fashion-MNIST as one of its two new tasks."""
+    config = yaml.safe_load((ROOT / "config" / "digits.yaml").read_text())
     config["datasets"]["fashion"] = {"classes": 10, "transform": "cropped", "source": source}
     for ordering in config["orderings"].values():
         ordering[ordering.index("digits_5to9_rotated")] = "fashion"
