@@ -262,10 +262,24 @@ def test_pickled_arrays_read_back_under_either_numpy_spelling(spelling):
     )
 
 
-def test_an_array_of_objects_is_refused():
-    data = numpy1_pickle({"conv1": np.array([1, "x"], dtype=object)})
-    with pytest.raises(NumpyPickleError, match="refused global|Python objects"):
-        load_numpy_pickle(data, "objects.pkl")
+class CallsNdarray:
+    """Unpickling this calls ndarray's constructor, with a dtype of the file's choosing."""
+
+    def __reduce__(self):
+        return np.ndarray, ((2,), "O")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"conv1": np.array([1, "x"], dtype=object)}, r"TypeError: an array of Python objects"),
+        ({"conv1": np.zeros(2, dtype=[("a", "O")])}, r"TypeError: an array of Python objects"),
+        ({"conv1": CallsNdarray()}, "not callable"),
+    ],
+)
+def test_arrays_of_objects_and_calls_of_ndarray_are_refused(content, message):
+    with pytest.raises(NumpyPickleError, match=message):
+        load_numpy_pickle(numpy1_pickle(content), "objects.pkl")
 
 
 def caffe_conv(x, layer, stride=1, padding=0):

@@ -61,16 +61,26 @@ def _ndarray_rebuilder():
     return np.empty(0).__reduce__()[0]
 
 
+class _NdarrayType:
+    """Stands in for ``numpy.ndarray``, which a pickle names only as the type that
+    ``_reconstruct`` builds: not callable, so that the file cannot call ndarray's
+    constructor itself (with a buffer, strides or an object dtype of its choosing)."""
+
+
+_NDARRAY = _NdarrayType()
+
+
 def _array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     """Stands in for ``_reconstruct``: a plain ndarray only, never a subclass."""
-    if subtype is not np.ndarray:
+    if subtype is not _NDARRAY:
         raise TypeError(f"an array of type {subtype!r}")
-    return _ndarray_rebuilder()(subtype, shape, dtype)
+    return _ndarray_rebuilder()(np.ndarray, shape, dtype)
 
 
 def _dtype(*args: Any) -> np.dtype:
     """Stands in for ``numpy.dtype``: numbers only, since an object array's elements
-    would be pickled objects."""
+    would be pickled objects. Every dtype of the file is made here (a structured one's
+    fields too), so no array of objects can be made."""
     dtype = np.dtype(*args)
     if dtype.hasobject:
         raise TypeError(f"an array of Python objects ({dtype})")
@@ -83,7 +93,7 @@ class _NumpyUnpickler(RestrictedUnpickler):
     admitted = {
         "numpy.core.multiarray._reconstruct": _array,
         "numpy._core.multiarray._reconstruct": _array,
-        "numpy.ndarray": np.ndarray,
+        "numpy.ndarray": _NDARRAY,
         "numpy.dtype": _dtype,
     }
 
@@ -104,19 +114,4 @@ def load_numpy_pickle(data: bytes, what: str) -> Any:
         raise NumpyPickleError(
             f"{what} is not a readable pickle of arrays: {type(error).__name__}: {detail}"
         ) from None
-    _refuse_object_arrays(obj, what)
     return obj
-
-
-def _refuse_object_arrays(obj: Any, what: str, seen: set[int] | None = None) -> None:
-    """A dtype's pickled state could still turn it into one holding objects."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:  # a pickle may hold a list that contains itself
-        return
-    seen.add(id(obj))
-    if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
-        raise NumpyPickleError(f"{what} holds an array of Python objects; refusing it")
-    children = obj.values() if isinstance(obj, dict) else obj
-    if isinstance(obj, dict | list | tuple):
-        for child in children:
-            _refuse_object_arrays(child, what, seen)
