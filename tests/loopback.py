@@ -17,13 +17,17 @@ class LoopbackServer:
     def __init__(self, files: dict[str, bytes] | None = None, ranges: bool = True):
         self.files = dict(files or {})
         self.ranges = ranges
+        self.content_types: dict[str, str] = {}
         self.requests: list[tuple[str, str | None]] = []  # (name, Range header)
         self._drops: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def serve(self, name: str, data: bytes) -> str:
-        """Serve ``data`` as ``name``; returns its URL."""
+    def serve(self, name: str, data: bytes, content_type: str | None = None) -> str:
+        """Serve ``data`` as ``name`` (with a Content-Type header if given, as a package
+        index's pages need); returns its URL."""
         self.files[name] = data
+        if content_type is not None:
+            self.content_types[name] = content_type
         return self.url(name)
 
     def url(self, name: str) -> str:
@@ -82,6 +86,8 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 self.send_response(200)
             if server.ranges:
                 self.send_header("Accept-Ranges", "bytes")
+            if name in server.content_types:
+                self.send_header("Content-Type", server.content_types[name])
             body = data[start:]
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

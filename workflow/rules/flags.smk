@@ -9,6 +9,11 @@ def source_json(wildcards):
     return json.dumps(dataset_entry(wildcards.dataset)["source"], sort_keys=True)
 
 
+def package_weights_json(wildcards):
+    """An arch's `weights:` mapping (a file in a package), as JSON for the script."""
+    return json.dumps(config["archs"][wildcards.arch]["weights"], sort_keys=True)
+
+
 def cache_flag(dataset, arch=None):
     """`--cache FILE` when jobs read the dataset from its cache (`cached`)."""
     cache = cached(dataset, arch)

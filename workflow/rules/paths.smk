@@ -1,6 +1,6 @@
 """The files the rules read and write, and the input functions that choose them."""
 
-from piggyback.config import PRETRAIN_WEIGHTS
+from piggyback.config import PRETRAIN_WEIGHTS, is_package_weights
 from piggyback.core.registry import START_DATASET
 
 
@@ -55,13 +55,26 @@ def train_cache(wildcards):
 
 
 def weights_file(arch):
-    """The backbone weights file an arch's jobs read: fetched, pretrained, or given."""
+    """The backbone weights file an arch's jobs read: fetched, converted from a
+    package's file, pretrained, or given."""
     weights = config["archs"][arch]["weights"]
+    if is_package_weights(weights):
+        return package_weights_file(arch)
     if weights == PRETRAIN_WEIGHTS:
         return f"{RESULTS}/pretrain/{arch}.pth"
     if weights.isidentifier() and weights.upper() == weights:
         return f"{RESOURCES}/weights/{config['archs'][arch]['builder']}.{weights}.pth"
     return weights
+
+
+def package_weights_file(arch):
+    """An arch's weights converted from a file in a package (rule fetch_package_weights)."""
+    return f"{RESOURCES}/weights/packages/{arch}.safetensors"
+
+
+def package_weights_archs():
+    """The archs whose weights are a file in a package."""
+    return [a for a, e in config["archs"].items() if is_package_weights(e["weights"])]
 
 
 def start_dataset(method):

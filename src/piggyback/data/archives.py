@@ -1,5 +1,5 @@
 """Extracting .zip and .tar(.gz) archives without letting any member land outside the
-target folder.
+target folder, or reading one member of them without extracting anything.
 
 Archives come from mirrors and browsers, so a member with an absolute path, a ``..``
 component, or a link pointing outside is refused rather than trusted. Everything is
@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tqdm import tqdm
 
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".whl", ".tar.bz2")
 _TAR_FILTER_ERROR = getattr(tarfile, "FilterError", ())
 
 
@@ -32,9 +32,9 @@ class ArchiveError(ValueError):
 def archive_format(path: Path) -> str:
     """``zip`` or ``tar``, from the file name."""
     name = Path(path).name.lower()
-    if name.endswith(".zip"):
+    if name.endswith((".zip", ".whl")):  # a wheel is a zip
         return "zip"
-    if name.endswith((".tar", ".tgz", ".tar.gz")):
+    if name.endswith((".tar", ".tgz", ".tar.gz", ".tar.bz2")):
         return "tar"
     raise ArchiveError(
         f"{path}: cannot tell the archive format from the name; "
@@ -65,6 +65,62 @@ def extract_archive(archive: Path, target: Path, progress: bool = False) -> Path
         if staging.exists():
             shutil.rmtree(staging)
     return target
+
+
+def read_member(archive: Path, name: str, strip_top_folder: bool = False) -> bytes:
+    """The bytes of the regular file ``name`` in ``archive``, nothing extracted to disk.
+
+    ``strip_top_folder``: ``name`` is relative to the archive's top folder (a source
+    distribution's ``<project>-<version>/``). As for extraction, an archive holding a
+    member with an absolute or ``..`` path is refused, and so is a ``name`` that is a
+    link or is held twice (which copy would be read?)."""
+    archive = Path(archive)
+    kind = archive_format(archive)
+    read = _read_zip_member if kind == "zip" else _read_tar_member
+    try:
+        return read(archive, name, strip_top_folder)
+    except (zipfile.BadZipFile, tarfile.ReadError, EOFError, zlib.error, OSError) as error:
+        raise ArchiveError(f"{archive} is not a readable {kind} archive ({error})") from None
+
+
+def _read_zip_member(archive: Path, name: str, strip_top_folder: bool) -> bytes:
+    with zipfile.ZipFile(archive) as bundle:
+        info = _the_member(archive, name, strip_top_folder, bundle.infolist(), "filename")
+        if info.is_dir() or stat.S_ISLNK(info.external_attr >> 16):
+            raise ArchiveError(f"{archive}: {name} is not a regular file; refusing it")
+        return bundle.read(info)
+
+
+def _read_tar_member(archive: Path, name: str, strip_top_folder: bool) -> bytes:
+    with tarfile.open(archive, "r:*") as bundle:
+        member = _the_member(archive, name, strip_top_folder, bundle.getmembers(), "name")
+        if not member.isfile():
+            raise ArchiveError(f"{archive}: {name} is not a regular file; refusing it")
+        return bundle.extractfile(member).read()
+
+
+def _the_member(archive: Path, name: str, strip_top_folder: bool, members: list, field: str):
+    """The one member at ``name``; a missing one is reported with what lies beside it."""
+    named = [(_relative_name(archive, getattr(m, field), strip_top_folder), m) for m in members]
+    matches = [member for relative, member in named if relative == name]
+    if len(matches) > 1:
+        raise ArchiveError(f"{archive} holds {name} {len(matches)} times; refusing it")
+    if not matches:
+        folder = posixpath.dirname(name)
+        beside = sorted(
+            posixpath.basename(r) for r, _ in named if r and posixpath.dirname(r) == folder
+        )
+        where = f"{folder}/" if folder else "its top level"
+        listing = f"{where} holds {', '.join(beside[:8])}" if beside else f"no {where}"
+        raise ArchiveError(f"{archive} holds no file {name} ({listing})")
+    return matches[0]
+
+
+def _relative_name(archive: Path, member: str, strip_top_folder: bool) -> str | None:
+    relative = _member_path(archive, member)
+    if relative is None or (strip_top_folder and len(relative.parts) < 2):
+        return None
+    return str(PurePosixPath(*relative.parts[1:])) if strip_top_folder else str(relative)
 
 
 def replace_folder(new: Path, target: Path) -> None:

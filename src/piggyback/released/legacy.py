@@ -3,16 +3,16 @@
 Such a file is a pickle that rebuilds tensors, parameters and whole ``nn.Module`` objects,
 followed by the raw bytes of every storage. Unpickling it with ``pickle`` or
 ``torch.load(weights_only=False)`` runs whatever callables the file names, so this module
-reads the format itself: the pickle is loaded by an unpickler that admits only tensor
-rebuilders, ``OrderedDict`` and a fixed list of torch.nn/torchvision module classes, and
-turns every module into an inert ``PickledModule`` record of its pickled state. Any other
-global is refused before it is called.
+reads the format itself: the pickle is loaded by a restricted unpickler
+(``piggyback.restricted_pickle``) that admits only tensor rebuilders, ``OrderedDict`` and
+a fixed list of torch.nn/torchvision module classes, and turns every module into an
+inert ``PickledModule`` record of its pickled state. Any other global is refused before
+it is called.
 """
 
 from __future__ import annotations
 
 import functools
-import pickle
 import struct
 import zipfile
 from collections import OrderedDict
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from piggyback.restricted_pickle import RefusedGlobal, RestrictedUnpickler
 
 # torch's legacy serialisation: three header pickles, the object, the storage keys, data.
 _MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -60,9 +62,6 @@ _MODULE_CLASSES = frozenset(
         "torchvision.models.densenet._Transition",
     }
 )
-
-# Python 2 pickles (and protocol-2 pickles written by Python 3) use the old module names.
-_PY2_MODULE_NAMES = {"__builtin__": "builtins"}
 
 
 class LegacyFileError(ValueError):
@@ -112,7 +111,7 @@ def read_legacy_file(path: str | Path) -> Any:
             keys = _NoCodeUnpickler(stream, storages).load()
             _read_storages(path, stream, keys, storages)
         return _materialise(content, set())
-    except _RefusedGlobal as refused:
+    except RefusedGlobal as refused:
         raise LegacyFileError(
             f"refused global {refused.name} in {path}: only tensors, storages, OrderedDict and "
             "torch.nn/torchvision module classes are admitted; nothing from the file was run"
@@ -126,12 +125,6 @@ def read_legacy_file(path: str | Path) -> Any:
         raise LegacyFileError(
             f"{path} is not a readable legacy torch file: {type(error).__name__}: {detail}"
         ) from None
-
-
-class _RefusedGlobal(Exception):
-    def __init__(self, name: str):
-        super().__init__(name)
-        self.name = name
 
 
 @dataclass
@@ -225,22 +218,22 @@ def _stand_in(class_path: str) -> type[PickledModule]:
     return type(name, (PickledModule,), {"class_path": class_path, "__module__": __name__})
 
 
-class _NoCodeUnpickler(pickle.Unpickler):
+class _NoCodeUnpickler(RestrictedUnpickler):
     """Admits the globals above, answers torch's persistent ids, refuses the rest."""
 
+    admitted = _ADMITTED_CALLABLES
+
     def __init__(self, stream, storages: dict[str, _Storage]):
-        super().__init__(stream, encoding="latin1")
+        super().__init__(stream)
         self._storages = storages
 
-    def find_class(self, module: str, name: str) -> Any:
-        class_path = f"{_PY2_MODULE_NAMES.get(module, module)}.{name}"
-        if class_path in _ADMITTED_CALLABLES:
-            return _ADMITTED_CALLABLES[class_path]
+    def admit(self, class_path: str) -> Any | None:
         if class_path in _MODULE_CLASSES:
             return _stand_in(class_path)
+        module, _, name = class_path.rpartition(".")
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
-        raise _RefusedGlobal(class_path)
+        return super().admit(class_path)
 
     def persistent_load(self, pid: Any) -> Any:
         kind = pid[0] if isinstance(pid, tuple) and pid else None
