@@ -45,6 +45,7 @@ def test_squeezenet_task_model_is_torchvisions_with_num_classes(builder):
     model = build_task_model(ArchSpec(builder), 7, weights="random").eval()
     assert model.head_name == "classifier.1"
     assert isinstance(model.head, torch.nn.Conv2d) and model.head.out_channels == 7
+    assert 0.008 < model.head.weight.std() < 0.012 and not model.head.bias.any(), "torchvision's"
     plain = torchvision.models.get_model(builder, num_classes=7).eval()
     state = torchvision_state(model.backbone.state_dict(), model.head.state_dict(), model.head_name)
     plain.load_state_dict(state, strict=True)

@@ -52,7 +52,7 @@ class HeadSlot(nn.Module):
     def new_head(self, classes: int) -> nn.Module:
         """A freshly initialised head of the old one's kind, for ``classes`` classes."""
         if self.conv:
-            return nn.Conv2d(self.features, classes, kernel_size=1)
+            return reset_head(nn.Conv2d(self.features, classes, kernel_size=1))
         return nn.Linear(self.features, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +77,19 @@ class TaskModel(nn.Module):
 def new_head(backbone: nn.Module, classes: int) -> nn.Module:
     """A new head for ``classes`` classes in the slot ``strip_head`` left in ``backbone``."""
     return backbone.get_submodule(backbone.head_name).new_head(classes)
+
+
+def reset_head(head: nn.Module) -> nn.Module:
+    """A task head's fresh initialisation: PyTorch's default for a linear head (the
+    authors' ``nn.Linear``), torchvision's for a 1x1 convolution (SqueezeNet's final
+    conv: normal, std 0.01, no bias). The default's larger logits, through the ReLU
+    after SqueezeNet's head, left whole runs with every logit dead at chance."""
+    if isinstance(head, nn.Conv2d):
+        nn.init.normal_(head.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(head.bias)
+    else:
+        head.reset_parameters()
+    return head
 
 
 def head_classes(head: nn.Module) -> int:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from piggyback.core.backbones import reset_head
 from piggyback.core.checkpoints import TaskCheckpoint, backbone_sha256
 from piggyback.core.registry import Hyperparameters, MethodEntry
 from piggyback.core.run import Phase, TaskRun, TrainingError
@@ -44,7 +45,7 @@ class Method:
         starts from a fresh initialisation (the caller seeds the generator)."""
         if run.role != "task" or run.previous is not None:
             raise TrainingError(f"{self.name} trains each task on its own: no start, no previous")
-        model.head.reset_parameters()
+        reset_head(model.head)
         for parameter in model.backbone.parameters():
             parameter.requires_grad_(False)
         if self.entry.freezes_backbone:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from piggyback.core.backbones import reset_head
 from piggyback.core.checkpoints import TaskCheckpoint, backbone_state, load_backbone_state
 from piggyback.core.masks import mask_coverage, masked_parameters
 from piggyback.core.methods.base import Method
@@ -82,7 +83,7 @@ class PackNet(Method):
         self.task_id = previous.task_id + 1
         if self.task_id > MAX_OWNER:
             raise TrainingError(f"packnet holds at most {MAX_OWNER - 1} tasks")
-        model.head.reset_parameters()
+        reset_head(model.head)
         load_backbone_state(model.backbone, previous.weights)
         self.owners = {name: owner.clone() for name, owner in previous.owners.items()}
         for owner in self.owners.values():
