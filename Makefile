@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: setup demo test lint format rulegraph bench gpu-check clean-demo
+.PHONY: setup apt-lists demo test lint format rulegraph bench gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -15,7 +15,17 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo's Fashion-MNIST comes from Debian's package (`apt-get download`, no root needed),
+# which needs apt's package lists; a fresh Debian machine has none, and only root can
+# fetch them. Without root the download stage says what to run.
+apt-lists:
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    ! apt-cache policy dataset-fashion-mnist 2>/dev/null | grep -q 'Candidate: [0-9]'; then \
+	    echo "Fetching apt's package lists (apt-get update) for Fashion-MNIST's package..."; \
+	    apt-get update -qq; \
+	fi
+
+demo: $(STAMP) apt-lists
 	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 --configfile config/demo.yaml
 	$(VENV)/bin/snakemake --report results/demo/report.html --configfile config/demo.yaml
 	@cat results/demo/table.md
@@ -27,7 +37,7 @@ demo: $(STAMP)
 # units start first (tests/conftest.py).
 TEST_WORKERS ?= 2
 
-test: $(STAMP) lint
+test: $(STAMP) apt-lists lint
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 lint: $(STAMP)

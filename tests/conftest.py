@@ -60,7 +60,7 @@ def digits_run(tmp_path_factory):
 # is seen by another. The longest units first (serial seconds on 2 cores, 2026-12-02:
 # SLURM 141, the digits run and its readers 150, then 56 down to 11), so that no long one
 # starts last and ends the run alone.
-DIGITS_READERS = ("tests/test_learning.py", "tests/test_report.py", "tests/test_workflow.py")
+DIGITS_READERS = ("tests/test_report.py", "tests/test_workflow.py")
 LONGEST = (
     "test_slurm.py",
     "digits_run",
@@ -89,11 +89,11 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class ModulesAndTheDemo(LoadScopeScheduling):
+    class ModulesAndTheDigitsRun(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return _scope(nodeid)
 
-    return ModulesAndTheDemo(config, log)
+    return ModulesAndTheDigitsRun(config, log)
 
 
 def pytest_collection_modifyitems(items):
