@@ -49,6 +49,7 @@ SCRIPTS = {
         "pack",
         "evaluate",
         "evaluate_source",
+        "export",
         "aggregate",
         "plots",
     )
