@@ -31,7 +31,7 @@ from torch import nn
 from piggyback.core.masks import masked_parameters
 
 ALIGN = 16  # each weight matrix starts 16 elements (64 bytes, 2 plane bytes) into the buffer
-CHUNK = 1 << 18  # weights expanded at a time: its float mask (1 MiB) stays in the caches
+CHUNK = 1 << 19  # weights expanded at a time: its float mask (2 MiB) stays in the caches
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)  # msb first
 
 
