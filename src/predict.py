@@ -67,7 +67,10 @@ def main() -> None:
             predictions.append(result)
             tqdm.write(describe(result))
     if args.out is not None:
-        write_predictions(predictions, args.out)
+        try:
+            write_predictions(predictions, args.out)
+        except OSError as error:
+            cli.fail(str(error))
     if unreadable:
         cli.fail(
             f"{len(unreadable)} of {len(paths)} files could not be read as images (named "

@@ -99,6 +99,8 @@ class MultiTaskModel(nn.Module):
         packed = pack if isinstance(pack, PackedFile) else read_pack(Path(pack))
         manifest = packed.manifest
         selected = list(manifest["ordering"]) if tasks is None else list(dict.fromkeys(tasks))
+        if not selected:
+            raise PackError(f"no task of {packed.path} was asked for")
         infos = {
             task: task_info(packed, task, preprocessing, (class_names or {}).get(task))
             for task in selected
