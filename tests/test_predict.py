@@ -40,8 +40,11 @@ def pack(weights, tmp_path_factory):
 
 
 def predict(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(SRC / "predict.py"), *args, "--threads", "1", "--no-progress"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    """predict.py on as many threads as this process computes what it should print with:
+    a convolution split over other threads may round otherwise, and a near tie flip."""
+    threads = str(torch.get_num_threads())
+    command = [sys.executable, str(SRC / "predict.py"), *args, "--threads", threads]
+    return subprocess.run([*command, "--no-progress"], capture_output=True, text=True, timeout=300)
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
