@@ -16,7 +16,8 @@ either the same in every task (kept once, in the live backbone) or differs:
 
 A switch expands the task's planes chunk by chunk (a chunk's float mask stays in the CPU
 caches) and multiplies the base by it into the live weights: one pass over the masked
-weights, as a plain copy of them would be (docs/performance.md, "Serving tasks").
+weights in memory, as a plain copy of them is, and two more in the caches
+(docs/performance.md, "Serving tasks").
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def unpack_planes(packed: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def unpack_with_shifts(packed: torch.Tensor) -> torch.Tensor:
+    """Bytes to booleans, (bytes, 8), msb first, with tensor ops any device runs."""
     return packed[:, None].bitwise_and(_BITS.to(packed.device)).ne(0)
 
 
