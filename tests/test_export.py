@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from safetensors.torch import load_file, save_file
 from tiny_packs import ARCH, METHODS, PREPROCESSING, SIZE, TASKS, make_pack
 
-from piggyback.core.backbones import ArchSpec
+from piggyback.core.backbones import ArchSpec, build_backbone, torchvision_state
+from piggyback.core.checkpoints import backbone_state
 from piggyback.core.evaluation import open_pack, task_model
 from piggyback.core.packed_file import read_pack
-from piggyback.tasks.export import export_task, plain_model
+from piggyback.tasks.export import builder_arguments, export_task, plain_model
 from piggyback.tasks.model import task_info
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -75,18 +77,15 @@ def test_an_exported_task_gives_the_packs_evaluation_outputs(packs, method, tmp_
             assert torch.equal(plain(x), evaluated_outputs(packs[method], task, x)), task
 
 
-def test_googlenet_exports_without_its_auxiliary_heads(tmp_path):
-    tasks = {"task": ["a", "b", "c"]}
-    pack = make_pack("classifier_only", tmp_path / "googlenet.safetensors", tasks=tasks,
-                     arch="googlenet")  # fmt: skip
-    packed = read_pack(pack)
-    opened = open_pack(packed, "googlenet", ArchSpec("googlenet"), "random")
-    config = export_task(opened, task_info(packed, "task", None, None), "googlenet", tmp_path, "-")
-    assert config["kwargs"] == {"num_classes": 3, "aux_logits": False, "init_weights": False}
-    plain = plain_model("googlenet", config["kwargs"], tmp_path / "model.safetensors")
-    x = images(2)
-    with torch.no_grad():
-        assert torch.equal(plain(x), evaluated_outputs(pack, "task", x, "googlenet"))
+def test_googlenet_exports_without_its_auxiliary_heads():
+    """The backbone drops GoogLeNet's auxiliary ImageNet heads: the builder is told to
+    build none, and loads the backbone and the task's head strictly."""
+    backbone, features = build_backbone(ArchSpec("googlenet"), "random")
+    kwargs = builder_arguments(backbone, 3)
+    assert kwargs == {"num_classes": 3, "aux_logits": False, "init_weights": False}
+    head = {"weight": torch.zeros(3, features), "bias": torch.zeros(3)}
+    state = torchvision_state(backbone_state(backbone), head, backbone.head_name)
+    torchvision.models.googlenet(**kwargs).load_state_dict(state, strict=True)
 
 
 def test_export_py_writes_what_plain_torchvision_loads_without_this_project(packs, tmp_path):
