@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: setup apt-lists demo test lint format rulegraph bench gpu-check clean-demo
+.PHONY: setup apt-lists demo test lint format rulegraph bench bench-serving gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests tools
 	$(VENV)/bin/ruff format --check src tests tools
 	$(VENV)/bin/snakefmt --check Snakefile workflow
-	$(VENV)/bin/snakemake --lint --configfile config/digits.yaml
+	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml
 
 # The README's rule graph, from the paper's config; tests/test_workflow_usage.py fails
 # while it is out of date. Snakemake orders the graph by string hashes: a fixed
@@ -58,6 +58,12 @@ rulegraph: $(STAMP)
 
 bench: $(STAMP)
 	PYTHONPATH=tools $(PYTHON) -m bench
+
+# Many tasks over one backbone at 224 px: switch time against a plain copy, forward
+# passes, memory for 1, 5 and 20 tasks (docs/performance.md, "Serving tasks").
+SERVING_ARCHS ?= resnet50 densenet121
+bench-serving: $(STAMP)
+	PYTHONPATH=tools $(PYTHON) -m bench.serving --archs $(SERVING_ARCHS) --threads $(CORES)
 
 # Every GPU figure in under 8 minutes (docs/performance.md, "How to measure on a GPU").
 gpu-check: $(STAMP)

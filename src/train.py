@@ -33,6 +33,7 @@ from piggyback.core.training import train_task
 from piggyback.data.datasets import DataError, error_message
 from piggyback.data.feed import open_task_feed
 from piggyback.data.folders import check_folder
+from piggyback.data.transforms import TaskPreprocessing
 
 # Flags that say where the task's data is and how it is fed: required, but for a start
 # that retrains on no source.
@@ -178,6 +179,7 @@ def main() -> None:
             role="start" if args.start else "task",
             previous=previous,
             last_in_ordering=args.last_in_ordering,
+            preprocessing=task_preprocessing(args),
         )
         result = train_task(
             model,
@@ -235,6 +237,13 @@ def task_batches(args: argparse.Namespace, batch_size: int, device):
         lambda epoch: feed.batches("train", batch_size, epoch_seed(args.seed, epoch)),
         feed.batches("test", args.eval_batch_size, 0),
     )
+
+
+def task_preprocessing(args: argparse.Namespace) -> dict | None:
+    """How the task's test images are transformed, for its checkpoint; None without data."""
+    if args.data is None:
+        return None
+    return TaskPreprocessing(args.transform, args.image_size, cli.preprocessing(args)).as_dict()
 
 
 def write_outputs(args: argparse.Namespace, result: dict) -> None:

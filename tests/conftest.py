@@ -58,8 +58,9 @@ def digits_run(tmp_path_factory):
 # that its module-scoped fixtures are built once; the modules that read the digits run
 # share one worker, so that it runs once and no reader's edit (put back afterwards)
 # is seen by another. The longest units first (serial seconds on 2 cores, 2026-12-02:
-# SLURM 141, the digits run and its readers 150, then 56 down to 11), so that no long one
-# starts last and ends the run alone.
+# SLURM 141, the digits run and its readers 150, then 56 down to 11; the trained tasks'
+# use, export, predict and tasks, about 35, 30 and 25 on a loaded machine, 2026-12-06),
+# so that no long one starts last and ends the run alone.
 DIGITS_READERS = ("tests/test_report.py", "tests/test_workflow.py")
 LONGEST = (
     "test_slurm.py",
@@ -69,7 +70,10 @@ LONGEST = (
     "test_packnet.py",
     "test_training.py",
     "test_fastdata.py",
+    "test_export.py",
     "test_gpu_check.py",
+    "test_predict.py",
+    "test_tasks.py",
     "test_workflow_data.py",
     "test_folders.py",
 )

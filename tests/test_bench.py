@@ -61,6 +61,26 @@ def test_bench_writes_the_figures_per_arch(tmp_path):
     assert abs(figures["floor_ratio"] - 32 / floor_step_s / piggyback) < 0.01
 
 
+def test_the_serving_bench_prints_its_rows_and_writes_the_figures(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.serving", "--archs", "shufflenet_v2_x0_5",
+         "--image-size", "32", "--task-counts", "1", "3", "--switches", "2", "--repeats", "1",
+         "--threads", "1", "--out-dir", str(tmp_path)],
+        check=True, capture_output=True, text=True, cwd=TOOLS,
+    )  # fmt: skip
+    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("serving-*.json")]
+    figures = report["archs"]["shufflenet_v2_x0_5"]
+    assert figures["switch_over_floor"] == pytest.approx(
+        figures["switch_ms"] / figures["copy_floor_ms"],
+        rel=0.05,  # both rounded to 1 us
+    )
+    assert figures["bits_per_masked_weight_per_task"] <= 1.05
+    assert figures["a_held_mb_1"] < figures["a_held_mb_3"] < figures["finetuned_mb_3"]
+    assert figures["b_held_mb_3"] < figures["a_held_mb_3"]  # (b) keeps no second copy
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| shufflenet_v2_x0_5")]
+    assert len(rows) == 2  # the times' table and the memory's
+
+
 def test_paper_table_cost_counts_every_epoch_of_train_and_test():
     images = sum(train + test for train, test in PAPER_IMAGES.values())
     hours = paper_table_gpu_hours({"a": 1000.0}, {"a": 1000.0})

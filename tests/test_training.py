@@ -16,6 +16,7 @@ from piggyback.core.run import TaskRun, TrainingError
 from piggyback.core.training import train_task
 from piggyback.data.datasets import load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
+from piggyback.data.transforms import TaskPreprocessing
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -206,3 +207,5 @@ def test_sigkilled_training_job_resumes_to_the_same_masks(digits_target, tmp_pat
     )
     assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
     assert not (killed / "task.pt.state").exists(), "resume state is removed after success"
+    # how the task's test images were transformed, for using the task without the config
+    assert a.preprocessing == TaskPreprocessing("cropped", 32).as_dict()

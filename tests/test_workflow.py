@@ -104,6 +104,22 @@ def test_dry_run_of_the_paper_lists_the_whole_comparison_without_duplicates(tmp_
         assert jobs == distinct, f"{jobs - distinct} {script} jobs repeat another's work"
 
 
+def test_export_writes_every_task_of_every_packed_file_outside_the_default_target(tmp_path):
+    demo = str(ROOT / "config" / "demo.yaml")
+    result = snakemake("export", "-n", "-p", "--cores", "2", "--configfile", demo, workdir=tmp_path)
+    exports = set(re.findall(r"export\.py (\S+) .*?--task (\S+) .*?--out (\S+)", result.stdout))
+    config = yaml.safe_load(Path(demo).read_text())
+    tasks = set(config["orderings"]["forward"])
+    series = ["classifier_only", "finetune", "packnet/forward", "packnet/reverse", "piggyback"]
+    assert exports == {
+        (f"results/demo/packed/{arch}/{s}/run0.safetensors", task,
+         f"results/demo/export/{arch}/{s}/run0/{task}")
+        for arch in config["experiment"]["archs"] for s in series for task in tasks
+    }  # fmt: skip
+    default = snakemake("-n", "--cores", "2", "--configfile", demo, workdir=tmp_path)
+    assert "export_task" not in default.stdout
+
+
 def test_dry_run_with_every_method_and_three_runs(tmp_path):
     config = paper_config(tmp_path, methods=list(METHODS), runs=3)
     result = snakemake("-n", "--cores", "8", "--configfile", str(config), workdir=tmp_path)
@@ -270,7 +286,7 @@ def test_the_digits_setting_runs_end_to_end(digits_run):
 
 
 def test_snakemake_lint_and_snakefmt_are_clean(tmp_path):
-    lint = snakemake("--lint", "--configfile", str(ROOT / "config" / "digits.yaml"), workdir=tmp_path)
+    lint = snakemake("--lint", "--configfile", str(ROOT / "config" / "demo.yaml"), workdir=tmp_path)
     assert "Congratulations" in lint.stdout + lint.stderr or not (lint.stdout + lint.stderr).strip()
     snakefmt = subprocess.run(
         [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"],

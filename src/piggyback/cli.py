@@ -208,3 +208,66 @@ def fail(message: str) -> None:
     """Stop with a one-line error instead of a stack trace."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def add_trained_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """A packed file's tasks in use (predict.py, export.py): the pack, the backbone weights
+    its tasks were trained on, which tasks, and what a pack may not record."""
+    parser.add_argument("pack", type=Path, help="packed file (pack.py's, or imported)")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="the backbone weights the tasks were trained on (their sha256 is checked): "
+        "a .pth/.safetensors file, a torchvision enum name, or 'random'",
+    )
+    parser.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        help="a task of the pack (repeat for several; 'all': every task)",
+    )
+    group = parser.add_argument_group("backbone (default: the pack's arch, as the builder)")
+    group.add_argument("--arch", help="arch name in the registry (checked against the pack)")
+    group.add_argument("--builder", help="torchvision model builder (default: the arch name)")
+    group.add_argument("--head", help="dotted name of the classification head")
+    group.add_argument("--weights-dir", type=Path, help="folder of torchvision weight files")
+    group = parser.add_argument_group(
+        "what the pack may not record (packs made before it was recorded, imported ones)"
+    )
+    group.add_argument("--image-size", type=int, help="crop size (config: image_size)")
+    group.add_argument(
+        "--transform",
+        choices=("cropped", "standard"),
+        help="the task's transform style (config: datasets.<name>.transform)",
+    )
+    add_weights_transforms_argument(group)
+    group.add_argument(
+        "--classes-from",
+        type=Path,
+        metavar="DIR",
+        help="a folder with a subfolder per class (the dataset's test folder): the class "
+        "names, in name order, of a task whose pack holds only their count (the authors' "
+        "released masks)",
+    )
+
+
+def given_preprocessing(args: argparse.Namespace):
+    """The preprocessing the flags give, or None if they give none."""
+    from piggyback.data.transforms import PreprocessingError, TaskPreprocessing
+
+    if args.image_size is None and args.transform is None:
+        if args.weights_transforms is not None:
+            raise PreprocessingError("--weights-transforms needs --image-size and --transform")
+        return None
+    if args.image_size is None or args.transform is None:
+        raise PreprocessingError("give both --image-size and --transform, or neither")
+    return TaskPreprocessing(args.transform, args.image_size, preprocessing(args))
+
+
+def folder_class_names(folder: Path | None) -> list[str] | None:
+    """The class folders of ``folder`` in name order, as a dataset's labels are."""
+    if folder is None:
+        return None
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--classes-from {folder} is not a folder")
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -50,6 +50,7 @@ SCRIPTS = {
         "pack",
         "evaluate",
         "evaluate_source",
+        "export",
         "aggregate",
         "plots",
     )

@@ -216,3 +216,19 @@ def classes_json():
 
 def orderings_json():
     return json.dumps({o: config["orderings"][o] for o in ORDERINGS})
+
+
+def export_flags(wildcards, input):
+    """Param: how the task's images are preprocessed (for packs that do not record it;
+    checked against those that do), and where an imported task's class names are."""
+    flags = [
+        f"--image-size {IMAGE_SIZE}",
+        f"--transform {dataset_entry(wildcards.dataset)['transform']}",
+        transforms_flag(wildcards.arch),
+        (
+            f"--classes-from {data_folder(wildcards.dataset)}/test"
+            if input.class_data
+            else ""
+        ),
+    ]
+    return " ".join(flag for flag in flags if flag)

@@ -1,5 +1,7 @@
 """The files the rules read and write, and the input functions that choose them."""
 
+from itertools import product
+
 from piggyback.config import PRETRAIN_WEIGHTS, is_package_weights
 from piggyback.core.registry import START_DATASET
 
@@ -183,3 +185,24 @@ def plot_file(name, suffix="png"):
 
 def plot_outputs():
     return [plot_file(name) for name in PLOTS]
+
+
+def exported(arch, series, run, dataset, name):
+    """A task exported as a plain torchvision model: `model.safetensors`, `config.json`."""
+    return f"{RESULTS}/export/{arch}/{series}/run{run}/{dataset}/{name}"
+
+
+def export_outputs():
+    """Every task of every packed file, exported (the `export` target)."""
+    return [
+        exported(arch, series, run, dataset, name)
+        for arch, series, run in product(ARCHS, SERIES, RUNS)
+        for dataset in series_tasks(series)
+        for name in ("model.safetensors", "config.json")
+    ]
+
+
+def export_class_data(wildcards):
+    """Input: an imported pack's dataset, whose test folder names the classes its file
+    leaves unnamed (the authors' released masks); none for a trained pack."""
+    return prepared(wildcards.dataset) if "released" in config else []

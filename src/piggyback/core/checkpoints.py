@@ -62,6 +62,8 @@ class TaskCheckpoint:
     backbone_sha256: str  # the pretrained backbone's (checkpoints.backbone_sha256)
     head_name: str | None = None
     speed: dict[str, Any] | None = None
+    # the test transform (data.transforms.TaskPreprocessing.as_dict); None: not recorded
+    preprocessing: dict[str, Any] | None = None
     previous: dict[str, Any] | None = None  # a sequential task's predecessor: dataset, sha256
     last_in_ordering: bool | None = None
     # what the method adds (PackNet: its owner id, chain and start; Piggyback: the rule;

@@ -113,29 +113,21 @@ def evaluate_pack(
 ) -> dict[str, Any]:
     """Top-1/top-5 error of every task in ``pack_path`` on its test split, in the file's
     order; with ``per_image``, also each task's images (``per_image``: a list of
-    :class:`TaskImages`, which the caller writes beside the JSON). Refuses another arch,
-    and backbone weights other than those the tasks were trained from: the masks only
-    mean something on the exact weights they were learned over."""
+    :class:`TaskImages`, which the caller writes beside the JSON). Refuses what
+    :func:`open_pack` refuses."""
     device = device or torch.device("cpu")
     packed = read_pack(pack_path)
     manifest = packed.manifest
     missing = [task for task in manifest["ordering"] if task not in tasks]
     if missing:
         raise PackError(f"{pack_path} holds {', '.join(missing)}, but no test data was given")
-    backbone = _backbone(packed, arch, spec, weights, weights_dir)
-    backbone.to(device)
-    pristine = {k: v.clone() for k, v in backbone.state_dict().items()}
-    method = load_method(manifest["method"])
+    opened = open_pack(packed, arch, spec, weights, weights_dir, device)
     results, images = [], []
     for position, task in enumerate(manifest["ordering"], start=1):
-        backbone.load_state_dict(pristine)
-        method.apply(backbone, packed, task)
         entry = manifest["tasks"][task]
         test = _test_batches(tasks[task], image_size, batch_size, device, workers)
         _check_classes(test.classes, entry["classes"], task, tasks[task], pack_path)
-        head = new_head(backbone, len(test.classes))
-        head.load_state_dict(packed.head(task))
-        model = TaskModel(backbone, head.to(device), arch, backbone.head_name)
+        model = task_model(opened, task)
         totals = evaluate(model, test.batches, device, per_image=per_image)
         if per_image:
             images.append(_task_images(task, test.paths, totals))
@@ -157,6 +149,52 @@ def evaluate_pack(
         **({"start": manifest["start"]} if "start" in manifest else {}),
         **({"per_image": images} if per_image else {}),
     }
+
+
+@dataclass
+class OpenedPack:
+    """A packed file, checked, over the backbone its tasks were trained on (built once),
+    with the backbone's pristine state, restored before each task."""
+
+    packed: PackedFile
+    arch: str
+    backbone: nn.Module
+    pristine: dict[str, torch.Tensor]
+    device: torch.device
+
+
+def open_pack(
+    pack: Path | PackedFile,
+    arch: str,
+    spec: ArchSpec,
+    weights: str | Path | None = None,
+    weights_dir: Path | None = None,
+    device: torch.device | None = None,
+) -> OpenedPack:
+    """``pack`` (a path, or a file already read) and its backbone on ``device``. Refuses a
+    pack for another arch, and backbone weights other than those the tasks were trained
+    from: the masks only mean something on the exact weights they were learned over."""
+    device = device or torch.device("cpu")
+    packed = pack if isinstance(pack, PackedFile) else read_pack(pack)
+    backbone = _backbone(packed, arch, spec, weights, weights_dir)
+    backbone.to(device)
+    pristine = {k: v.clone() for k, v in backbone.state_dict().items()}
+    return OpenedPack(packed, arch, backbone, pristine, device)
+
+
+def task_model(opened: OpenedPack, task: str) -> TaskModel:
+    """A task of a packed file, as evaluation evaluates it: the shared backbone restored
+    to its pristine state with the method's change applied in place (masks baked in,
+    PackNet's owners, a fine-tuned network), and the task's head. Evaluation, the
+    multi-task model and export all build a task's model here."""
+    packed = opened.packed
+    classes = packed.manifest["tasks"][packed.require(task)]["classes"]
+    opened.backbone.load_state_dict(opened.pristine)
+    load_method(packed.manifest["method"]).apply(opened.backbone, packed, task)
+    head = new_head(opened.backbone, classes if isinstance(classes, int) else len(classes))
+    head.load_state_dict(packed.head(task))
+    backbone = opened.backbone
+    return TaskModel(backbone, head.to(opened.device), opened.arch, backbone.head_name)
 
 
 def evaluate_source(

@@ -101,6 +101,8 @@ class PackContents:
             "trained_test_top1_error": checkpoint.test_top1_error,
             **fields,
         }
+        if checkpoint.preprocessing is not None:
+            self.tasks[task]["preprocessing"] = checkpoint.preprocessing
 
     def agree_on(self, field: str, checkpoints: list[TaskCheckpoint]) -> None:
         """Every checkpoint has the first one's value of ``field`` (an attribute)."""

@@ -99,6 +99,9 @@ class TaskRun:
     ``role`` is ``task``, or ``start`` for the state a sequential method's first task
     starts from (``dataset`` is then the source to retrain on, or None). ``previous`` is a
     sequential task's predecessor: the previous task's checkpoint, or the start's.
+    ``preprocessing`` is how its test images are transformed
+    (``TaskPreprocessing.as_dict``), recorded so that the task can be used without the
+    config; None where no data is read.
     """
 
     arch: str
@@ -110,6 +113,7 @@ class TaskRun:
     role: str = "task"
     previous: TaskCheckpoint | None = None
     last_in_ordering: bool = False
+    preprocessing: dict[str, Any] | None = None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -211,6 +211,8 @@ def _identity(run: TaskRun, model: TaskModel, speed: SpeedOptions) -> dict[str, 
         "head_name": model.head_name,
         "speed": speed.as_dict(),
     }
+    if run.preprocessing is not None:
+        identity["preprocessing"] = run.preprocessing
     if run.previous is not None:
         previous = run.previous
         if previous.backbone_sha256 != identity["backbone_sha256"]:

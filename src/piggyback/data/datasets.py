@@ -97,12 +97,18 @@ def read_image(path: str) -> Image.Image:
     """An image as RGB, whatever its size; a file that cannot be decoded raises a
     ``DataError`` naming it."""
     try:
-        with open(path, "rb") as handle:
-            with pillow_limit_lifted():
-                image = Image.open(handle)
-            return image.convert("RGB")
+        return open_rgb(path)
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError...
         raise unreadable(path, error) from None
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """An image of any mode (greyscale, palette, RGBA, CMYK, 16-bit) and size as RGB,
+    as every split is read; raises what Pillow raises on a file it cannot decode."""
+    with open(path, "rb") as handle:
+        with pillow_limit_lifted():
+            image = Image.open(handle)
+        return image.convert("RGB")
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -65,6 +65,68 @@ class Preprocessing:
 
 
 PAPER_PREPROCESSING = Preprocessing()
+TRANSFORM_STYLES = ("cropped", "standard")
+
+
+@dataclass(frozen=True)
+class TaskPreprocessing:
+    """How a task's images become the network's input at test time: the transform style
+    at the image size, with the backbone's preprocessing. Training records it in the
+    checkpoint and packing in the packed file, so that a task is used as it was trained
+    (predict, export) without the config at hand."""
+
+    transform: TransformStyle
+    image_size: int
+    preprocessing: Preprocessing = PAPER_PREPROCESSING
+
+    def as_dict(self) -> dict:
+        return {
+            "transform": self.transform,
+            "image_size": self.image_size,
+            **self.preprocessing.as_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> TaskPreprocessing:
+        """The record ``as_dict`` wrote (a packed file's, a checkpoint's)."""
+        try:
+            preprocessing = Preprocessing(
+                float(fields["resize_ratio"]),
+                str(fields["interpolation"]),
+                tuple(map(float, fields["mean"])),
+                tuple(map(float, fields["std"])),
+            )
+            record = cls(fields["transform"], int(fields["image_size"]), preprocessing)
+        except (KeyError, TypeError, ValueError) as error:
+            raise PreprocessingError(f"not a preprocessing record: {fields!r}") from error
+        if record.transform not in TRANSFORM_STYLES:
+            raise PreprocessingError(f"unknown transform style {record.transform!r}")
+        return record
+
+    def test_transform(self) -> transforms.Compose:
+        """A PIL image (RGB) to the normalised tensor evaluation feeds the network."""
+        return build_transform(self.transform, self.image_size, False, self.preprocessing)
+
+    def steps(self) -> list[dict]:
+        """The test transform in plain words, for a reader without this project: the
+        resize (and centre crop), then the scaling to [0, 1] and the normalisation."""
+        interpolation = self.preprocessing.interpolation
+        if self.transform == "cropped":
+            size = [self.image_size, self.image_size]
+            steps = [{"resize": size, "interpolation": interpolation}]
+        else:
+            shorter = round(self.image_size * self.preprocessing.resize_ratio)
+            steps = [
+                {"resize_shorter_side": shorter, "interpolation": interpolation},
+                {"center_crop": [self.image_size, self.image_size]},
+            ]
+        mean, std = list(self.preprocessing.mean), list(self.preprocessing.std)
+        return [
+            {"convert": "RGB"},
+            *steps,
+            {"to_tensor": "channels first, values / 255"},
+            {"normalize": {"mean": mean, "std": std}},
+        ]
 
 
 def weights_preprocessing(name: str) -> Preprocessing:
