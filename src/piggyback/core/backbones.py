@@ -60,7 +60,9 @@ class HeadSlot(nn.Module):
 
 
 class TaskModel(nn.Module):
-    """A shared backbone and one task's head, which runs in the backbone's head slot."""
+    """A backbone and one task's head, which runs in the backbone's head slot. Several
+    task models may share one backbone (evaluation, serving): each binds its own head to
+    the slot when it runs."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, arch: str, head_name: str):
         super().__init__()
@@ -68,9 +70,12 @@ class TaskModel(nn.Module):
         self.head = head
         self.arch = arch
         self.head_name = head_name  # where torchvision keeps the head, for export
-        backbone.get_submodule(head_name).__dict__["bound"] = head
+        self.__dict__["slot"] = backbone.get_submodule(head_name)
+        self.slot.__dict__["bound"] = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.slot.bound is not self.head:
+            self.slot.__dict__["bound"] = self.head
         return self.backbone(x)
 
 
