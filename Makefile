@@ -61,7 +61,7 @@ bench: $(STAMP)
 
 # Many tasks over one backbone at 224 px: switch time against a plain copy, forward
 # passes, memory for 1, 5 and 20 tasks (docs/performance.md, "Serving tasks").
-SERVING_ARCHS ?= resnet50 densenet121
+SERVING_ARCHS ?= squeezenet1_1 resnet50 densenet121
 bench-serving: $(STAMP)
 	PYTHONPATH=tools $(PYTHON) -m bench.serving --archs $(SERVING_ARCHS) --threads $(CORES)
 

@@ -136,6 +136,16 @@ def test_the_paper_layout_puts_the_methods_side_by_side_in_the_registrys_order(t
     ], "the storage totals given, per column"
 
 
+def test_a_table_without_a_source_task_says_it_has_no_imagenet_row(tmp_path):
+    table = table_of(evaluations(tmp_path))
+    with_row = to_markdown(table, ["resnet50"], ["digits", "rotated"], METHODS, ORDERINGS, 0.1)
+    assert "No source-task row" not in with_row
+    table = table[~table["source_task"]]
+    markdown = to_markdown(table, ["resnet50"], ["digits", "rotated"], METHODS, ORDERINGS, 0.1)
+    assert "No source-task row (the paper's ImageNet row)" in markdown
+    assert [row[0] for row in markdown_rows(markdown, "## resnet50")[1:3]] == ["digits", "rotated"]
+
+
 def test_the_imagenet_row_is_the_backbone_for_methods_that_keep_it_and_packnets_start(tmp_path):
     table = table_of(evaluations(tmp_path)).set_index(["method", "ordering", "dataset"])
     source = table.xs("source", level="dataset")["error"]

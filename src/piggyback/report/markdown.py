@@ -68,6 +68,8 @@ def to_markdown(
     chosen = columns(table, methods, orderings)
     comparisons = bool(table["paired_p"].notna().any())
     lines = ["# Top-1 test error (%)", "", *_reading(comparisons), ""]
+    if not table["source_task"].any():
+        lines += [NO_SOURCE_ROW, ""]
     rows = _row_datasets(table, datasets)
     for arch in archs:
         cells = table[table["arch"] == arch]
@@ -84,6 +86,13 @@ def to_markdown(
     lines += _details(table, archs, rows, chosen, orderings)
     lines += ["## Verdict", "", *verdict(table, tolerance), ""]
     return "\n".join(lines)
+
+
+NO_SOURCE_ROW = (
+    "No source-task row (the paper's ImageNet row): no dataset of the config is the "
+    "backbone's source task (`source_task: true`, with its test images), so what each "
+    "method costs the task the backbone was trained on is not measured here."
+)
 
 
 def _reading(comparisons: bool) -> list[str]:
