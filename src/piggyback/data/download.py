@@ -29,6 +29,12 @@ _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
+class SourceError(ValueError):
+    """A dataset cannot be fetched or prepared as configured; the message says why and
+    what to do. (Raised by the routes of :mod:`piggyback.data.sources`, kept here, below
+    them all, so that a route's own module can raise it too.)"""
+
+
 class DownloadError(RuntimeError):
     """A file could not be fetched; the message names it and says what to do."""
 

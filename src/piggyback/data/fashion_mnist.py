@@ -41,9 +41,9 @@ from piggyback.data.download import (
     ChecksumError,
     DownloadError,
     FetchedFile,
+    SourceError,
     download,
 )
-from piggyback.data.sources import FASHION_MNIST_FILES, SourceError
 
 PACKAGE = "dataset-fashion-mnist"
 INSTALLED = "/usr/share/datasets/fashion-mnist"
@@ -51,6 +51,13 @@ RELEASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"
 # Under the downloads folder: MNIST's files have the same names.
 FOLDER = "fashion-mnist"
 SPLITS = ("train", "test")
+# The decompressed IDX files, each stored as <name>.gz.
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 # Per split, its images file and its labels file (each stored as <name>.gz).
 SPLIT_FILES = dict(zip(SPLITS, (FASHION_MNIST_FILES[:2], FASHION_MNIST_FILES[2:]), strict=True))
 # The decompressed files, the same bytes in Debian's package and Zalando's release.

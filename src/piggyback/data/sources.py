@@ -22,7 +22,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from piggyback.data.download import FetchedFile, checksum_from, download, verify_file
+from piggyback.data.download import (
+    FetchedFile,
+    SourceError,
+    checksum_from,
+    download,
+    verify_file,
+)
+from piggyback.data.fashion_mnist import FASHION_MNIST_FILES, fetch_fashion_mnist
 
 AUTHORS_BOX_URL = "https://uofi.box.com/s/ixncr3d85guosajywhf7yridszzg5zsq"
 ROUTES = ("authors", "original", "digits", "folder", "fashion_mnist")
@@ -37,13 +44,6 @@ ORIGINAL_FILES = {
     "flowers102": ("102flowers.tgz", "imagelabels.mat", "setid.mat"),
     "sketches": ("sketches_png.zip",),
 }
-# The decompressed IDX files of Fashion-MNIST, each stored as <name>.gz.
-FASHION_MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 NO_ORIGINAL_SOURCE = {
     "wikiart": "no public archive of the authors' 195-artist WikiArt subset is known",
 }
@@ -55,11 +55,6 @@ _ROUTE_KEYS = {
     "fashion_mnist": {"route", "per_class", "seed", "installed", "apt", "url", "sha256"},
 }
 _FILE_KEYS = {"url", "md5", "sha256"}
-
-
-class SourceError(ValueError):
-    """A dataset cannot be fetched or prepared as configured; the message says why and
-    what to do."""
 
 
 @dataclass(frozen=True)
@@ -205,8 +200,6 @@ def fetch_source(
     downloads = Path(downloads)
     if source.get("route") == "fashion_mnist":
         # imported here: it imports this module
-        from piggyback.data.fashion_mnist import fetch_fashion_mnist
-
         check_source(dataset, source)
         return fetch_fashion_mnist(dataset, source, downloads, progress)
     fetched = []
