@@ -59,12 +59,14 @@ def digits_run(tmp_path_factory):
 # share one worker, so that it runs once and no reader's edit (put back afterwards)
 # is seen by another. The longest units first (serial seconds on 2 cores, 2026-12-02:
 # SLURM 141, the digits run and its readers 150, then 56 down to 11; the trained tasks'
-# use, export, predict and tasks, about 35, 30 and 25 on a loaded machine, 2026-12-06),
-# so that no long one starts last and ends the run alone.
+# use, export, predict and tasks, about 35, 30 and 25 on a loaded machine, and the
+# learning tests on the real backbone, about 60, 2026-12-06), so that no long one starts
+# last and ends the run alone.
 DIGITS_READERS = ("tests/test_report.py", "tests/test_workflow.py")
 LONGEST = (
     "test_slurm.py",
     "digits_run",
+    "test_learning.py",
     "test_workflow_released.py",
     "test_reliability.py",
     "test_packnet.py",
