@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from bench.throughput import device_name, synchronize
 from piggyback import cli
 from piggyback.atomic import atomic_write_json
-from piggyback.core.backbones import ArchSpec, TaskModel, build_backbone
+from piggyback.core.backbones import ArchSpec, TaskModel, build_backbone, new_head
 from piggyback.core.checkpoints import backbone_sha256
 from piggyback.core.masks import DEFAULT_THRESHOLD, masked_parameters
 from piggyback.core.packed_file import PACK_FORMAT, PACK_VERSION, PackedFile, pack_bits
@@ -42,7 +42,8 @@ MB = 2**20
 def synthetic_pack(arch: str, tasks: int, classes: int, keep: float) -> PackedFile:
     """A Piggyback pack in memory over the arch's random weights: per task a random
     binary mask keeping ``keep`` of every masked weight, and a random head."""
-    backbone, features = build_backbone(ArchSpec(arch), "random")
+    backbone, _ = build_backbone(ArchSpec(arch), "random")
+    head_shape = new_head(backbone, classes).weight.shape  # a 1x1 conv's, or a linear's
     layers = {name: list(entry.shape) for name, entry in masked_parameters(backbone).items()}
     generator = torch.Generator().manual_seed(0)
     tensors, entries = {}, {}
@@ -51,7 +52,7 @@ def synthetic_pack(arch: str, tasks: int, classes: int, keep: float) -> PackedFi
         for name, shape in layers.items():
             kept = torch.rand(shape, generator=generator) < keep
             tensors[f"{task}/mask/{name}"] = pack_bits(kept)
-        tensors[f"{task}/head/weight"] = torch.randn(classes, features, generator=generator)
+        tensors[f"{task}/head/weight"] = torch.randn(head_shape, generator=generator)
         tensors[f"{task}/head/bias"] = torch.zeros(classes)
         entries[task] = {"storage": "mask", "classes": classes, "layers": layers, "seed": 0}
     manifest = {
@@ -88,7 +89,7 @@ class MaskedPerForward:
 
     def __init__(self, packed: PackedFile, tasks: list[str], device: torch.device):
         arch = packed.manifest["arch"]
-        self.backbone, features = build_backbone(ArchSpec(arch), "random")
+        self.backbone, _ = build_backbone(ArchSpec(arch), "random")
         self.backbone.eval().requires_grad_(False).to(device)
         self.active: dict = {}
         self.planes = {
@@ -100,9 +101,11 @@ class MaskedPerForward:
         }
         self.heads = {}
         for task in tasks:
-            head = nn.Linear(features, packed.manifest["tasks"][task]["classes"])
+            head = new_head(self.backbone, packed.manifest["tasks"][task]["classes"])
             head.load_state_dict(packed.head(task))
-            self.heads[task] = TaskModel(self.backbone, head.to(device), arch, "")
+            self.heads[task] = TaskModel(
+                self.backbone, head.to(device), arch, self.backbone.head_name
+            )
         for name, entry in masked_parameters(self.backbone).items():
             mask = PlaneMask(self.active, name, entry.shape).to(device)
             parametrize.register_parametrization(entry.module, entry.attribute, mask, unsafe=True)
