@@ -13,8 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from piggyback import cli
-from piggyback.atomic import atomic_write, atomic_write_text
+from piggyback.files.atomic import atomic_write, atomic_write_text
+from piggyback.interface import cli
 from piggyback.report.comparisons import PairingError
 from piggyback.report.markdown import to_markdown, verdict
 from piggyback.report.plots.storage import storage_data, storage_totals

@@ -10,10 +10,10 @@ import argparse
 import json
 from pathlib import Path
 
-from piggyback import cli
 from piggyback.data.cache.format import write_cache
 from piggyback.data.datasets import DataError, error_message
 from piggyback.data.folders import check_folder
+from piggyback.interface import cli
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from piggyback import cli
-from piggyback.atomic import atomic_write_json
 from piggyback.data.download import DownloadError
 from piggyback.data.sources import SourceError, fetch_source, source_from_json
+from piggyback.files.atomic import atomic_write_json
+from piggyback.interface import cli
 
 EXAMPLE = """example:
   python src/download.py --dataset cubs_cropped --downloads downloads \\

@@ -17,11 +17,6 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from piggyback import cli
-from piggyback.core.backbones import BackboneError
-from piggyback.core.evaluation import TaskData, evaluate_pack
-from piggyback.core.packed_file import PackError
-from piggyback.core.run import SpeedOptions
 from piggyback.data.datasets import DataError, error_message
 from piggyback.data.folders import check_folder
 from piggyback.data.transforms import (
@@ -30,7 +25,12 @@ from piggyback.data.transforms import (
     PreprocessingError,
     weights_preprocessing,
 )
-from piggyback.per_image import per_image_path, write_evaluation
+from piggyback.interface import cli
+from piggyback.methods.run import SpeedOptions
+from piggyback.model.backbones import BackboneError
+from piggyback.packs.packed_file import PackError
+from piggyback.stages.evaluation import TaskData, evaluate_pack
+from piggyback.stages.per_image import per_image_path, write_evaluation
 
 
 def main() -> None:

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from piggyback import cli
-from piggyback.core.backbones import BackboneError
-from piggyback.core.checkpoints import CheckpointError
-from piggyback.core.evaluation import TaskData, evaluate_source
-from piggyback.core.run import SpeedOptions
 from piggyback.data.datasets import DataError, error_message
 from piggyback.data.transforms import PreprocessingError
-from piggyback.per_image import per_image_path, write_evaluation
+from piggyback.interface import cli
+from piggyback.methods.run import SpeedOptions
+from piggyback.model.backbones import BackboneError
+from piggyback.model.checkpoints import CheckpointError
+from piggyback.stages.evaluation import TaskData, evaluate_source
+from piggyback.stages.per_image import per_image_path, write_evaluation
 
 
 def main() -> None:

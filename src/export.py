@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from piggyback import cli
-from piggyback.core.backbones import ArchSpec, BackboneError
-from piggyback.core.evaluation import open_pack
-from piggyback.core.packed_file import PackError, read_pack
 from piggyback.data.datasets import DataError, error_message
 from piggyback.data.transforms import PreprocessingError
+from piggyback.interface import cli
+from piggyback.model.backbones import ArchSpec, BackboneError
+from piggyback.packs.packed_file import PackError, read_pack
+from piggyback.stages.evaluation import open_pack
 from piggyback.tasks.export import export_task, pack_digest
 from piggyback.tasks.model import task_info
 

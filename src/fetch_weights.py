@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from piggyback import cli
-from piggyback.core.backbones import BackboneError
-from piggyback.core.fetch_weights import fetch_backbone_weights
 from piggyback.data.download import DownloadError
+from piggyback.interface import cli
+from piggyback.model.backbones import BackboneError
+from piggyback.weights.torchvision import fetch_backbone_weights
 
 EXAMPLE = """example:
   python src/fetch_weights.py --builder resnet50 --weights IMAGENET1K_V1 \\

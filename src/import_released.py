@@ -17,11 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from piggyback import cli
-from piggyback.core.backbones import BackboneError
-from piggyback.core.packed_file import ENCODINGS, PackError
-from piggyback.core.registry import released_methods
 from piggyback.data.datasets import error_message
+from piggyback.interface import cli
+from piggyback.methods.registry import released_methods
+from piggyback.model.backbones import BackboneError
+from piggyback.packs.packed_file import ENCODINGS, PackError
 from piggyback.released.files import ARCH_KINDS, ReleasedError
 from piggyback.released.importing import AUTHORS_WEIGHTS, import_released, save_backbone_weights
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from piggyback import cli
-from piggyback.core.checkpoints import CheckpointError
-from piggyback.core.packed_file import ENCODINGS, PackError
-from piggyback.core.packing import pack
+from piggyback.interface import cli
+from piggyback.model.checkpoints import CheckpointError
+from piggyback.packs.packed_file import ENCODINGS, PackError
+from piggyback.stages.packing import pack
 
 
 def main() -> None:

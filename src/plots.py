@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from piggyback import cli
-from piggyback.atomic import atomic_write
+from piggyback.files.atomic import atomic_write
+from piggyback.interface import cli
 from piggyback.report.plots import FIGURES
 
 

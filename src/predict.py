@@ -20,11 +20,11 @@ from pathlib import Path
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from piggyback import cli
-from piggyback.core.backbones import BackboneError
-from piggyback.core.packed_file import PackError, read_manifest
 from piggyback.data.datasets import DataError, error_message
 from piggyback.data.transforms import PreprocessingError
+from piggyback.interface import cli
+from piggyback.model.backbones import BackboneError
+from piggyback.packs.packed_file import PackError, read_manifest
 from piggyback.tasks.model import MultiTaskModel
 from piggyback.tasks.prediction import (
     Unreadable,

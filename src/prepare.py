@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from piggyback import cli
 from piggyback.data.archives import ArchiveError
 from piggyback.data.datasets import DataError
 from piggyback.data.prepare import prepare_dataset
 from piggyback.data.sources import SourceError, source_from_json
+from piggyback.interface import cli
 
 
 def main() -> None:

@@ -18,22 +18,22 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from piggyback import cli
-from piggyback.atomic import atomic_move, atomic_write
-from piggyback.core.backbones import (
+from piggyback.data.datasets import DataError, error_message
+from piggyback.data.feed import open_task_feed
+from piggyback.data.folders import check_folder
+from piggyback.data.transforms import TaskPreprocessing
+from piggyback.files.atomic import atomic_move, atomic_write
+from piggyback.interface import cli
+from piggyback.methods.registry import METHODS, Hyperparameters, MethodError
+from piggyback.methods.run import SpeedOptions, TaskRun, TrainingError, epoch_seed
+from piggyback.model.backbones import (
     BackboneError,
     build_source_model,
     build_task_model,
     torchvision_state,
 )
-from piggyback.core.checkpoints import CheckpointError, atomic_save, load_task_checkpoint
-from piggyback.core.registry import METHODS, Hyperparameters, MethodError
-from piggyback.core.run import SpeedOptions, TaskRun, TrainingError, epoch_seed
-from piggyback.core.training import train_task
-from piggyback.data.datasets import DataError, error_message
-from piggyback.data.feed import open_task_feed
-from piggyback.data.folders import check_folder
-from piggyback.data.transforms import TaskPreprocessing
+from piggyback.model.checkpoints import CheckpointError, atomic_save, load_task_checkpoint
+from piggyback.training.loop import train_task
 
 # Flags that say where the task's data is and how it is fed: required, but for a start
 # that retrains on no source.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from piggyback import cli
-from piggyback.atomic import atomic_write_json
+from piggyback.files.atomic import atomic_write_json
+from piggyback.interface import cli
 from piggyback.released.files import ReleasedError
 from piggyback.released.importing import check_released_file
 

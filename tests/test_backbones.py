@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from piggyback.core.backbones import (
+from piggyback.model.backbones import (
     ArchSpec,
     BackboneError,
     build_backbone,
@@ -10,7 +10,7 @@ from piggyback.core.backbones import (
     find_head,
     torchvision_state,
 )
-from piggyback.core.checkpoints import backbone_sha256
+from piggyback.model.checkpoints import backbone_sha256
 
 
 @pytest.mark.parametrize(

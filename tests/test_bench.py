@@ -12,7 +12,7 @@ from bench.projection import (
     task_passes,
 )
 
-from piggyback.core.registry import Hyperparameters
+from piggyback.methods.registry import Hyperparameters
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 

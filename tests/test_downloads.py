@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 from loopback import LoopbackServer, md5_of, sha256_of
 
-from piggyback.core import fetch_weights
-from piggyback.core.fetch_weights import fetch_backbone_weights
 from piggyback.data.download import (
     Checksum,
     ChecksumError,
@@ -21,6 +19,8 @@ from piggyback.data.download import (
     download,
     hash_prefix_in_name,
 )
+from piggyback.weights import torchvision as fetch_weights
+from piggyback.weights.torchvision import fetch_backbone_weights
 
 PAYLOAD = os.urandom(300_000)  # several reads of urllib's buffer, so drops land midway
 ROOT = Path(__file__).resolve().parents[1]

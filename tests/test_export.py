@@ -16,10 +16,10 @@ import torchvision
 from safetensors.torch import load_file, save_file
 from tiny_packs import ARCH, METHODS, PREPROCESSING, SIZE, TASKS, make_pack
 
-from piggyback.core.backbones import ArchSpec, build_backbone, torchvision_state
-from piggyback.core.checkpoints import backbone_state
-from piggyback.core.evaluation import open_pack, task_model
-from piggyback.core.packed_file import read_pack
+from piggyback.model.backbones import ArchSpec, build_backbone, torchvision_state
+from piggyback.model.checkpoints import backbone_state
+from piggyback.packs.packed_file import read_pack
+from piggyback.stages.evaluation import open_pack, task_model
 from piggyback.tasks.export import builder_arguments, export_task, plain_model
 from piggyback.tasks.model import task_info
 

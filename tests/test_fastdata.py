@@ -20,15 +20,15 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchvision import transforms
 
-from piggyback.core.backbones import ArchSpec
-from piggyback.core.checkpoints import load_task_checkpoint
-from piggyback.core.evaluation import TaskData, evaluate_pack
-from piggyback.core.packing import pack_tasks
 from piggyback.data.cache import batches as cache_batches
 from piggyback.data.cache import format as cache_file
 from piggyback.data.cache import resize
 from piggyback.data.datasets import load_task_data
 from piggyback.data.transforms import sized_crop_2017
+from piggyback.model.backbones import ArchSpec
+from piggyback.model.checkpoints import load_task_checkpoint
+from piggyback.stages.evaluation import TaskData, evaluate_pack
+from piggyback.stages.packing import pack_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"

@@ -17,13 +17,13 @@ from gpu_check.runner import GpuCheck
 from gpu_check.sections import SECTIONS
 from gpu_check.summary import PAPER_COMPARISON, paper_comparison
 
-from piggyback.core.registry import METHODS
+from piggyback.methods.registry import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 # As on the device: PYTHONPATH=src:tools, and neither snakemake nor jsonschema importable.
 RUN = (
     "import runpy, sys; "
-    "sys.modules.update(dict.fromkeys(('snakemake', 'jsonschema', 'piggyback.config'))); "
+    "sys.modules.update(dict.fromkeys(('snakemake', 'jsonschema', 'piggyback.interface.config'))); "
     "runpy.run_module('gpu_check', run_name='__main__', alter_sys=True)"
 )
 TRAIN_FIGURES = {"img_s", "img_s_repeats", "first_step_s", "peak_mem_mb", "settings", "speed"}

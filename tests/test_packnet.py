@@ -10,17 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.checkpoints import load_task_checkpoint
-from piggyback.core.evaluation import TaskData, evaluate_pack
-from piggyback.core.methods.packnet import FREE, SOURCE
-from piggyback.core.packed_file import PackError, read_pack
-from piggyback.core.packing import pack
-from piggyback.core.registry import METHODS, Hyperparameters
-from piggyback.core.run import TaskRun, TrainingError
-from piggyback.core.training import train_task
 from piggyback.data.datasets import load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
+from piggyback.methods.packnet import FREE, SOURCE
+from piggyback.methods.registry import METHODS, Hyperparameters
+from piggyback.methods.run import TaskRun, TrainingError
+from piggyback.model.backbones import ArchSpec, build_task_model
+from piggyback.model.checkpoints import load_task_checkpoint
+from piggyback.packs.packed_file import PackError, read_pack
+from piggyback.stages.evaluation import TaskData, evaluate_pack
+from piggyback.stages.packing import pack
+from piggyback.training.loop import train_task
 
 TASKS = {"plain": "plain", "mirrored": "mirrored", "rotated": "rotated"}
 HP = {"epochs": 2, "prune_epochs": 2, "batch_size": 16, "optimizer": "adam", "lr": 1e-3}
@@ -164,7 +164,7 @@ def prepared_run(start):
 
 def prepared_task(start):
     """A first task prepared from the start, as training would begin it."""
-    from piggyback.core.registry import load_method
+    from piggyback.methods.registry import load_method
 
     run = prepared_run(start)
     model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
@@ -222,7 +222,7 @@ def test_the_pack_and_the_table_name_each_tasks_fraction(trained_chain, tmp_path
 
 
 def test_a_fraction_of_zero_or_less_prunes_nothing():
-    from piggyback.core.registry import load_method
+    from piggyback.methods.registry import load_method
 
     for fraction, phases in (
         (0.75, ["finetune", "prune"]),
@@ -291,7 +291,7 @@ def test_an_earlier_task_evaluates_bit_identically_before_and_after_the_next(
     trained_chain, tmp_path
 ):
     """The logits of task 1 from a pack of [1] and from a pack of [1, 2, 3] are equal."""
-    from piggyback.core.registry import load_method
+    from piggyback.methods.registry import load_method
 
     _, paths, _ = trained_chain
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -340,7 +340,7 @@ def test_a_task_that_would_change_earlier_weights_is_stopped(
 ):
     """Without the gradient masking, training moves weights earlier tasks own: the end
     of training check catches it."""
-    from piggyback.core.methods.packnet import PackNet
+    from piggyback.methods.packnet import PackNet
 
     monkeypatch.setattr(PackNet, "after_backward", lambda self, model: None)
     _, paths, _ = trained_chain
@@ -349,7 +349,7 @@ def test_a_task_that_would_change_earlier_weights_is_stopped(
 
 
 def test_packnet_refuses_weight_decay():
-    from piggyback.core.registry import MethodError, load_method
+    from piggyback.methods.registry import MethodError, load_method
 
     with pytest.raises(MethodError, match="weight_decay must be 0"):
         load_method("packnet", Hyperparameters.for_method("packnet", weight_decay=1e-4))

@@ -21,16 +21,16 @@ from test_reliability import (
 )
 from torch import nn
 
-from piggyback.core.backbones import ArchSpec, build_backbone, build_task_model
-from piggyback.core.packed_file import read_pack
-from piggyback.core.packing import pack_tasks
-from piggyback.core.registry import Hyperparameters, load_method
-from piggyback.core.run import TaskRun
-from piggyback.core.training import train_task
 from piggyback.data.cache.format import CacheError, load_cache, write_cache
 from piggyback.data.datasets import load_split, load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
-from piggyback.per_image import COLUMNS, per_image_path, read_per_image
+from piggyback.methods.registry import Hyperparameters, load_method
+from piggyback.methods.run import TaskRun
+from piggyback.model.backbones import ArchSpec, build_backbone, build_task_model
+from piggyback.packs.packed_file import read_pack
+from piggyback.stages.packing import pack_tasks
+from piggyback.stages.per_image import COLUMNS, per_image_path, read_per_image
+from piggyback.training.loop import train_task
 
 
 @pytest.fixture(scope="module")

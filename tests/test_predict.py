@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from tiny_packs import ARCH, SIZE, TASKS, make_pack, tiny_weights
 
-from piggyback.core.backbones import ArchSpec
-from piggyback.core.evaluation import TaskData, evaluate_pack
 from piggyback.data.datasets import load_task_data, read_image
-from piggyback.per_image import read_per_image, write_evaluation
+from piggyback.model.backbones import ArchSpec
+from piggyback.stages.evaluation import TaskData, evaluate_pack
+from piggyback.stages.per_image import read_per_image, write_evaluation
 from piggyback.tasks.model import MultiTaskModel
 from piggyback.tasks.prediction import top_classes
 

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from piggyback.core.backbones import ArchSpec, build_backbone
-from piggyback.core.checkpoints import backbone_state
-from piggyback.core.masks import bake_masks, masked_parameters
+from piggyback.model.backbones import ArchSpec, build_backbone
+from piggyback.model.checkpoints import backbone_state
+from piggyback.model.masks import bake_masks, masked_parameters
 from piggyback.released import importing
 from piggyback.released.files import (
     ReleasedError,

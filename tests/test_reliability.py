@@ -27,18 +27,18 @@ import torch
 import yaml
 from script_args import digits_evaluate_args, digits_task_args
 
-from piggyback.atomic import WriteError, atomic_write, atomic_write_text
-from piggyback.config import ConfigError, check_config
-from piggyback.core.backbones import ArchSpec, BackboneError, build_backbone, build_task_model
-from piggyback.core.checkpoints import CheckpointError, atomic_save, load_checkpoint
-from piggyback.core.methods.piggyback import task_masks
-from piggyback.core.packed_file import PackError, read_manifest, read_pack
-from piggyback.core.packing import pack_tasks
-from piggyback.core.registry import Hyperparameters, position_settings
-from piggyback.core.run import TaskRun
-from piggyback.core.training import train_task
 from piggyback.data.datasets import DataError, error_message, load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
+from piggyback.files.atomic import WriteError, atomic_write, atomic_write_text
+from piggyback.interface.config import ConfigError, check_config
+from piggyback.methods.piggyback import task_masks
+from piggyback.methods.registry import Hyperparameters, position_settings
+from piggyback.methods.run import TaskRun
+from piggyback.model.backbones import ArchSpec, BackboneError, build_backbone, build_task_model
+from piggyback.model.checkpoints import CheckpointError, atomic_save, load_checkpoint
+from piggyback.packs.packed_file import PackError, read_manifest, read_pack
+from piggyback.stages.packing import pack_tasks
+from piggyback.training.loop import train_task
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -821,15 +821,15 @@ def test_pack_write_failing_midway_keeps_the_previous_packed_file(
     shutil.copyfile(packed[1], out)
     previous = out.read_bytes()
     if failure == "disk_full_midway":
-        import piggyback.core.packed_file
+        import piggyback.packs.packed_file
 
-        real_save_file = piggyback.core.packed_file.save_file
+        real_save_file = piggyback.packs.packed_file.save_file
 
         def save_file(tensors, path, metadata=None):
             real_save_file(tensors, path, metadata=metadata)
             disk_full_midway(5000)(Path(path).read_bytes(), path)
 
-        monkeypatch.setattr(piggyback.core.packed_file, "save_file", save_file)
+        monkeypatch.setattr(piggyback.packs.packed_file, "save_file", save_file)
         with pytest.raises(WriteError, match="No space left on device"):
             pack_tasks([packed[0]], out)
     else:

@@ -15,13 +15,13 @@ import pytest
 from browser import Browser, chromium
 from test_workflow import job_counts, snakemake
 
-from piggyback.core.checkpoints import load_checkpoint
-from piggyback.core.packed_file import read_manifest
-from piggyback.per_image import read_per_image
+from piggyback.model.checkpoints import load_checkpoint
+from piggyback.packs.packed_file import read_manifest
 from piggyback.report.plots.curves import best_epoch
 from piggyback.report.plots.layers import ownership
 from piggyback.report.plots.reference import reference_comparison
 from piggyback.report.plots.storage import BACKBONE, storage_totals
+from piggyback.stages.per_image import read_per_image
 
 KEYS = ["method", "ordering", "arch", "dataset"]
 JOB = ["arch", "method", "ordering", "run", "dataset"]

@@ -5,13 +5,13 @@ import platform
 import pytest
 import torch
 
-from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.checkpoints import load_checkpoint
-from piggyback.core.masks import MaskSpec, add_masks, masked_weights, threshold_mask
-from piggyback.core.registry import Hyperparameters, load_method
-from piggyback.core.run import SpeedOptions, TaskRun
-from piggyback.core.training import TrainStep, make_optimizer, prepare_training, train_task
 from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.methods.registry import Hyperparameters, load_method
+from piggyback.methods.run import SpeedOptions, TaskRun
+from piggyback.model.backbones import ArchSpec, build_task_model
+from piggyback.model.checkpoints import load_checkpoint
+from piggyback.model.masks import MaskSpec, add_masks, masked_weights, threshold_mask
+from piggyback.training.loop import TrainStep, make_optimizer, prepare_training, train_task
 
 
 def _masked_model(memory_format=torch.contiguous_format):
@@ -143,7 +143,8 @@ def test_bf16_autocast_thresholds_in_fp32_and_keeps_the_logits_close():
 def test_cpu_defaults_fuse_the_optimiser_and_keep_freed_memory(monkeypatch):
     import argparse
 
-    from piggyback import cli, memory
+    from piggyback.interface import cli
+    from piggyback.machine import memory
 
     resolved = SpeedOptions().resolve(torch.device("cpu"))
     assert resolved.fused_optimizer and not resolved.channels_last
@@ -156,6 +157,6 @@ def test_cpu_defaults_fuse_the_optimiser_and_keep_freed_memory(monkeypatch):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc setting")
 def test_keeping_freed_memory_is_accepted_by_glibc():
-    from piggyback.memory import keep_freed_memory
+    from piggyback.machine.memory import keep_freed_memory
 
     assert keep_freed_memory() is True

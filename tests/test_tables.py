@@ -12,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from piggyback.per_image import TaskImages, per_image_path, write_evaluation
 from piggyback.report.comparisons import PairingError
 from piggyback.report.markdown import to_markdown, verdict
 from piggyback.report.statistics import holm
 from piggyback.report.tables import load_results, summarize
+from piggyback.stages.per_image import TaskImages, per_image_path, write_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 40

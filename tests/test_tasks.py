@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 from tiny_packs import ARCH, METHODS, PREPROCESSING, SIZE, TASKS, make_pack, make_released_pack
 
-from piggyback.core.backbones import ArchSpec, build_backbone
-from piggyback.core.evaluation import open_pack, task_model
-from piggyback.core.packed_file import PackError
 from piggyback.data.transforms import PreprocessingError, TaskPreprocessing
+from piggyback.model.backbones import ArchSpec, build_backbone
+from piggyback.packs.packed_file import PackError
+from piggyback.stages.evaluation import open_pack, task_model
 from piggyback.tasks.model import MultiTaskModel
 from piggyback.tasks.shared_weights import pack_planes, unpack_planes, unpack_with_shifts
 

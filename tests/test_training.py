@@ -9,14 +9,14 @@ import pytest
 import torch
 from script_args import digits_task_args
 
-from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.checkpoints import backbone_state, load_checkpoint, load_task_checkpoint
-from piggyback.core.registry import METHODS, Hyperparameters
-from piggyback.core.run import TaskRun, TrainingError
-from piggyback.core.training import train_task
 from piggyback.data.datasets import load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
 from piggyback.data.transforms import TaskPreprocessing
+from piggyback.methods.registry import METHODS, Hyperparameters
+from piggyback.methods.run import TaskRun, TrainingError
+from piggyback.model.backbones import ArchSpec, build_task_model
+from piggyback.model.checkpoints import backbone_state, load_checkpoint, load_task_checkpoint
+from piggyback.training.loop import train_task
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -119,7 +119,7 @@ def test_deferred_writes_keep_the_best_epoch_and_resume_to_the_same_result(
 ):
     """With writes deferred, the best epoch (here the second of three) is kept as it
     was, not as the tensors are later; a run killed before any write starts afresh."""
-    import piggyback.core.training as training
+    import piggyback.training.loop as training
 
     plain_evaluate = training.evaluate
     evaluations = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from piggyback.core.registry import METHODS, independent_methods, sequential_methods
+from piggyback.methods.registry import METHODS, independent_methods, sequential_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 # Without the local profile (profiles/default): a test names every flag it relies on.

@@ -14,7 +14,7 @@ from test_package_weights import MEMBER, PICKLE, PICKLE_SHA256, sdist, serve_ind
 from test_sources import authors_zip, cars_files, cub_archive, flowers_files, serve_all
 from test_workflow import ROOT, job_counts, snakemake
 
-from piggyback.core.package_weights import weights_source
+from piggyback.weights.package import weights_source
 
 
 @pytest.fixture

@@ -23,13 +23,12 @@ from test_released import Payload, authors_file, authors_masks, authors_shared, 
 from test_workflow import ROOT, job_counts, snakemake
 from torch import nn
 
-from piggyback.config import ConfigError, check_config
-from piggyback.core.backbones import ArchSpec, build_backbone
-from piggyback.core.evaluation import TaskData, evaluate_pack
-from piggyback.core.packed_file import read_pack
-from piggyback.core.registry import load_method
 from piggyback.data.datasets import load_split
 from piggyback.data.digits import write_digits_task
+from piggyback.interface.config import ConfigError, check_config
+from piggyback.methods.registry import load_method
+from piggyback.model.backbones import ArchSpec, build_backbone
+from piggyback.packs.packed_file import read_pack
 from piggyback.released.files import ReleasedError
 from piggyback.released.importing import (
     RELEASED_BOX_URL,
@@ -37,6 +36,7 @@ from piggyback.released.importing import (
     import_released,
     save_backbone_weights,
 )
+from piggyback.stages.evaluation import TaskData, evaluate_pack
 
 IMPORT = str(ROOT / "src" / "import_released.py")
 VERIFY = str(ROOT / "src" / "verify_released.py")

@@ -19,14 +19,14 @@ from torchvision.models import convnext, densenet, maxvit, resnet, vision_transf
 from torchvision.models import swin_transformer as swin
 from torchvision.models.convnext import CNBlockConfig
 
-from piggyback.core.backbones import TaskModel, new_head, strip_head
-from piggyback.core.checkpoints import TaskCheckpoint
-from piggyback.core.masks import mask_coverage
-from piggyback.core.packed_file import read_pack
-from piggyback.core.packing import pack_checkpoints
-from piggyback.core.registry import Hyperparameters, load_method
-from piggyback.core.run import SpeedOptions, TaskRun
-from piggyback.core.training import TrainStep, prepare_training
+from piggyback.methods.registry import Hyperparameters, load_method
+from piggyback.methods.run import SpeedOptions, TaskRun
+from piggyback.model.backbones import TaskModel, new_head, strip_head
+from piggyback.model.checkpoints import TaskCheckpoint
+from piggyback.model.masks import mask_coverage
+from piggyback.packs.packed_file import read_pack
+from piggyback.stages.packing import pack_checkpoints
+from piggyback.training.loop import TrainStep, prepare_training
 
 CPU = torch.device("cpu")
 CLASSES = 3

@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from piggyback.core.backbones import ArchSpec, TaskModel, build_backbone, build_task_model
-from piggyback.core.checkpoints import TaskCheckpoint, backbone_sha256
-from piggyback.core.masks import DEFAULT_MASK_SCALE, masked_weights
-from piggyback.core.packing import pack_checkpoints
-from piggyback.core.registry import Hyperparameters, load_method
-from piggyback.core.run import SpeedOptions, TaskRun
-from piggyback.core.training import TrainStep, prepare_training
 from piggyback.data.transforms import TaskPreprocessing
+from piggyback.methods.registry import Hyperparameters, load_method
+from piggyback.methods.run import SpeedOptions, TaskRun
+from piggyback.model.backbones import ArchSpec, TaskModel, build_backbone, build_task_model
+from piggyback.model.checkpoints import TaskCheckpoint, backbone_sha256
+from piggyback.model.masks import DEFAULT_MASK_SCALE, masked_weights
+from piggyback.stages.packing import pack_checkpoints
+from piggyback.training.loop import TrainStep, prepare_training
 
 ARCH = "shufflenet_v2_x0_5"
 SIZE = 32

@@ -28,9 +28,9 @@ from bench.throughput import (
     reset_peak_memory,
     train_images_per_second,
 )
-from piggyback import cli
-from piggyback.atomic import atomic_write_json
-from piggyback.core.run import SpeedOptions
+from piggyback.files.atomic import atomic_write_json
+from piggyback.interface import cli
+from piggyback.methods.run import SpeedOptions
 
 # The table's headings for the JSON's keys: a ratio over 1 is the pipeline's step slower.
 COLUMNS = {

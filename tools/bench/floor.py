@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from bench.throughput import BenchSettings, timed_rates
-from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.masks import DEFAULT_MASK_SCALE, masked_parameters
-from piggyback.core.registry import Hyperparameters
-from piggyback.core.run import SpeedOptions
-from piggyback.core.training import make_optimizer
+from piggyback.methods.registry import Hyperparameters
+from piggyback.methods.run import SpeedOptions
+from piggyback.model.backbones import ArchSpec, build_task_model
+from piggyback.model.masks import DEFAULT_MASK_SCALE, masked_parameters
+from piggyback.training.loop import make_optimizer
 
 
 def floor_seconds(

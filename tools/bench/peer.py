@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bench.throughput import BenchSettings, method_step, synthetic_batch, timed_rates
-from piggyback.core.masks import WeightMask
-from piggyback.core.run import SpeedOptions
+from piggyback.methods.run import SpeedOptions
+from piggyback.model.masks import WeightMask
 
 
 class _StraightThroughThreshold(torch.autograd.Function):

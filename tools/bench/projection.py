@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from bench.throughput import start_state
-from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.registry import Hyperparameters, load_method, method_entry
-from piggyback.core.run import Phase, TaskRun
+from piggyback.methods.registry import Hyperparameters, load_method, method_entry
+from piggyback.methods.run import Phase, TaskRun
+from piggyback.model.backbones import ArchSpec, build_task_model
 
 # Train / test images of the paper's datasets (docs/datasets.md); wikiart's split is
 # the authors' (about 42k / 10.6k).

@@ -27,12 +27,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bench.throughput import device_name, synchronize
-from piggyback import cli
-from piggyback.atomic import atomic_write_json
-from piggyback.core.backbones import ArchSpec, TaskModel, build_backbone, new_head
-from piggyback.core.checkpoints import backbone_sha256
-from piggyback.core.masks import DEFAULT_THRESHOLD, masked_parameters
-from piggyback.core.packed_file import PACK_FORMAT, PACK_VERSION, PackedFile, pack_bits
+from piggyback.files.atomic import atomic_write_json
+from piggyback.interface import cli
+from piggyback.model.backbones import ArchSpec, TaskModel, build_backbone, new_head
+from piggyback.model.checkpoints import backbone_sha256
+from piggyback.model.masks import DEFAULT_THRESHOLD, masked_parameters
+from piggyback.packs.packed_file import PACK_FORMAT, PACK_VERSION, PackedFile, pack_bits
 from piggyback.tasks.model import MultiTaskModel
 from piggyback.tasks.shared_weights import unpack_planes
 

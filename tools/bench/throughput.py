@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.checkpoints import TaskCheckpoint, backbone_sha256
-from piggyback.core.evaluation import evaluate
-from piggyback.core.masks import bake_masks, masked_parameters, threshold_mask
-from piggyback.core.registry import Hyperparameters, load_method, method_entry
-from piggyback.core.run import SpeedOptions, TaskRun
-from piggyback.core.training import TrainStep, prepare_training
+from piggyback.methods.registry import Hyperparameters, load_method, method_entry
+from piggyback.methods.run import SpeedOptions, TaskRun
+from piggyback.model.backbones import ArchSpec, build_task_model
+from piggyback.model.checkpoints import TaskCheckpoint, backbone_sha256
+from piggyback.model.masks import bake_masks, masked_parameters, threshold_mask
+from piggyback.stages.evaluation import evaluate
+from piggyback.training.loop import TrainStep, prepare_training
 
 
 @dataclass(frozen=True)

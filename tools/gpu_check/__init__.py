@@ -10,5 +10,5 @@ after every one. ``figures`` measures one configuration, ``correctness`` holds t
 touches neither the runner nor the report: see ``sections``.
 
 Needs torch, torchvision, numpy, PIL, safetensors, tqdm and tabulate, and PyYAML if there
-(for the paper config's method list); never snakemake, jsonschema or ``piggyback.config``,
+(for the paper config's method list); never snakemake, jsonschema or ``piggyback.interface.config``,
 which the device machine cannot import."""

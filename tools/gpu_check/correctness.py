@@ -14,8 +14,8 @@ import torch
 from bench.throughput import BenchSettings, method_step, synthetic_batch
 
 from gpu_check.plan import SWITCHES
-from piggyback.core.backbones import ArchSpec, build_task_model
-from piggyback.core.masks import (
+from piggyback.model.backbones import ArchSpec, build_task_model
+from piggyback.model.masks import (
     MaskSpec,
     add_masks,
     masked_parameters,

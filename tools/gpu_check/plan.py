@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 
 from bench.throughput import BenchSettings
 
-from piggyback.core.registry import METHODS
-from piggyback.core.run import SpeedOptions
+from piggyback.methods.registry import METHODS
+from piggyback.methods.run import SpeedOptions
 
 SWITCHES = {
     "off": SpeedOptions(amp="off", channels_last=False, fused_optimizer=False),

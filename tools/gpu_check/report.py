@@ -15,7 +15,7 @@ import torchvision
 from bench.throughput import device_name
 
 from gpu_check.plan import SWITCHES, Plan
-from piggyback.atomic import atomic_write_json
+from piggyback.files.atomic import atomic_write_json
 
 
 class Report:

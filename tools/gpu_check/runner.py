@@ -16,7 +16,7 @@ import torch
 from gpu_check.plan import OverBudget, Plan, time_limit
 from gpu_check.report import Report
 from gpu_check.tables import render
-from piggyback.atomic import atomic_write_text
+from piggyback.files.atomic import atomic_write_text
 
 
 class Skip(Exception):

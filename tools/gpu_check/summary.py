@@ -11,7 +11,7 @@ from bench.projection import gpu_hours, task_passes
 from gpu_check.plan import Plan
 from gpu_check.report import Report
 from gpu_check.runner import need
-from piggyback.core.registry import START_DATASET, Hyperparameters
+from piggyback.methods.registry import START_DATASET, Hyperparameters
 
 # config/config.yaml's comparison, used where PyYAML is missing; the file is the source.
 PAPER_COMPARISON = {

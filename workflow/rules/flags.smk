@@ -2,7 +2,7 @@
 
 import json
 
-from piggyback.core.registry import START_DATASET, position_settings
+from piggyback.methods.registry import START_DATASET, position_settings
 
 
 def source_json(wildcards):

@@ -2,8 +2,8 @@
 
 from itertools import product
 
-from piggyback.config import PRETRAIN_WEIGHTS, is_package_weights
-from piggyback.core.registry import START_DATASET
+from piggyback.interface.config import PRETRAIN_WEIGHTS, is_package_weights
+from piggyback.methods.registry import START_DATASET
 
 
 def prepared(dataset):

@@ -4,8 +4,8 @@ redrawn whenever one of them changes."""
 
 import json
 
-from piggyback.config import PRETRAIN_WEIGHTS
-from piggyback.core.registry import METHODS as METHOD_REGISTRY
+from piggyback.interface.config import PRETRAIN_WEIGHTS
+from piggyback.methods.registry import METHODS as METHOD_REGISTRY
 
 
 def record_files(records):

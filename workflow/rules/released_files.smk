@@ -3,7 +3,7 @@ in released.smk, which is included only with `released:`."""
 
 from pathlib import Path
 
-from piggyback.core.registry import released_methods
+from piggyback.methods.registry import released_methods
 
 
 def released_file(arch):

@@ -1,6 +1,6 @@
 """Series (what one packed file holds), their methods, orderings and tasks."""
 
-from piggyback.core.registry import METHODS as METHOD_REGISTRY
+from piggyback.methods.registry import METHODS as METHOD_REGISTRY
 
 
 def is_sequential(method):

@@ -3,7 +3,7 @@ holds a slash ("packnet/forward"), and a path must split into wildcards one way 
 
 import re
 
-from piggyback.core.registry import METHODS as METHOD_REGISTRY
+from piggyback.methods.registry import METHODS as METHOD_REGISTRY
 
 
 def alternatives(names):

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from piggyback.atomic import atomic_write_json
 from piggyback.data.archives import extract_archive, is_content_dir, replace_folder
 from piggyback.data.datasets import SPLITS, DataError, check_class_count, image_files, image_size
 from piggyback.data.digits import write_digits_task
@@ -38,6 +37,7 @@ from piggyback.data.sources import (
     missing_file_message,
     source_files,
 )
+from piggyback.files.atomic import atomic_write_json
 
 PREPARED_MARKER = "prepared.json"
 

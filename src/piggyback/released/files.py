@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.core.masks import masked_parameters
+from piggyback.model.masks import masked_parameters
 from piggyback.released.legacy import LegacyFileError, PickledModule, read_legacy_file
 
 ARCH_KINDS = ("vgg16", "vgg16_bn", "resnet50", "densenet121")

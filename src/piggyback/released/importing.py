@@ -10,12 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.core.backbones import ArchSpec, BackboneError, build_backbone, weights_file_name
-from piggyback.core.checkpoints import MaskRule, TaskCheckpoint, atomic_save, backbone_sha256
-from piggyback.core.packed_file import PLAIN_BITS
-from piggyback.core.packing import pack_checkpoints
-from piggyback.core.registry import METHODS, Hyperparameters, released_methods
 from piggyback.data.download import file_digests, hash_prefix_in_name
+from piggyback.methods.registry import METHODS, Hyperparameters, released_methods
+from piggyback.model.backbones import ArchSpec, BackboneError, build_backbone, weights_file_name
+from piggyback.model.checkpoints import MaskRule, TaskCheckpoint, atomic_save, backbone_sha256
+from piggyback.packs.packed_file import PLAIN_BITS
 from piggyback.released.files import (
     ReleasedError,
     ReleasedFile,
@@ -25,6 +24,7 @@ from piggyback.released.files import (
     read_released,
     released_task_masks,
 )
+from piggyback.stages.packing import pack_checkpoints
 
 AUTHORS_REPO = "https://github.com/arunmallya/piggyback"
 # Their README's link for the pretrained masks and backbones (the datasets have another).

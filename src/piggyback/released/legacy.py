@@ -4,7 +4,7 @@ Such a file is a pickle that rebuilds tensors, parameters and whole ``nn.Module`
 followed by the raw bytes of every storage. Unpickling it with ``pickle`` or
 ``torch.load(weights_only=False)`` runs whatever callables the file names, so this module
 reads the format itself: the pickle is loaded by a restricted unpickler
-(``piggyback.restricted_pickle``) that admits only tensor rebuilders, ``OrderedDict`` and
+(``piggyback.files.restricted_pickle``) that admits only tensor rebuilders, ``OrderedDict`` and
 a fixed list of torch.nn/torchvision module classes, and turns every module into an
 inert ``PickledModule`` record of its pickled state. Any other global is refused before
 it is called.
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from piggyback.restricted_pickle import RefusedGlobal, RestrictedUnpickler
+from piggyback.files.restricted_pickle import RefusedGlobal, RestrictedUnpickler
 
 # torch's legacy serialisation: three header pickles, the object, the storage keys, data.
 _MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

@@ -1,5 +1,5 @@
 """Each method against Piggyback on the same test images, per arch and dataset, from the
-evaluations' per-image files (piggyback.per_image); Holm's correction over all of a
+evaluations' per-image files (piggyback.stages.per_image); Holm's correction over all of a
 table's comparisons (docs/statistics.md)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from piggyback.per_image import read_per_image
 from piggyback.report.statistics import SIGNIFICANCE, holm, paired_comparison
+from piggyback.stages.per_image import read_per_image
 
 BASELINE = "piggyback"
 KEYS = ["method", "ordering", "arch", "dataset"]

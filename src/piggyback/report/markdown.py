@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from piggyback.core.registry import METHODS
+from piggyback.methods.registry import METHODS
 from piggyback.report.comparisons import BASELINE
 from piggyback.report.statistics import LEVEL, SIGNIFICANCE
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from piggyback.core.registry import METHODS
+from piggyback.methods.registry import METHODS
 from piggyback.report.comparisons import KEYS, PAIRED, paired_table
 from piggyback.report.statistics import agreement, cell_interval, standard_error
 

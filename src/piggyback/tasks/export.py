@@ -1,7 +1,7 @@
 """A trained task as a plain torchvision model, for anyone without this project.
 
 ``model.safetensors`` is the state dict of the network evaluation evaluates
-(``core.evaluation.task_model``): the method's change applied to the weights (a mask
+(``stages.evaluation.task_model``): the method's change applied to the weights (a mask
 multiplied in, PackNet's owners, a fine-tuned network) and the task's head in the
 builder's own head slot, so that ``torchvision.models.<builder>(**kwargs)`` loads it with
 ``strict=True``. ``config.json`` beside it holds the builder and its keyword arguments,
@@ -18,11 +18,11 @@ import torch
 import torchvision
 from safetensors.torch import load_file, save_file
 
-from piggyback.atomic import atomic_write, atomic_write_json
-from piggyback.core.backbones import torchvision_state
-from piggyback.core.checkpoints import backbone_state, tensors_sha256
-from piggyback.core.evaluation import OpenedPack, task_model
 from piggyback.data.download import file_digests
+from piggyback.files.atomic import atomic_write, atomic_write_json
+from piggyback.model.backbones import torchvision_state
+from piggyback.model.checkpoints import backbone_state, tensors_sha256
+from piggyback.stages.evaluation import OpenedPack, task_model
 from piggyback.tasks.model import TaskInfo
 
 EXPORT_FORMAT = "piggyback-export"

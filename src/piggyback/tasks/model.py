@@ -9,7 +9,7 @@ logits = model(x[None])                   # the active task
 outputs = model.forward_mixed([x, y], ["flowers", "cubs_cropped"])  # one task a sample
 ```
 
-Each task is the network evaluation builds from the pack (``core.evaluation.task_model``),
+Each task is the network evaluation builds from the pack (``stages.evaluation.task_model``),
 kept as what it changes over what all tasks share (``shared_weights``): a Piggyback task
 costs its bit planes and its head. Works for every method's packs and the authors'
 imported masks. A switch rewrites the masked weights from the kept base in one pass, so
@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from piggyback.core.backbones import ArchSpec, TaskModel
-from piggyback.core.evaluation import open_pack, task_model
-from piggyback.core.packed_file import PackedFile, PackError, read_pack
 from piggyback.data.transforms import PreprocessingError, TaskPreprocessing
+from piggyback.model.backbones import ArchSpec, TaskModel
+from piggyback.packs.packed_file import PackedFile, PackError, read_pack
+from piggyback.stages.evaluation import open_pack, task_model
 from piggyback.tasks.shared_weights import FlatWeights, TaskWeights, share_weights
 
 

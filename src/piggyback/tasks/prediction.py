@@ -15,8 +15,8 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from tqdm import tqdm
 
-from piggyback.atomic import atomic_write
 from piggyback.data.datasets import open_rgb
+from piggyback.files.atomic import atomic_write
 from piggyback.tasks.model import MultiTaskModel
 
 TOP = 5

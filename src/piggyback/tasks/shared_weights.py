@@ -1,7 +1,7 @@
 """One backbone in memory for many tasks: what each task changes, kept compact, and the
 switch that writes a task's weights into the live backbone.
 
-A task is read from the network evaluation builds for it (``core.evaluation.task_model``),
+A task is read from the network evaluation builds for it (``stages.evaluation.task_model``),
 never from a method's own notion of it, so every method's packs are served alike and a
 served task is the evaluated network. Compared over the tasks, a backbone tensor is
 either the same in every task (kept once, in the live backbone) or differs:
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from piggyback.core.masks import masked_parameters
+from piggyback.model.masks import masked_parameters
 
 ALIGN = 16  # each weight matrix starts 16 elements (64 bytes, 2 plane bytes) into the buffer
 CHUNK = 1 << 19  # weights expanded at a time: its float mask (2 MiB) stays in the caches

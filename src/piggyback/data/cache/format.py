@@ -26,7 +26,6 @@ from safetensors.torch import save_file
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from piggyback.atomic import atomic_write
 from piggyback.data.datasets import (
     SPLITS,
     DataError,
@@ -42,6 +41,7 @@ from piggyback.data.transforms import (
     TransformStyle,
     build_transform,
 )
+from piggyback.files.atomic import atomic_write
 
 FORMAT = "piggyback.cache"
 PATHS = "piggyback.cache.paths"  # per split, each image's path relative to its split folder

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from piggyback.core.entropy import entropy_bits
-from piggyback.core.registry import METHODS
+from piggyback.methods.registry import METHODS
+from piggyback.packs.entropy import entropy_bits
 from piggyback.report.plots.style import (
     PARTS,
     Record,

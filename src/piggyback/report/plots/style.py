@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from piggyback.core.registry import METHODS
+from piggyback.methods.registry import METHODS
 
 Record = dict[str, Any]
 

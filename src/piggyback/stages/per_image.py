@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from piggyback.atomic import atomic_write, atomic_write_json
+from piggyback.files.atomic import atomic_write, atomic_write_json
 
 COLUMNS = ("task", "path", "label", "top5")
 SUFFIX = ".images.tsv.gz"

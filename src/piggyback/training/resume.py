@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from piggyback.core.checkpoints import (
+from piggyback.methods.base import Method
+from piggyback.methods.run import Phase, TrainingError
+from piggyback.model.checkpoints import (
     TaskCheckpoint,
     atomic_save,
     load_checkpoint,
     load_task_checkpoint,
 )
-from piggyback.core.methods.base import Method
-from piggyback.core.run import Phase, TrainingError
 
 
 class TrainingState:

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from piggyback.atomic import atomic_write
-from piggyback.core.converters import CONVERTERS, Converter
 from piggyback.data.packages import (
     IndexConfig,
     PackageError,
@@ -28,6 +26,8 @@ from piggyback.data.packages import (
     parse_pin,
     read_package_file,
 )
+from piggyback.files.atomic import atomic_write
+from piggyback.weights.converters import CONVERTERS, Converter
 
 # The metadata key of a converted weights file that holds its provenance (JSON).
 SOURCE_KEY = "source"
@@ -63,7 +63,7 @@ def converter_for(name: str, builder: str | None = None) -> Converter:
     if name not in CONVERTERS:
         raise PackageError(
             f"convert {name!r} is not a known converter (known: {', '.join(CONVERTERS)}); "
-            "a new one is an entry in src/piggyback/core/converters.py"
+            "a new one is an entry in src/piggyback/weights/converters.py"
         )
     converter = CONVERTERS[name]
     if builder is not None and converter.builder != builder:
@@ -126,7 +126,7 @@ def _check_fits(builder: str, state: dict, what: str) -> int:
     import torch
     import torchvision
 
-    from piggyback.core.backbones import BackboneError
+    from piggyback.model.backbones import BackboneError
 
     with torch.device("meta"):
         model = torchvision.models.get_model(builder, weights=None)

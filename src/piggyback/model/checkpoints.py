@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.atomic import atomic_write
+from piggyback.files.atomic import atomic_write
 
 CHECKPOINT_FORMAT = "piggyback.task"
 CHECKPOINT_VERSION = 2

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from piggyback.restricted_pickle import load_numpy_pickle
+from piggyback.files.restricted_pickle import load_numpy_pickle
 
 # torchvision's ImageNet normalisation of RGB pixels in [0, 1] (its transforms' and this
 # project's `paper` transforms' mean and std).

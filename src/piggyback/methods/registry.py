@@ -5,7 +5,7 @@ defaults.
 
 This module imports no torch: the config checks, the workflow's wildcard constraints and
 ``train.py --help`` read it in processes that never train. Adding a method is one file in
-``piggyback/core/methods/`` (its behaviour, see :mod:`piggyback.core.methods.base`) and
+``piggyback/methods/`` (its behaviour, see :mod:`piggyback.methods.base`) and
 one entry below.
 """
 
@@ -92,7 +92,7 @@ class MethodEntry:
     implementation (not hyperparameters a config may change)."""
 
     name: str
-    module: str  # the file in piggyback/core/methods/ that implements it
+    module: str  # the file in piggyback/methods/ that implements it
     label: str  # the row name in the paper's table
     sequential: bool  # True: task k starts from task k-1's result, so orderings matter
     stores: str  # one of STORAGES
@@ -325,10 +325,10 @@ def position_settings(method: str, settings: dict[str, Any], position: int | Non
 
 
 def load_method(name: str, hp: Hyperparameters | None = None):
-    """The method's implementation (a :class:`piggyback.core.methods.base.Method`), built
+    """The method's implementation (a :class:`piggyback.methods.base.Method`), built
     with ``hp`` (default: the paper's); this imports torch."""
     entry = method_entry(name)
-    module = importlib.import_module(f"piggyback.core.methods.{entry.module}")
+    module = importlib.import_module(f"piggyback.methods.{entry.module}")
     return module.METHOD(entry, hp if hp is not None else Hyperparameters.for_method(name))
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from piggyback.core.checkpoints import TaskCheckpoint
-from piggyback.core.registry import Hyperparameters
+from piggyback.methods.registry import Hyperparameters
+from piggyback.model.checkpoints import TaskCheckpoint
 
 ROLES = ("task", "start")
 

@@ -1,6 +1,6 @@
 """PackNet (Mallya & Lazebnik, CVPR 2018), as its authors' code (arunmallya/packnet) does it.
 
-Every weight matrix that Piggyback masks (``piggyback.core.masks.masked_parameters``) has
+Every weight matrix that Piggyback masks (``piggyback.model.masks.masked_parameters``) has
 an owner: 0 = free, 1 = the source task (ImageNet), k >= 2 = the (k-1)-th task of the
 ordering. Tasks are sequential:
 
@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.core.backbones import reset_head
-from piggyback.core.checkpoints import TaskCheckpoint, backbone_state, load_backbone_state
-from piggyback.core.masks import mask_coverage, masked_parameters
-from piggyback.core.methods.base import Method
-from piggyback.core.registry import MethodError
-from piggyback.core.run import Phase, TrainingError
+from piggyback.methods.base import Method
+from piggyback.methods.registry import MethodError
+from piggyback.methods.run import Phase, TrainingError
+from piggyback.model.backbones import reset_head
+from piggyback.model.checkpoints import TaskCheckpoint, backbone_state, load_backbone_state
+from piggyback.model.masks import mask_coverage, masked_parameters
 
 FREE, SOURCE = 0, 1
 MAX_OWNER = 255  # owners are uint8

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from piggyback.core.checkpoints import MaskRule, TaskCheckpoint
-from piggyback.core.entropy import entropy_bits
-from piggyback.core.masks import (
+from piggyback.methods.base import Method
+from piggyback.model.checkpoints import MaskRule, TaskCheckpoint
+from piggyback.model.masks import (
     MaskSpec,
     add_masks,
     bake_masks,
@@ -24,7 +24,7 @@ from piggyback.core.masks import (
     masked_weights,
     threshold_mask,
 )
-from piggyback.core.methods.base import Method
+from piggyback.packs.entropy import entropy_bits
 
 
 class Piggyback(Method):

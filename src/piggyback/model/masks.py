@@ -215,7 +215,7 @@ def _left_alone_kind(module: nn.Module, module_name: str, attribute: str, tensor
         f"backbone module {module_name or '(root)'!r} ({kind}) holds {attribute!r} of shape "
         f"{tuple(tensor.shape)}, a weight matrix the masks do not know: add its type and "
         "the names of the matrices it multiplies by to MASKED_PARAMETERS in "
-        "src/piggyback/core/masks.py (or, if it adds or looks the tensor up instead, to "
+        "src/piggyback/model/masks.py (or, if it adds or looks the tensor up instead, to "
         'LEFT_ALONE there); README, "Adding a layer type"'
     )
 

@@ -16,7 +16,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from piggyback.core.backbones import (
+from piggyback.data.datasets import DataError
+from piggyback.data.feed import open_task_feed
+from piggyback.data.transforms import PAPER_PREPROCESSING, Preprocessing, TransformStyle
+from piggyback.methods.registry import load_method
+from piggyback.methods.run import SpeedOptions
+from piggyback.model.backbones import (
     ArchSpec,
     TaskModel,
     build_backbone,
@@ -24,19 +29,14 @@ from piggyback.core.backbones import (
     head_classes,
     new_head,
 )
-from piggyback.core.checkpoints import (
+from piggyback.model.checkpoints import (
     CheckpointError,
     TaskCheckpoint,
     backbone_sha256,
     load_task_checkpoint,
 )
-from piggyback.core.packed_file import PackedFile, PackError, read_pack
-from piggyback.core.registry import load_method
-from piggyback.core.run import SpeedOptions
-from piggyback.data.datasets import DataError
-from piggyback.data.feed import open_task_feed
-from piggyback.data.transforms import PAPER_PREPROCESSING, Preprocessing, TransformStyle
-from piggyback.per_image import TaskImages
+from piggyback.packs.packed_file import PackedFile, PackError, read_pack
+from piggyback.stages.per_image import TaskImages
 
 
 @torch.no_grad()

@@ -1,12 +1,12 @@
 """The packed file's container: every task of one arch, method (and, for sequential
 methods, ordering) and run in one file; the method decides what each task stores
-(:mod:`piggyback.core.packing` asks it).
+(:mod:`piggyback.stages.packing` asks it).
 
 The file is safetensors (a JSON header and raw little-endian tensors), so it loads
 without unpickling anything and other programs can decode it; ``docs/pack-format.md``
 gives the layout. This module is the container: the manifest, its checksums, and bit
 planes. A plane is one bit per weight (``bits`` encoding, format version 1), or
-entropy-coded (:mod:`piggyback.core.entropy`; version 2), close to its empirical entropy: far
+entropy-coded (:mod:`piggyback.packs.entropy`; version 2), close to its empirical entropy: far
 below 1 bit per weight when most bits agree. Piggyback stores its masks as planes,
 PackNet the bits of each weight's owner (version 3).
 """
@@ -25,9 +25,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from piggyback.atomic import atomic_write
-from piggyback.core.checkpoints import TaskCheckpoint, tensors_sha256
-from piggyback.core.entropy import PlaneError, decode_plane, encode_plane
+from piggyback.files.atomic import atomic_write
+from piggyback.model.checkpoints import TaskCheckpoint, tensors_sha256
+from piggyback.packs.entropy import PlaneError, decode_plane, encode_plane
 
 PACK_FORMAT = "piggyback-pack"
 PACK_VERSION = 1  # what the default ``bits`` encoding writes

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from piggyback.core.backbones import weights_url
 from piggyback.data.download import DownloadError, FetchedFile, download, hash_prefix_in_name
+from piggyback.model.backbones import weights_url
 
 
 def fetch_backbone_weights(

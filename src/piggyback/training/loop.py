@@ -4,7 +4,7 @@ no method by name.
 Each phase of the method (one for most; PackNet retrains after pruning) runs its epochs,
 evaluating on the test split after each and keeping the best by test top-1 (as the
 original code does). Resuming and writing the best checkpoint live beside the loop, in
-:class:`piggyback.core.resume.TrainingState`: a killed job resumes after its last
+:class:`piggyback.training.resume.TrainingState`: a killed job resumes after its last
 written epoch and ends exactly as an uninterrupted run would, since every epoch's
 randomness is seeded from (seed, epoch), not carried over from the epoch before.
 """
@@ -20,13 +20,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from piggyback.core.backbones import TaskModel
-from piggyback.core.checkpoints import TaskCheckpoint, backbone_sha256, tensors_sha256
-from piggyback.core.evaluation import evaluate
-from piggyback.core.methods.base import Method
-from piggyback.core.registry import Hyperparameters, load_method
-from piggyback.core.resume import TrainingState
-from piggyback.core.run import ROLES, Phase, SpeedOptions, TaskRun, TrainingError, epoch_seed
+from piggyback.methods.base import Method
+from piggyback.methods.registry import Hyperparameters, load_method
+from piggyback.methods.run import ROLES, Phase, SpeedOptions, TaskRun, TrainingError, epoch_seed
+from piggyback.model.backbones import TaskModel
+from piggyback.model.checkpoints import TaskCheckpoint, backbone_sha256, tensors_sha256
+from piggyback.stages.evaluation import evaluate
+from piggyback.training.resume import TrainingState
 
 
 def make_optimizer(

@@ -1,5 +1,5 @@
 """Packing: the tasks' checkpoints of one series, in order, into one packed file
-(:mod:`piggyback.core.packed_file`); the method decides what each task stores."""
+(:mod:`piggyback.packs.packed_file`); the method decides what each task stores."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from piggyback.core.checkpoints import TaskCheckpoint, load_task_checkpoint
-from piggyback.core.packed_file import ENCODINGS, PLAIN_BITS, PackContents, PackError, write_pack
-from piggyback.core.registry import load_method, method_entry
+from piggyback.methods.registry import load_method, method_entry
+from piggyback.model.checkpoints import TaskCheckpoint, load_task_checkpoint
+from piggyback.packs.packed_file import ENCODINGS, PLAIN_BITS, PackContents, PackError, write_pack
 
 
 @dataclass

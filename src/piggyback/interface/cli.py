@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the stage scripts that need no torch should not pay for its import
     import torch
 
-    from piggyback.core.backbones import ArchSpec
+    from piggyback.model.backbones import ArchSpec
 
 DEFAULT_GPU_LOCK_DIR = Path(tempfile.gettempdir()) / "piggyback-gpu-locks"
 
@@ -41,7 +41,7 @@ def add_arch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def arch_spec(args: argparse.Namespace) -> ArchSpec:
-    from piggyback.core.backbones import ArchSpec
+    from piggyback.model.backbones import ArchSpec
 
     return ArchSpec(builder=args.builder or args.arch, weights=args.weights, head=args.head)
 
@@ -193,8 +193,8 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 def select_device(args: argparse.Namespace) -> torch.device:
     import torch
 
-    from piggyback import devices
-    from piggyback.memory import keep_freed_memory
+    from piggyback.machine import devices
+    from piggyback.machine.memory import keep_freed_memory
 
     if args.threads:
         torch.set_num_threads(args.threads)

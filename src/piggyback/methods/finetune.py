@@ -9,8 +9,8 @@ from typing import Any
 
 from torch import nn
 
-from piggyback.core.checkpoints import backbone_state, load_backbone_state
-from piggyback.core.methods.base import Method
+from piggyback.methods.base import Method
+from piggyback.model.checkpoints import backbone_state, load_backbone_state
 
 
 class Finetune(Method):

@@ -7,7 +7,7 @@ from typing import Any
 
 import jsonschema
 
-from piggyback.core.registry import METHODS, START_DATASET, config_schema, released_methods
+from piggyback.methods.registry import METHODS, START_DATASET, config_schema, released_methods
 
 PRETRAIN_WEIGHTS = "pretrain"
 
@@ -96,8 +96,8 @@ def is_package_weights(weights: Any) -> bool:
 def _check_package_weights(arch: str, entry: dict[str, Any]) -> None:
     """A pinned release, a path that stays inside the package, sha256s, and a known
     converter that fills this arch's builder."""
-    from piggyback.core.package_weights import PackageWeights, converter_for
     from piggyback.data.packages import PackageError
+    from piggyback.weights.package import PackageWeights, converter_for
 
     try:
         weights = PackageWeights.from_config(entry["weights"])
@@ -202,7 +202,7 @@ def experiment_datasets(config: dict[str, Any]) -> list[str]:
 
 def _check_known(names: list[str], registry: dict, key: str, registry_key: str) -> None:
     where = (
-        "the method registry (src/piggyback/core/registry.py)"
+        "the method registry (src/piggyback/methods/registry.py)"
         if registry is METHODS
         else f"`{registry_key}:`"
     )

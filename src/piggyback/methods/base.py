@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from piggyback.core.backbones import reset_head
-from piggyback.core.checkpoints import TaskCheckpoint, backbone_sha256
-from piggyback.core.registry import Hyperparameters, MethodEntry
-from piggyback.core.run import Phase, TaskRun, TrainingError
+from piggyback.methods.registry import Hyperparameters, MethodEntry
+from piggyback.methods.run import Phase, TaskRun, TrainingError
+from piggyback.model.backbones import reset_head
+from piggyback.model.checkpoints import TaskCheckpoint, backbone_sha256
 
 if TYPE_CHECKING:
-    from piggyback.core.backbones import TaskModel
-    from piggyback.core.masks import Coverage
-    from piggyback.core.packed_file import PackContents, PackedFile
+    from piggyback.model.backbones import TaskModel
+    from piggyback.model.masks import Coverage
+    from piggyback.packs.packed_file import PackContents, PackedFile
 
 
 class Method:
