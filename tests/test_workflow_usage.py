@@ -92,3 +92,29 @@ def test_the_slurm_profile_sends_every_gpu_job_and_only_those_to_the_gpu_partiti
         rule: p for rule, p in placement.items() if any((part == "gpu") != (n > 0) for part, n in p)
     }
     assert wrong == {}, "GPU jobs off the GPU partition, or CPU jobs on it"
+
+
+def rule_blocks() -> dict[str, str]:
+    """Every rule's text (rule and checkpoint), by name, from the workflow's files."""
+    files = [ROOT / "Snakefile", *sorted((ROOT / "workflow").rglob("*.smk"))]
+    files.append(ROOT / "workflow" / "Snakefile")
+    blocks = {}
+    for path in files:
+        parts = re.split(r"^(?:rule|checkpoint) (\w+):$", path.read_text(), flags=re.MULTILINE)
+        blocks.update(zip(parts[1::2], parts[2::2], strict=True))
+    return blocks
+
+
+def test_no_rule_names_a_conda_environment_while_jobs_run_the_host_python():
+    """A rule's `conda:` would tell `--sdm conda` users their job runs in that environment,
+    but every job's shell runs `{params.python}`, the Python that runs Snakemake: such a
+    directive would silently do nothing. The README and the catalog file say how the
+    environment is provided instead."""
+    blocks = rule_blocks()
+    assert len(blocks) > 20
+    host_python = {name for name, text in blocks.items() if "{params.python}" in text}
+    with_conda = {name for name, text in blocks.items() if re.search(r"^\s+conda:", text, re.M)}
+    assert host_python, "no rule runs {params.python}: the check would test nothing"
+    assert not with_conda & host_python, f"rules with a conda: directive: {sorted(with_conda)}"
+    catalog = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())
+    assert catalog["usage"]["software-stack-deployment"]["conda"] is False

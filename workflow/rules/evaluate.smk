@@ -14,8 +14,6 @@ rule evaluate:
         f"{RESULTS}/logs/evaluate/{{arch}}/{{series}}/run{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{arch}}/{{series}}/run{{run}}.tsv"
-    conda:
-        "../../environment.yml"
     threads: compute("evaluate", "threads")
     resources:
         gpu=compute("evaluate", "gpus"),
@@ -53,8 +51,6 @@ rule evaluate_source:
         f"{RESULTS}/logs/evaluate_source/{{arch}}/backbone.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate_source/{{arch}}/backbone.tsv"
-    conda:
-        "../../environment.yml"
     threads: compute("evaluate", "threads")
     resources:
         gpu=compute("evaluate", "gpus"),

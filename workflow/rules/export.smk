@@ -18,8 +18,6 @@ rule export_task:
         config=exported("{arch}", "{series}", "{run}", "{dataset}", "config.json"),
     log:
         f"{RESULTS}/logs/export/{{arch}}/{{series}}/run{{run}}/{{dataset}}.log",
-    conda:
-        "../../environment.yml"
     threads: compute("pack", "threads")
     resources:
         mem_mb=compute("pack", "mem_mb"),

@@ -8,8 +8,6 @@ rule pack:
         stats=f"{RESULTS}/packed/{{arch}}/{{series}}/run{{run}}.stats.tsv",
     log:
         f"{RESULTS}/logs/pack/{{arch}}/{{series}}/run{{run}}.log",
-    conda:
-        "../../environment.yml"
     threads: compute("pack", "threads")
     resources:
         mem_mb=compute("pack", "mem_mb"),

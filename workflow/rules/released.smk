@@ -26,8 +26,6 @@ rule verify_released:
         f"{RESULTS}/logs/verify_released/{{name}}.log",
     wildcard_constraints:
         name=alternatives(entry["file"] for entry in RELEASED.values()),
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=RELEASED_SCRIPTS["verify_released"],
@@ -53,8 +51,6 @@ rule import_released:
     wildcard_constraints:
         arch=alternatives(RELEASED),
         series=alternatives(released_methods()),
-    conda:
-        "../../environment.yml"
     threads: compute("pack", "threads")
     resources:
         mem_mb=compute("pack", "mem_mb"),

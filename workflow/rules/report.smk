@@ -17,8 +17,6 @@ rule aggregate:
         tsv=f"{RESULTS}/table.tsv",
     log:
         f"{RESULTS}/logs/aggregate.log",
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["aggregate"],
@@ -51,8 +49,6 @@ rule plot_reference:
         data=plot_file("reference", "tsv"),
     log:
         f"{RESULTS}/logs/plots/reference.log",
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["plots"],
@@ -76,8 +72,6 @@ rule plot_paired_differences:
         data=plot_file("paired_differences", "tsv"),
     log:
         f"{RESULTS}/logs/plots/paired_differences.log",
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["plots"],
@@ -100,8 +94,6 @@ rule plot_error_curves:
         data=plot_file("error_curves", "tsv"),
     log:
         f"{RESULTS}/logs/plots/error_curves.log",
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["plots"],
@@ -126,8 +118,6 @@ rule plot_mask_density:
         data=plot_file("mask_density", "tsv"),
     log:
         f"{RESULTS}/logs/plots/mask_density.log",
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["plots"],
@@ -151,8 +141,6 @@ rule plot_ownership:
         data=plot_file("ownership", "tsv"),
     log:
         f"{RESULTS}/logs/plots/ownership.log",
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["plots"],
@@ -176,8 +164,6 @@ rule plot_storage:
         data=plot_file("storage", "tsv"),
     log:
         f"{RESULTS}/logs/plots/storage.log",
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["plots"],
@@ -201,8 +187,6 @@ rule plot_runtimes:
         data=plot_file("runtimes", "tsv"),
     log:
         f"{RESULTS}/logs/plots/runtimes.log",
-    conda:
-        "../../environment.yml"
     params:
         python=PYTHON,
         script=SCRIPTS["plots"],

@@ -15,8 +15,6 @@ rule train:
         f"{RESULTS}/logs/train/{{arch}}/{{series}}/run{{run}}/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{arch}}/{{series}}/run{{run}}/{{dataset}}.tsv"
-    conda:
-        "../../environment.yml"
     threads: compute("train", "threads")
     resources:
         gpu=compute("train", "gpus"),
