@@ -28,7 +28,7 @@ from piggyback.data.transforms import sized_crop_2017
 from piggyback.model.backbones import ArchSpec
 from piggyback.model.checkpoints import load_task_checkpoint
 from piggyback.stages.evaluation import TaskData, evaluate_pack
-from piggyback.stages.packing import pack_tasks
+from piggyback.stages.packing import pack
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -302,7 +302,7 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
     checkpoint = load_task_checkpoint(out / "task.pt")
     assert (out / "metrics.tsv").read_text().count("\n") == 2
     assert checkpoint.test_images == 90 and checkpoint.classes[0] == "digit_5"
-    pack_tasks([out / "task.pt"], tmp_path / "pack.safetensors")
+    pack([out / "task.pt"], tmp_path / "pack.safetensors")
 
     def evaluated(cache):
         tasks = {"digits": TaskData(digits_target, "cropped", cache)}

@@ -17,7 +17,6 @@ from piggyback.model.masks import (
     mask_coverage,
     masked_parameters,
     masked_weights,
-    remove_masks,
     threshold_mask,
 )
 
@@ -89,8 +88,6 @@ def test_baking_equals_the_masked_forward():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(masked(x), baked(x))
-    remove_masks(masked)
-    assert not masked_weights(masked)
 
 
 def test_baking_refuses_masks_of_another_backbone():

@@ -7,7 +7,7 @@ import torch
 
 from piggyback.data.datasets import load_task_data, make_loader
 from piggyback.methods.piggyback import discrete_masks, task_masks
-from piggyback.methods.registry import METHODS, Hyperparameters, independent_methods
+from piggyback.methods.registry import METHODS, Hyperparameters
 from piggyback.methods.run import TaskRun
 from piggyback.model.backbones import ArchSpec, build_task_model
 from piggyback.model.checkpoints import (
@@ -18,7 +18,9 @@ from piggyback.model.checkpoints import (
 )
 from piggyback.packs.packed_file import PackError, pack_bits, read_manifest, read_pack, unpack_bits
 from piggyback.stages.evaluation import TaskData, evaluate_pack
-from piggyback.stages.packing import pack_tasks
+from piggyback.stages.packing import pack
+
+INDEPENDENT = [name for name, entry in METHODS.items() if not entry.sequential]
 from piggyback.training.loop import train_task
 
 MASK_METHODS = [name for name, entry in METHODS.items() if entry.stores_masks]
@@ -30,7 +32,7 @@ def trained(digits_target, tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     train, test = load_task_data(digits_target, "cropped", 32)
     paths = {}
-    for method in independent_methods():
+    for method in INDEPENDENT:
         model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
         masked = {"mask_init": "uniform"} if METHODS[method].stores_masks else {}
         hp = Hyperparameters.for_method(method, epochs=1, lr=1e-3, **masked)
@@ -93,7 +95,7 @@ def test_a_packed_task_stores_what_its_registry_entry_says(trained, tmp_path):
     for method, path in trained.items():
         entry = METHODS[method]
         out = tmp_path / f"{method}.safetensors"
-        manifest = pack_tasks([path], out)
+        manifest = pack([path], out).manifest
         assert manifest["tasks"]["digits"]["storage"] == entry.stores
         stored = {key.split("/")[1] for key in read_pack(out).tensors} - {"head"}
         ternary = entry.options.get("mask_kind") == "ternary"
@@ -105,7 +107,7 @@ def test_a_packed_task_stores_what_its_registry_entry_says(trained, tmp_path):
 def test_pack_then_unpack_is_bit_exact(trained, tmp_path, method):
     checkpoint = load_task_checkpoint(trained[method])
     out = tmp_path / "pack.safetensors"
-    pack_tasks([trained[method]], out, tmp_path / "stats.tsv")
+    pack([trained[method]], out, tmp_path / "stats.tsv")
     packed = read_pack(out)
     masks = task_masks(packed, "digits")
     expected = discrete_masks(checkpoint)
@@ -119,7 +121,7 @@ def test_pack_then_unpack_is_bit_exact(trained, tmp_path, method):
 
 def test_packed_masks_cost_one_bit_per_weight(trained, tmp_path):
     out = tmp_path / "pack.safetensors"
-    manifest = pack_tasks([trained["piggyback"]], out, tmp_path / "stats.tsv")
+    manifest = pack([trained["piggyback"]], out, tmp_path / "stats.tsv").manifest
     weights = sum(int(np.prod(s)) for s in manifest["tasks"]["digits"]["layers"].values())
     head_bytes = 4 * (512 * 5 + 5)
     header = 20_000
@@ -136,13 +138,15 @@ def test_packed_masks_cost_one_bit_per_weight(trained, tmp_path):
     assert stats[-1].startswith("digits\tTOTAL\t" + str(weights))
 
 
-@pytest.mark.parametrize("method", independent_methods())
+@pytest.mark.parametrize(
+    "method", INDEPENDENT
+)
 def test_packed_evaluation_equals_end_of_training_evaluation(
     trained, digits_target, tmp_path, method
 ):
     checkpoint = load_task_checkpoint(trained[method])
     out = tmp_path / "pack.safetensors"
-    pack_tasks([trained[method]], out)
+    pack([trained[method]], out)
     result = evaluate(out, digits_target)["tasks"][0]
     assert result["top1_error"] == checkpoint.test_top1_error
     assert result["top5_error"] == checkpoint.test_top5_error
@@ -151,7 +155,7 @@ def test_packed_evaluation_equals_end_of_training_evaluation(
 
 def test_evaluation_refuses_other_backbone_weights(trained, digits_target, tmp_path):
     out = tmp_path / "pack.safetensors"
-    pack_tasks([trained["piggyback"]], out)
+    pack([trained["piggyback"]], out)
     other = build_task_model(ArchSpec("resnet18"), 5, weights="random")
     torch.nn.init.zeros_(other.backbone.conv1.weight)
     torch.save(other.backbone.state_dict(), tmp_path / "other.pth")
@@ -161,7 +165,7 @@ def test_evaluation_refuses_other_backbone_weights(trained, digits_target, tmp_p
 
 def test_evaluation_refuses_another_arch_or_a_missing_task(trained, digits_target, tmp_path):
     out = tmp_path / "pack.safetensors"
-    pack_tasks([trained["piggyback"]], out)
+    pack([trained["piggyback"]], out)
     with pytest.raises(PackError, match="packed for arch 'resnet18', not 'resnet34'"):
         evaluate(out, digits_target, arch="resnet34")
     with pytest.raises(PackError, match="holds digits, but no test data was given"):
@@ -172,12 +176,12 @@ def test_evaluation_refuses_another_arch_or_a_missing_task(trained, digits_targe
 
 def test_packing_refuses_mixed_methods(trained, tmp_path):
     with pytest.raises(PackError, match="one packed file holds one arch, method"):
-        pack_tasks([trained["piggyback"], trained["finetune"]], tmp_path / "p.safetensors")
+        pack([trained["piggyback"], trained["finetune"]], tmp_path / "p.safetensors")
 
 
 def test_edited_packed_file_is_detected(trained, tmp_path):
     out = tmp_path / "pack.safetensors"
-    pack_tasks([trained["piggyback"]], out)
+    pack([trained["piggyback"]], out)
     data = bytearray(out.read_bytes())
     data[-10] ^= 0xFF
     out.write_bytes(bytes(data))
@@ -187,7 +191,7 @@ def test_edited_packed_file_is_detected(trained, tmp_path):
 
 def test_manifest_is_plain_json_in_the_safetensors_header(trained, tmp_path):
     out = tmp_path / "pack.safetensors"
-    pack_tasks([trained["piggyback"]], out)
+    pack([trained["piggyback"]], out)
     raw = out.read_bytes()
     header_len = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + header_len])

@@ -22,7 +22,7 @@ from piggyback.packs.entropy import (
     entropy_bits,
 )
 from piggyback.packs.packed_file import PackError, read_manifest, read_pack
-from piggyback.stages.packing import pack, pack_tasks
+from piggyback.stages.packing import pack
 
 SIZES = [0, 1, 2, 7, 8, 9, 13, 1001, 65_537, 200_003]
 SHARES = [0.0, 1.0, 0.5, 0.49, 0.51, 0.6, 0.8, 0.9, 0.999, 0.001]
@@ -178,9 +178,9 @@ def checkpoints(request, tmp_path):
 def test_entropy_packing_reads_back_the_masks_of_the_bits_packing(checkpoints, tmp_path):
     kind, paths = checkpoints
     bits_file, entropy_file = tmp_path / "bits.safetensors", tmp_path / "entropy.safetensors"
-    bits_manifest = pack_tasks(paths, bits_file)
+    bits_manifest = pack(paths, bits_file).manifest
     start = time.perf_counter()
-    entropy_manifest = pack_tasks(paths, entropy_file, encoding="entropy")
+    entropy_manifest = pack(paths, entropy_file, encoding="entropy").manifest
     print(f"packed {kind} in {time.perf_counter() - start:.2f} s")
     assert bits_manifest["version"] == 1 and "encodings" not in bits_manifest
     assert entropy_manifest["version"] == 2
@@ -256,7 +256,7 @@ def test_bits_statistics_keep_the_version_1_columns(checkpoints, tmp_path):
 def test_edited_entropy_coded_file_fails_its_checksum(checkpoints, tmp_path):
     _, paths = checkpoints
     out = tmp_path / "pack.safetensors"
-    pack_tasks(paths, out, encoding="entropy")
+    pack(paths, out, encoding="entropy")
     data = bytearray(out.read_bytes())
     data[-30_000] ^= 0x10  # inside the mask planes (the heads come first, by name)
     out.write_bytes(bytes(data))
@@ -269,7 +269,7 @@ def test_unknown_versions_and_encodings_are_refused(checkpoints, tmp_path):
 
     _, paths = checkpoints
     out = tmp_path / "pack.safetensors"
-    manifest = pack_tasks(paths, out, encoding="entropy")
+    manifest = pack(paths, out, encoding="entropy").manifest
     tensors = load_file(str(out))
     for change, message in [({"version": 4}, "version 4"), ({"encodings": {"x": "zstd"}}, "zstd")]:
         edited = tmp_path / "edited.safetensors"
@@ -279,7 +279,7 @@ def test_unknown_versions_and_encodings_are_refused(checkpoints, tmp_path):
         with pytest.raises(PackError, match=message):
             read_manifest(edited)
     with pytest.raises(PackError, match="unknown mask encoding"):
-        pack_tasks(paths, out, encoding="zstd")
+        pack(paths, out, encoding="zstd")
 
 
 def decode_varint_streams(data: bytes) -> int:

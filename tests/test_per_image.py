@@ -28,7 +28,7 @@ from piggyback.methods.registry import Hyperparameters, load_method
 from piggyback.methods.run import TaskRun
 from piggyback.model.backbones import ArchSpec, build_backbone, build_task_model
 from piggyback.packs.packed_file import read_pack
-from piggyback.stages.packing import pack_tasks
+from piggyback.stages import packing
 from piggyback.stages.per_image import COLUMNS, per_image_path, read_per_image
 from piggyback.training.loop import train_task
 
@@ -59,7 +59,7 @@ def pack(task, tmp_path_factory):
         progress=False,
         log=lambda _: None,
     )
-    pack_tasks([result["best_path"]], root / "pack.safetensors")
+    packing.pack([result["best_path"]], root / "pack.safetensors")
     return root / "pack.safetensors"
 
 

@@ -37,7 +37,7 @@ from piggyback.methods.run import TaskRun
 from piggyback.model.backbones import ArchSpec, BackboneError, build_backbone, build_task_model
 from piggyback.model.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from piggyback.packs.packed_file import PackError, read_manifest, read_pack
-from piggyback.stages.packing import pack_tasks
+from piggyback.stages.packing import pack
 from piggyback.training.loop import train_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def packed(tiny_task, tmp_path_factory):
     )
     checkpoint = root / "digits.pt"
     shutil.copyfile(result["best_path"], checkpoint)
-    pack_tasks([checkpoint], root / "pack.safetensors")
+    pack([checkpoint], root / "pack.safetensors")
     return checkpoint, root / "pack.safetensors"
 
 
@@ -831,10 +831,10 @@ def test_pack_write_failing_midway_keeps_the_previous_packed_file(
 
         monkeypatch.setattr(piggyback.packs.packed_file, "save_file", save_file)
         with pytest.raises(WriteError, match="No space left on device"):
-            pack_tasks([packed[0]], out)
+            pack([packed[0]], out)
     else:
         with file_size_limit(len(previous) // 3), pytest.raises(WriteError, match=str(out)):
-            pack_tasks([packed[0]], out)
+            pack([packed[0]], out)
     assert_previous_file_kept(out, previous)
     read_pack(out)  # still whole: its checksum verifies
 
@@ -885,13 +885,13 @@ def permissions_enforced():
         assert libc.capset(header, caps) == 0
 
 
-@pytest.mark.parametrize("writer", ["atomic_save", "pack_tasks", "evaluate.py"])
+@pytest.mark.parametrize("writer", ["atomic_save", "pack", "evaluate.py"])
 def test_write_into_a_read_only_folder_keeps_the_previous_file(
     packed, tiny_task, tmp_path, monkeypatch, capsys, writer
 ):
     folder = tmp_path / "outputs"
     folder.mkdir()
-    out = folder / {"atomic_save": "resume.pt", "pack_tasks": "run0.safetensors"}.get(
+    out = folder / {"atomic_save": "resume.pt", "pack": "run0.safetensors"}.get(
         writer, "digits.json"
     )
     out.write_bytes(b"the previous good output")
@@ -907,7 +907,7 @@ def test_write_into_a_read_only_folder_keeps_the_previous_file(
                     if writer == "atomic_save":
                         atomic_save({"epoch": 2}, out)
                     else:
-                        pack_tasks([packed[0]], out)
+                        pack([packed[0]], out)
                 assert caught.value.errno == errno.EACCES
     finally:
         folder.chmod(0o755)

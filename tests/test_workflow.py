@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from piggyback.methods.registry import METHODS, independent_methods, sequential_methods
+from piggyback.methods.registry import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 # Without the local profile (profiles/default): a test names every flag it relies on.
@@ -123,7 +123,8 @@ def test_export_writes_every_task_of_every_packed_file_outside_the_default_targe
 def test_dry_run_with_every_method_and_three_runs(tmp_path):
     config = paper_config(tmp_path, methods=list(METHODS), runs=3)
     result = snakemake("-n", "--cores", "8", "--configfile", str(config), workdir=tmp_path)
-    independent, sequential = len(independent_methods()), len(sequential_methods())
+    sequential = sum(entry.sequential for entry in METHODS.values())
+    independent = len(METHODS) - sequential
     assert job_counts(result.stdout) == expected_jobs(3, 5, 2, independent, sequential, 3)
 
 

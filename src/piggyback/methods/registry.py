@@ -240,14 +240,6 @@ def method_entry(name: str) -> MethodEntry:
         ) from None
 
 
-def independent_methods() -> list[str]:
-    return [name for name, entry in METHODS.items() if not entry.sequential]
-
-
-def sequential_methods() -> list[str]:
-    return [name for name, entry in METHODS.items() if entry.sequential]
-
-
 def released_methods() -> list[str]:
     """The methods the authors' released mask files can be imported as."""
     return [name for name, entry in METHODS.items() if entry.released]

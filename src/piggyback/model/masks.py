@@ -356,14 +356,6 @@ def masked_weights(backbone: nn.Module) -> dict[str, WeightMask]:
     return found
 
 
-def remove_masks(backbone: nn.Module) -> None:
-    """Detach the masks, leaving the original (unmasked) weights in place."""
-    for module in backbone.modules():
-        if parametrize.is_parametrized(module):
-            for attribute in list(module.parametrizations):
-                parametrize.remove_parametrizations(module, attribute, leave_parametrized=False)
-
-
 def bake_masks(backbone: nn.Module, discrete_masks: dict[str, torch.Tensor]) -> None:
     """Multiply each weight by its discrete mask in place, once, so evaluation costs
     exactly what the plain backbone costs."""

@@ -38,17 +38,6 @@ class PackResult:
         }
 
 
-def pack_tasks(
-    checkpoint_paths: list[Path],
-    out: Path,
-    stats_out: Path | None = None,
-    encoding: str = PLAIN_BITS,
-    ordering: str | None = None,
-) -> dict:
-    """Pack the tasks' checkpoints, in the order given, into ``out``; returns the manifest."""
-    return pack(checkpoint_paths, out, stats_out, encoding, ordering).manifest
-
-
 def pack(
     checkpoint_paths: list[Path],
     out: Path,
@@ -56,8 +45,9 @@ def pack(
     encoding: str = PLAIN_BITS,
     ordering: str | None = None,
 ) -> PackResult:
-    """:func:`pack_tasks`, also returning the per-layer statistics. ``ordering`` names
-    the order of a sequential method's tasks (recorded; the table is keyed by it)."""
+    """Pack the tasks' checkpoints, in the order given, into ``out``: the manifest and
+    the per-layer statistics. ``ordering`` names the order of a sequential method's
+    tasks (recorded; the table is keyed by it)."""
     paths = [Path(p) for p in checkpoint_paths]
     checkpoints = [load_task_checkpoint(p) for p in paths]
     for path, checkpoint in zip(paths, checkpoints, strict=True):
