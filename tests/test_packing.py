@@ -19,10 +19,9 @@ from piggyback.model.checkpoints import (
 from piggyback.packs.packed_file import PackError, pack_bits, read_manifest, read_pack, unpack_bits
 from piggyback.stages.evaluation import TaskData, evaluate_pack
 from piggyback.stages.packing import pack
-
-INDEPENDENT = [name for name, entry in METHODS.items() if not entry.sequential]
 from piggyback.training.loop import train_task
 
+INDEPENDENT = [name for name, entry in METHODS.items() if not entry.sequential]
 MASK_METHODS = [name for name, entry in METHODS.items() if entry.stores_masks]
 
 
