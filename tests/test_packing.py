@@ -137,9 +137,7 @@ def test_packed_masks_cost_one_bit_per_weight(trained, tmp_path):
     assert stats[-1].startswith("digits\tTOTAL\t" + str(weights))
 
 
-@pytest.mark.parametrize(
-    "method", INDEPENDENT
-)
+@pytest.mark.parametrize("method", INDEPENDENT)
 def test_packed_evaluation_equals_end_of_training_evaluation(
     trained, digits_target, tmp_path, method
 ):
