@@ -22,6 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 import yaml
@@ -32,7 +33,7 @@ from piggyback.data.digits import write_digits_task
 from piggyback.files.atomic import WriteError, atomic_write, atomic_write_text
 from piggyback.interface.config import ConfigError, check_config
 from piggyback.methods.piggyback import task_masks
-from piggyback.methods.registry import Hyperparameters, position_settings
+from piggyback.methods.registry import METHODS, Hyperparameters, position_settings
 from piggyback.methods.run import TaskRun
 from piggyback.model.backbones import ArchSpec, BackboneError, build_backbone, build_task_model
 from piggyback.model.checkpoints import CheckpointError, atomic_save, load_checkpoint
@@ -384,6 +385,46 @@ def test_train_stops_before_training_when_the_class_count_differs_from_disk(
     )
     assert_one_line_error(code, err, str(task), "found 3 classes", "says 4", "`classes:`")
     assert not out.exists(), "nothing was trained or written"
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [
+        (["--lr", "-1"], ["piggyback.lr is -1.0", "it takes >= 0"]),
+        (["--threshold", "-5"], ["piggyback.threshold is -5.0", "it takes >= 0"]),
+        (["--lr-head", "0"], ["piggyback.lr_head is 0.0", "it takes > 0"]),
+        (["--mask-scale", "nan"], ["piggyback.mask_scale is nan", "it takes > 0"]),
+    ],
+    ids=["negative_lr", "negative_threshold", "zero_head_lr", "nan_mask_scale"],
+)
+def test_train_refuses_a_knob_out_of_its_bounds_naming_it(
+    task, tmp_path, monkeypatch, capsys, flags, fragments
+):
+    """A script run by hand is checked as the workflow's config is: the registry's bounds,
+    with the knob's name, before anything is trained or written."""
+    out = tmp_path / "out"
+    args = train_args(task, out, "--method", "piggyback", *flags)
+    code, _, err = run_script("train.py", args, monkeypatch, capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists(), "nothing was trained or written"
+
+
+def test_the_config_schema_and_the_registry_take_the_same_values_for_every_knob():
+    """One source for both checks: the schema the workflow validates the config with and
+    the registry's refusal (scripts run by hand) are read off the same bounds."""
+    checked = 0
+    for method, entry in METHODS.items():
+        for name, knob in entry.all_knobs().items():
+            schema = jsonschema.Draft202012Validator(knob.json_schema())
+            if knob.choices is not None:
+                values = [*knob.choices, "none of them"]
+            else:
+                edges = [v for v in (knob.minimum, knob.maximum) if v is not None]
+                values = [knob.kind(v + d) for v in edges for d in (-1, 0, 1)] or [knob.default]
+            for value in values:
+                assert schema.is_valid(value) == knob.admits(value), (method, name, value)
+                checked += 1
+    assert checked > 100
 
 
 # --- 3. wrong data ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,30 @@ class Knob:
     @property
     def kind(self) -> type:
         return type(self.default)
+
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` (of the knob's kind) is one it takes: within its bounds, or
+        one of its choices; never NaN or infinite."""
+        if self.choices is not None:
+            return value in self.choices
+        if not math.isfinite(value):
+            return False
+        if self.minimum is not None and (
+            value <= self.minimum if self.exclusive_minimum else value < self.minimum
+        ):
+            return False
+        return self.maximum is None or value <= self.maximum
+
+    def bounds(self) -> str:
+        """The values it takes, in words, for a refusal to quote."""
+        if self.choices is not None:
+            return f"one of {', '.join(self.choices)}"
+        limits = []
+        if self.minimum is not None:
+            limits.append(f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}")
+        if self.maximum is not None:
+            limits.append(f"<= {self.maximum:g}")
+        return " and ".join(limits) or "any finite value"
 
     def json_schema(self) -> dict[str, Any]:
         if self.choices is not None:
@@ -296,8 +321,8 @@ def _coerced(method: str, name: str, value: Any, knob: Knob) -> Any:
             f"{method}.{name} is {value!r}, but it takes a {knob.kind.__name__} "
             f"(default {knob.default!r})"
         )
-    if knob.choices is not None and value not in knob.choices:
-        raise MethodError(f"{method}.{name} is {value!r}; expected one of {knob.choices}")
+    if not knob.admits(value):
+        raise MethodError(f"{method}.{name} is {value!r}; it takes {knob.bounds()} ({knob.help})")
     return value
 
 
