@@ -20,11 +20,12 @@ import torch
 import torchvision
 import yaml
 from test_released import Payload, authors_file, authors_masks, authors_shared, save_legacy
-from test_workflow import ROOT, job_counts, snakemake
+from test_workflow import ROOT, job_counts, lint_workflow, snakemake
 from torch import nn
 
 from piggyback.data.datasets import load_split
 from piggyback.data.digits import write_digits_task
+from piggyback.data.transforms import TaskTransform
 from piggyback.interface.config import ConfigError, check_config
 from piggyback.methods.registry import load_method
 from piggyback.model.backbones import ArchSpec, build_backbone
@@ -83,7 +84,7 @@ def zeroed_by_hand(model: nn.Module, arch: str, masks, head: nn.Linear) -> nn.Mo
 
 
 def digit_batch(digits) -> tuple[torch.Tensor, torch.Tensor]:
-    split = load_split(digits, "test", "standard", IMAGE_SIZE, train=False)
+    split = load_split(digits, "test", TaskTransform("standard", IMAGE_SIZE), train=False)
     images, labels = zip(*(split[i] for i in range(len(split))), strict=True)
     return torch.stack(images), torch.tensor(labels)
 
@@ -178,12 +179,12 @@ def test_an_imported_file_evaluates_as_the_weights_zeroed_by_hand(
     torch.testing.assert_close(
         packed_logits(out, arch, weights, images), expected, rtol=1e-4, atol=1e-5
     )
+    test = TaskData(digits, TaskTransform("standard", IMAGE_SIZE))
     evaluation = evaluate_pack(
         out,
-        {"flowers": TaskData(digits, "standard"), "sketches": TaskData(digits, "standard")},
+        {"flowers": test, "sketches": test},
         arch,
         ArchSpec(arch),
-        IMAGE_SIZE,
         64,
         weights=weights,
     )
@@ -334,7 +335,7 @@ def test_the_released_route_runs_from_the_file_to_the_table(tmp_path):
 
 
 def test_the_released_route_lints_clean(tmp_path):
-    lint = snakemake("--lint", "--configfile", "config/released.yaml", workdir=tmp_path)
+    lint = lint_workflow("--configfile", "config/released.yaml", workdir=tmp_path)
     assert "Congratulations" in lint.stdout + lint.stderr
 
 
