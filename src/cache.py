@@ -32,14 +32,7 @@ def main() -> None:
     try:
         if args.prepared:
             check_folder(args.data, args.prepared)
-        summary = write_cache(
-            args.data,
-            args.transform,
-            args.image_size,
-            args.out,
-            args.workers,
-            preprocessing=cli.preprocessing(args),
-        )
+        summary = write_cache(args.data, cli.task_transform(args), args.out, args.workers)
     except (DataError, OSError, ValueError) as error:
         cli.fail(error_message(error))
     print(json.dumps({key: summary[key] for key in ("style", "image_size", "images")}))

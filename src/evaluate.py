@@ -23,6 +23,7 @@ from piggyback.data.transforms import (
     PAPER_PREPROCESSING,
     Preprocessing,
     PreprocessingError,
+    TaskTransform,
     weights_preprocessing,
 )
 from piggyback.interface import cli
@@ -55,7 +56,7 @@ def main() -> None:
     cli.add_evaluation_arguments(parser)
     cli.add_runtime_arguments(parser)
     args = parser.parse_args()
-    tasks = read_tasks(args.tasks_json)
+    tasks = read_tasks(args.tasks_json, args.image_size)
     device = cli.select_device(args)
     speed = SpeedOptions(tf32=args.tf32).resolve(device)
     speed.set_float32_precision()
@@ -65,7 +66,6 @@ def main() -> None:
             tasks,
             args.arch,
             cli.arch_spec(args),
-            args.image_size,
             args.batch_size,
             args.weights,
             args.weights_dir,
@@ -84,7 +84,7 @@ def main() -> None:
         print(f"{task['dataset']}: top-1 error {task['top1_error']:.2f}% ({task['images']} images)")
 
 
-def read_tasks(tasks_json: str) -> dict[str, TaskData]:
+def read_tasks(tasks_json: str, image_size: int) -> dict[str, TaskData]:
     """Each task's test data from --tasks-json; a `folder` dataset's images checked
     against its record first. Bad input ends the run with one line."""
     try:
@@ -92,9 +92,12 @@ def read_tasks(tasks_json: str) -> dict[str, TaskData]:
         tasks = {
             name: TaskData(
                 Path(entry["data"]),
-                entry["transform"],
+                TaskTransform(
+                    entry["transform"],
+                    image_size,
+                    _preprocessing(entry.get("weights_transforms")),
+                ),
                 _path(entry.get("cache")),
-                _preprocessing(entry.get("weights_transforms")),
             )
             for name, entry in entries.items()
         }

@@ -44,10 +44,9 @@ def main() -> None:
     try:
         result = evaluate_source(
             args.dataset,
-            TaskData(args.data, args.transform, args.cache, cli.preprocessing(args)),
+            TaskData(args.data, cli.task_transform(args), args.cache),
             args.arch,
             cli.arch_spec(args),
-            args.image_size,
             args.batch_size,
             args.weights,
             args.weights_dir,

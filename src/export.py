@@ -49,7 +49,7 @@ def main() -> None:
         packed = read_pack(args.pack)
         manifest = packed.manifest
         tasks = manifest["ordering"] if "all" in args.task else list(dict.fromkeys(args.task))
-        given, names = cli.given_preprocessing(args), cli.folder_class_names(args.classes_from)
+        given, names = cli.given_transform(args), cli.folder_class_names(args.classes_from)
         infos = [task_info(packed, task, given, names) for task in tasks]
         for info in infos:
             info.required_preprocessing()  # config.json says it: known before any work

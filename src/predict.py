@@ -92,7 +92,7 @@ def load_model(args: argparse.Namespace, device) -> MultiTaskModel:
         head=args.head,
         weights_dir=args.weights_dir,
         device=device,
-        preprocessing=cli.given_preprocessing(args),
+        preprocessing=cli.given_transform(args),
         class_names={task: names for task in tasks} if names is not None else None,
     )
 

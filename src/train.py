@@ -21,7 +21,6 @@ from safetensors import SafetensorError
 from piggyback.data.datasets import DataError, error_message
 from piggyback.data.feed import open_task_feed
 from piggyback.data.folders import check_folder
-from piggyback.data.transforms import TaskPreprocessing
 from piggyback.files.atomic import atomic_move, atomic_write
 from piggyback.interface import cli
 from piggyback.methods.registry import METHODS, Hyperparameters, MethodError
@@ -221,17 +220,8 @@ def task_batches(args: argparse.Namespace, batch_size: int, device):
         return [], None, None
     if args.prepared:
         check_folder(args.data, args.prepared)
-    feed = open_task_feed(
-        args.data,
-        args.transform,
-        args.image_size,
-        args.cache,
-        device,
-        args.workers,
-        args.classes,
-        preprocessing=cli.preprocessing(args),
-        crop=args.crop,
-    )
+    transform = cli.task_transform(args, crop=args.crop)
+    feed = open_task_feed(args.data, transform, args.cache, device, args.workers, args.classes)
     return (
         feed.classes,
         lambda epoch: feed.batches("train", batch_size, epoch_seed(args.seed, epoch)),
@@ -243,7 +233,7 @@ def task_preprocessing(args: argparse.Namespace) -> dict | None:
     """How the task's test images are transformed, for its checkpoint; None without data."""
     if args.data is None:
         return None
-    return TaskPreprocessing(args.transform, args.image_size, cli.preprocessing(args)).as_dict()
+    return cli.task_transform(args).as_dict()
 
 
 def write_outputs(args: argparse.Namespace, result: dict) -> None:

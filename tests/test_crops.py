@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from piggyback.data.transforms import RandomSizedCrop2017, build_transform, sized_crop_2017
+from piggyback.data.transforms import RandomSizedCrop2017, TaskTransform, sized_crop_2017
 
 DRAWS = 20_000
 GRID = 1_500
@@ -134,9 +134,11 @@ def test_the_fallback_is_scale_then_centre_crop_of_the_whole_image():
 
 
 def test_the_modern_sampler_stays_selectable():
-    names = [type(step).__name__ for step in build_transform("standard", 24, True).transforms]
-    modern = build_transform("standard", 24, True, crop="modern").transforms
+    names = [
+        type(step).__name__ for step in TaskTransform("standard", 24).build(train=True).transforms
+    ]
+    modern = TaskTransform("standard", 24, crop="modern").build(train=True).transforms
     assert names[1] == "RandomSizedCrop2017"
     assert type(modern[1]).__name__ == "RandomResizedCrop"
     with pytest.raises(ValueError, match="unknown crop sampler"):
-        build_transform("standard", 24, True, crop="2018")
+        TaskTransform("standard", 24, crop="2018").build(train=True)

@@ -24,7 +24,7 @@ from piggyback.data.cache import batches as cache_batches
 from piggyback.data.cache import format as cache_file
 from piggyback.data.cache import resize
 from piggyback.data.datasets import load_task_data
-from piggyback.data.transforms import sized_crop_2017
+from piggyback.data.transforms import TaskTransform, sized_crop_2017
 from piggyback.model.backbones import ArchSpec
 from piggyback.model.checkpoints import load_task_checkpoint
 from piggyback.stages.evaluation import TaskData, evaluate_pack
@@ -60,14 +60,18 @@ def cache_files(images, tmp_path_factory):
     paths = {}
     for style in ("cropped", "standard"):
         paths[style] = folder / f"{style}.safetensors"
-        cache_file.write_cache(images, style, SIZE, paths[style], workers=2, log=lambda _: None)
+        cache_file.write_cache(
+            images, TaskTransform(style, SIZE), paths[style], workers=2, log=lambda _: None
+        )
     return paths
 
 
 def _torchvision_epoch(images, style, train, seed, crop="2017"):
     """What DataLoader-style per-image transforms give for the batches' random stream:
     the epoch's order, then each image's draws in turn, from one generator."""
-    train_data, test_data = load_task_data(images, style, SIZE, log=lambda _: None, crop=crop)
+    train_data, test_data = load_task_data(
+        images, TaskTransform(style, SIZE, crop=crop), log=lambda _: None
+    )
     dataset = train_data if train else test_data
     generator = torch.Generator().manual_seed(seed)
     count = len(dataset)
@@ -123,7 +127,7 @@ def strips(tmp_path_factory):
 
 def test_the_2017_fallback_equals_torchvisions_resize_and_centre_crop(strips, tmp_path):
     path = tmp_path / "strips.safetensors"
-    cache_file.write_cache(strips, "standard", SIZE, path, log=lambda _: None)
+    cache_file.write_cache(strips, TaskTransform("standard", SIZE), path, log=lambda _: None)
     cache = cache_file.load_cache(path)
     split = cache.splits["train"]
     for index in range(len(split)):
@@ -235,11 +239,11 @@ def test_caches_for_other_settings_or_damaged_ones_are_refused(cache_files, tmp_
     path = cache_files["cropped"]
     cpu = torch.device("cpu")
     with pytest.raises(cache_file.CacheError, match="built for --transform cropped"):
-        cache_file.load_task_cache(path, "standard", SIZE, None, cpu)
+        cache_file.load_task_cache(path, TaskTransform("standard", SIZE), None, cpu)
     with pytest.raises(cache_file.CacheError, match="--image-size 24"):
-        cache_file.load_task_cache(path, "cropped", 32, None, cpu)
+        cache_file.load_task_cache(path, TaskTransform("cropped", 32), None, cpu)
     with pytest.raises(cache_file.CacheError, match="holds 3 classes"):
-        cache_file.load_task_cache(path, "cropped", SIZE, 5, cpu)
+        cache_file.load_task_cache(path, TaskTransform("cropped", SIZE), 5, cpu)
     with pytest.raises(cache_file.CacheError, match="does not exist"):
         cache_file.load_cache(tmp_path / "missing.safetensors")
     damaged = tmp_path / "damaged.safetensors"
@@ -282,7 +286,7 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
     """train.py --cache runs and writes its outputs; the packed task evaluates to the
     same errors from the cache as from the image folder, and as in training."""
     cache = tmp_path / "cache-32.safetensors"
-    cache_file.write_cache(digits_target, "cropped", 32, cache, log=lambda _: None)
+    cache_file.write_cache(digits_target, TaskTransform("cropped", 32), cache, log=lambda _: None)
     out = tmp_path / "run"
     subprocess.run(
         [
@@ -305,9 +309,9 @@ def test_training_from_the_cache_and_evaluating_it(digits_target, tmp_path):
     pack([out / "task.pt"], tmp_path / "pack.safetensors")
 
     def evaluated(cache):
-        tasks = {"digits": TaskData(digits_target, "cropped", cache)}
+        tasks = {"digits": TaskData(digits_target, TaskTransform("cropped", 32), cache)}
         arguments = (tmp_path / "pack.safetensors", tasks, "resnet18", ArchSpec("resnet18"))
-        return evaluate_pack(*arguments, 32, 16, "random")["tasks"][0]
+        return evaluate_pack(*arguments, 16, "random")["tasks"][0]
 
     from_folder, from_cache = evaluated(None), evaluated(cache)
     assert from_cache == from_folder

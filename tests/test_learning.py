@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.data.transforms import TaskTransform
 from piggyback.methods.registry import Hyperparameters
 from piggyback.methods.run import TaskRun
 from piggyback.model.backbones import ArchSpec, build_task_model
@@ -48,7 +49,7 @@ def real_task(tmp_path_factory):
 
 
 def _run(real_task, method, tmp_path, seed=0, **hp):
-    train, test = load_task_data(real_task.data, "cropped", IMAGE_SIZE)
+    train, test = load_task_data(real_task.data, TaskTransform("cropped", IMAGE_SIZE))
     model = build_task_model(ArchSpec(ARCH), len(train.classes), weights=real_task.weights)
     hp = Hyperparameters.for_method(method, **{**SHORT, "optimizer": "adam", **hp})
     run = TaskRun(ARCH, method, TASK, train.classes, seed, hp)

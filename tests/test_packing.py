@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.data.transforms import TaskTransform
 from piggyback.methods.piggyback import discrete_masks, task_masks
 from piggyback.methods.registry import METHODS, Hyperparameters
 from piggyback.methods.run import TaskRun
@@ -29,7 +30,7 @@ MASK_METHODS = [name for name, entry in METHODS.items() if entry.stores_masks]
 def trained(digits_target, tmp_path_factory):
     """One short training per method on the digits task, saved as checkpoints."""
     root = tmp_path_factory.mktemp("trained")
-    train, test = load_task_data(digits_target, "cropped", 32)
+    train, test = load_task_data(digits_target, TaskTransform("cropped", 32))
     paths = {}
     for method in INDEPENDENT:
         model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
@@ -52,8 +53,8 @@ def trained(digits_target, tmp_path_factory):
 
 
 def evaluate(pack, data, arch="resnet18", task="digits", weights="random"):
-    tasks = {task: TaskData(data, "cropped")}
-    return evaluate_pack(pack, tasks, arch, ArchSpec(arch), 32, 64, weights=weights)
+    tasks = {task: TaskData(data, TaskTransform("cropped", 32))}
+    return evaluate_pack(pack, tasks, arch, ArchSpec(arch), 64, weights=weights)
 
 
 def test_bits_round_trip_and_use_numpy_order():

@@ -12,6 +12,7 @@ import torch
 
 from piggyback.data.datasets import load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
+from piggyback.data.transforms import TaskTransform
 from piggyback.methods.packnet import FREE, SOURCE
 from piggyback.methods.registry import METHODS, Hyperparameters
 from piggyback.methods.run import TaskRun, TrainingError
@@ -44,7 +45,7 @@ def train(
     if dataset is None:
         classes, loader_for, test = [], None, None
     else:
-        train_split, test_split = load_task_data(task_data / dataset, "cropped", 32)
+        train_split, test_split = load_task_data(task_data / dataset, TaskTransform("cropped", 32))
         classes, test = train_split.classes, make_loader(test_split, 64, False, 0)
 
         def loader_for(epoch):
@@ -259,8 +260,10 @@ def test_later_tasks_leave_earlier_weights_biases_and_batchnorm_bit_identical(tr
 def evaluate(path_list, task_data, tmp_path, name):
     out = tmp_path / f"{name}.safetensors"
     pack(path_list, out, ordering="forward")
-    tasks = {dataset: TaskData(task_data / dataset, "cropped") for dataset in TASKS}
-    return evaluate_pack(out, tasks, "resnet18", ArchSpec("resnet18"), 32, 64, weights="random")
+    tasks = {
+        dataset: TaskData(task_data / dataset, TaskTransform("cropped", 32)) for dataset in TASKS
+    }
+    return evaluate_pack(out, tasks, "resnet18", ArchSpec("resnet18"), 64, weights="random")
 
 
 def test_pack_then_evaluate_equals_the_end_of_training_evaluation(

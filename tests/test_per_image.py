@@ -24,6 +24,7 @@ from torch import nn
 from piggyback.data.cache.format import CacheError, load_cache, write_cache
 from piggyback.data.datasets import load_split, load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
+from piggyback.data.transforms import TaskTransform
 from piggyback.methods.registry import Hyperparameters, load_method
 from piggyback.methods.run import TaskRun
 from piggyback.model.backbones import ArchSpec, build_backbone, build_task_model
@@ -45,7 +46,7 @@ def task(tmp_path_factory):
 def pack(task, tmp_path_factory):
     """One epoch of Piggyback on the task, packed."""
     root = tmp_path_factory.mktemp("pack")
-    train, test = load_task_data(task, "cropped", 32)
+    train, test = load_task_data(task, TaskTransform("cropped", 32))
     model = build_task_model(ArchSpec("resnet18"), 3, weights="random")
     hp = Hyperparameters.for_method("piggyback", epochs=1, batch_size=32, mask_init="uniform")
     run = TaskRun("resnet18", "piggyback", "digits", train.classes, 0, hp)
@@ -79,7 +80,7 @@ def ranked_by_hand(pack: Path, data: Path) -> dict[str, str]:
     load_method(packed.manifest["method"]).apply(backbone, packed, "digits")
     head = nn.Linear(features, 3)
     head.load_state_dict(packed.head("digits"))
-    split = load_split(data, "test", "cropped", 32, train=False)
+    split = load_split(data, "test", TaskTransform("cropped", 32), train=False)
     images = torch.stack([split[index][0] for index in range(len(split))])
     with torch.no_grad():
         ranked = head(backbone.eval()(images)).topk(3, dim=1).indices
@@ -116,7 +117,7 @@ def test_the_cache_gives_the_same_rows_as_the_dataloader(pack, task, tmp_path, m
     loader = tmp_path / "loader.json"
     evaluated(pack, task, loader, monkeypatch, capsys)
     cache = tmp_path / "cache-32.safetensors"
-    write_cache(task, "cropped", 32, cache, log=lambda _: None)
+    write_cache(task, TaskTransform("cropped", 32), cache, log=lambda _: None)
     cached = tmp_path / "cached.json"
     tasks = {"digits": {"data": str(task), "transform": "cropped", "cache": str(cache)}}
     args = evaluate_args(pack, task, cached, "--tasks-json", json.dumps(tasks))
@@ -163,7 +164,7 @@ def test_a_cache_without_image_paths_is_refused_with_what_to_do(task, tmp_path):
     from safetensors.torch import save_file
 
     cache = tmp_path / "cache-32.safetensors"
-    write_cache(task, "cropped", 32, cache, log=lambda _: None)
+    write_cache(task, TaskTransform("cropped", 32), cache, log=lambda _: None)
     with safe_open(str(cache), framework="pt") as handle:
         metadata = json.loads(handle.metadata()["piggyback.cache"])
         names = handle.keys()  # a safetensors handle, not a dict

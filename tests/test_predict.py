@@ -16,6 +16,7 @@ from PIL import Image
 from tiny_packs import ARCH, SIZE, TASKS, make_pack, tiny_weights
 
 from piggyback.data.datasets import load_task_data, read_image
+from piggyback.data.transforms import TaskTransform
 from piggyback.model.backbones import ArchSpec
 from piggyback.stages.evaluation import TaskData, evaluate_pack
 from piggyback.stages.per_image import read_per_image, write_evaluation
@@ -28,7 +29,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 @pytest.fixture(scope="module")
 def weights(digits_target, tmp_path_factory):
     """A backbone whose BatchNorm statistics are the digits' (see tiny_weights)."""
-    train, _ = load_task_data(digits_target, "cropped", SIZE)
+    train, _ = load_task_data(digits_target, TaskTransform("cropped", SIZE))
     images = torch.stack([image for image, _ in train])
     return tiny_weights(tmp_path_factory.mktemp("weights") / "backbone.safetensors", images)
 
@@ -55,8 +56,8 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
 def test_predictions_on_a_test_folder_have_the_evaluate_jobs_top1(weights, digits_target, tmp_path):
     tasks = {"digits": TASKS["digits"]}
     pack = make_pack("piggyback", tmp_path / "digits.safetensors", weights, tasks, mask_keep=0.97)
-    tasks = {"digits": TaskData(digits_target, "cropped")}
-    result = evaluate_pack(pack, tasks, ARCH, ArchSpec(ARCH), 32, 64, weights, per_image=True)
+    tasks = {"digits": TaskData(digits_target, TaskTransform("cropped", 32))}
+    result = evaluate_pack(pack, tasks, ARCH, ArchSpec(ARCH), 64, weights, per_image=True)
     write_evaluation(result, tmp_path / "eval.json", tmp_path / "eval.images.tsv.gz")
     evaluated = read_per_image(tmp_path / "eval.images.tsv.gz")
     test = digits_target / "test"

@@ -17,7 +17,7 @@ from piggyback.data.datasets import load_task_data
 from piggyback.data.transforms import (
     PAPER_PREPROCESSING,
     PreprocessingError,
-    build_transform,
+    TaskTransform,
     weights_preprocessing,
 )
 
@@ -26,7 +26,7 @@ EFFICIENTNET = "efficientnet_b0.IMAGENET1K_V1"  # resize 256, bicubic
 
 
 def test_the_styles_follow_the_weights_resize_interpolation_and_normalisation():
-    convnext = build_transform("standard", 224, False, weights_preprocessing(CONVNEXT))
+    convnext = TaskTransform("standard", 224, weights_preprocessing(CONVNEXT)).build(train=False)
     resize, crop, _, normalize = convnext.transforms
     assert (resize.size, resize.interpolation, crop.size) == (
         236,
@@ -35,17 +35,19 @@ def test_the_styles_follow_the_weights_resize_interpolation_and_normalisation():
     )
     assert list(normalize.mean) == [0.485, 0.456, 0.406]
     assert list(normalize.std) == [0.229, 0.224, 0.225]
-    efficientnet = build_transform("cropped", 32, True, weights_preprocessing(EFFICIENTNET))
+    efficientnet = TaskTransform("cropped", 32, weights_preprocessing(EFFICIENTNET)).build(
+        train=True
+    )
     assert efficientnet.transforms[0].interpolation == InterpolationMode.BICUBIC
     assert efficientnet.transforms[0].size == (32, 32)
-    train = build_transform("standard", 224, True, weights_preprocessing(EFFICIENTNET))
+    train = TaskTransform("standard", 224, weights_preprocessing(EFFICIENTNET)).build(train=True)
     assert train.transforms[1].interpolation == InterpolationMode.BICUBIC  # the random crop
     # ViT-B/16's weights were trained as the paper's backbones were
     assert weights_preprocessing("vit_b_16.IMAGENET1K_V1") == PAPER_PREPROCESSING
 
 
 def test_the_paper_transforms_are_unchanged():
-    steps = build_transform("standard", 224, False).transforms
+    steps = TaskTransform("standard", 224).build(train=False).transforms
     assert repr(steps[:2]) == repr([transforms.Resize(256), transforms.CenterCrop(224)])
 
 
@@ -72,22 +74,24 @@ def images(tmp_path_factory):
 def test_a_cache_for_the_weights_gives_their_test_images(images, tmp_path):
     convnext = weights_preprocessing(CONVNEXT)
     path = tmp_path / "cache.safetensors"
-    cache_file.write_cache(images, "standard", 28, path, log=lambda _: None, preprocessing=convnext)
+    cache_file.write_cache(
+        images, TaskTransform("standard", 28, convnext), path, log=lambda _: None
+    )
     cache = cache_file.load_task_cache(
-        path, "standard", 28, 2, torch.device("cpu"), log=lambda _: None, preprocessing=convnext
+        path, TaskTransform("standard", 28, convnext), 2, torch.device("cpu"), log=lambda _: None
     )
     cached = torch.cat([b for b, _ in cache_batches.cached_batches(cache, 4, False, 0, "cpu")])
-    _, test = load_task_data(images, "standard", 28, log=lambda _: None, preprocessing=convnext)
+    _, test = load_task_data(images, TaskTransform("standard", 28, convnext), log=lambda _: None)
     assert torch.equal(cached, torch.stack([test[i][0] for i in range(len(test))]))
     with pytest.raises(cache_file.CacheError, match="built for the preprocessing"):
-        cache_file.load_task_cache(path, "standard", 28, 2, torch.device("cpu"))
+        cache_file.load_task_cache(path, TaskTransform("standard", 28), 2, torch.device("cpu"))
 
 
 def test_the_cached_pipeline_refuses_other_interpolations(images, tmp_path):
     bicubic = weights_preprocessing(EFFICIENTNET)
     with pytest.raises(cache_file.CacheError, match="data_pipeline: dataloader"):
-        cache_file.write_cache(images, "cropped", 28, tmp_path / "c", preprocessing=bicubic)
+        cache_file.write_cache(images, TaskTransform("cropped", 28, bicubic), tmp_path / "c")
     paper = tmp_path / "paper.safetensors"
-    cache_file.write_cache(images, "cropped", 28, paper, log=lambda _: None)
+    cache_file.write_cache(images, TaskTransform("cropped", 28), paper, log=lambda _: None)
     with pytest.raises(cache_file.CacheError, match="bicubic"):
-        cache_file.load_task_cache(paper, "cropped", 28, 2, "cpu", preprocessing=bicubic)
+        cache_file.load_task_cache(paper, TaskTransform("cropped", 28, bicubic), 2, "cpu")

@@ -30,6 +30,7 @@ from script_args import digits_evaluate_args, digits_task_args
 
 from piggyback.data.datasets import DataError, error_message, load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
+from piggyback.data.transforms import TaskTransform
 from piggyback.files.atomic import WriteError, atomic_write, atomic_write_text
 from piggyback.interface.config import ConfigError, check_config
 from piggyback.methods.piggyback import task_masks
@@ -66,7 +67,7 @@ def task(tiny_task, tmp_path):
 def packed(tiny_task, tmp_path_factory):
     """One epoch of piggyback on the tiny task, packed: (checkpoint, packed file)."""
     root = tmp_path_factory.mktemp("packed")
-    train, test = load_task_data(tiny_task, "cropped", 32)
+    train, test = load_task_data(tiny_task, TaskTransform("cropped", 32))
     model = build_task_model(ArchSpec("resnet18"), 3, weights="random")
     hp = Hyperparameters.for_method("piggyback", epochs=1, batch_size=32, mask_init="uniform")
     run = TaskRun("resnet18", "piggyback", "digits", train.classes, 0, hp)
@@ -437,7 +438,7 @@ def test_empty_class_folder_stops_naming_it(task, split):
     with pytest.raises(
         DataError, match=f"{re.escape(str(task / split / 'digit_6'))} has no images"
     ):
-        load_task_data(task, "cropped", 32, 3)
+        load_task_data(task, TaskTransform("cropped", 32), 3)
 
 
 def test_class_folder_holding_only_non_images_counts_as_empty(task):
@@ -445,14 +446,14 @@ def test_class_folder_holding_only_non_images_counts_as_empty(task):
     for image in folder.iterdir():
         image.rename(image.with_suffix(".txt"))
     with pytest.raises(DataError, match="digit_6 has no images"):
-        load_task_data(task, "cropped", 32, 3)
+        load_task_data(task, TaskTransform("cropped", 32), 3)
 
 
 def test_split_without_class_folders_stops_naming_it(task):
     shutil.rmtree(task / "test")
     (task / "test").mkdir()
     with pytest.raises(DataError, match=f"{re.escape(str(task / 'test'))} holds no class folders"):
-        load_task_data(task, "cropped", 32)
+        load_task_data(task, TaskTransform("cropped", 32))
 
 
 @pytest.mark.parametrize(
@@ -464,28 +465,28 @@ def test_class_in_one_split_only_stops_naming_it(task, split, side):
     extra = task / split / "digit_9"
     shutil.copytree(task / split / "digit_5", extra)
     with pytest.raises(DataError, match=re.escape(f"{side}: ['digit_9']")):
-        load_task_data(task, "cropped", 32)
+        load_task_data(task, TaskTransform("cropped", 32))
 
 
 def test_files_that_are_not_images_are_skipped_and_counted(task):
-    clean, _ = load_task_data(task, "cropped", 32)
+    clean, _ = load_task_data(task, TaskTransform("cropped", 32))
     folder = task / "train" / "digit_5"
     (folder / "README.txt").write_text("scanned in 2019")
     (folder / "Thumbs.db").write_bytes(b"\0" * 64)
     (folder / ".DS_Store").write_bytes(b"\0" * 64)
     (folder / "._0001.png").write_bytes(b"\0\5\26\7 AppleDouble")  # macOS resource fork
     logged = []
-    train, _ = load_task_data(task, "cropped", 32, 3, log=logged.append)
+    train, _ = load_task_data(task, TaskTransform("cropped", 32), 3, log=logged.append)
     assert train.samples == clean.samples and train.classes == clean.classes
     assert len(logged) == 1 and "skipped 4 file(s)" in logged[0]
     assert logged[0].startswith(f"{task / 'train'}: ")
 
 
 def test_hidden_folder_is_not_a_class_and_shifts_no_label(task):
-    clean, _ = load_task_data(task, "cropped", 32)
+    clean, _ = load_task_data(task, TaskTransform("cropped", 32))
     for split in ("train", "test"):  # sorts first: as a class it would shift every label
         shutil.copytree(task / split / "digit_7", task / split / ".ipynb_checkpoints")
-    train, test = load_task_data(task, "cropped", 32, 3, log=lambda _: None)
+    train, test = load_task_data(task, TaskTransform("cropped", 32), 3, log=lambda _: None)
     assert train.classes == ["digit_5", "digit_6", "digit_7"]
     assert train.samples == clean.samples
 
@@ -504,7 +505,9 @@ def damage(path: Path, how: str) -> None:
 def test_unreadable_image_stops_naming_the_file(task, how):
     image = sorted((task / "train" / "digit_6").iterdir())[0]
     damage(image, how)
-    train, _ = load_task_data(task, "cropped", 32)  # no pass over the images up front
+    train, _ = load_task_data(
+        task, TaskTransform("cropped", 32)
+    )  # no pass over the images up front
     with pytest.raises(DataError, match=f"cannot read image {re.escape(str(image))}"):
         for _ in make_loader(train, 8, False, 0):
             pass
@@ -513,7 +516,7 @@ def test_unreadable_image_stops_naming_the_file(task, how):
 def test_unreadable_image_in_a_loader_worker_is_reported_without_its_traceback(task):
     image = sorted((task / "test" / "digit_7").iterdir())[-1]
     damage(image, "truncated")
-    _, test = load_task_data(task, "cropped", 32)
+    _, test = load_task_data(task, TaskTransform("cropped", 32))
     with pytest.raises(DataError) as caught:
         for _ in make_loader(test, 8, False, 0, workers=1):
             pass

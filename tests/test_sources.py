@@ -24,6 +24,7 @@ from scipy.io import savemat
 from piggyback.data.download import ChecksumError
 from piggyback.data.prepare import PREPARED_MARKER, prepare_dataset
 from piggyback.data.sources import AUTHORS_BOX_URL, SourceError, fetch_source
+from piggyback.data.transforms import TaskTransform
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_FILE = ROOT / "workflow" / "schemas" / "source.schema.yaml"
@@ -545,11 +546,11 @@ def test_images_above_pillows_limit_stop_neither_prepare_nor_training(tmp_path, 
         summary = prepare_dataset(
             "flowers", {"route": "authors"}, downloads, out, 2, log=logged.append
         )
-        train, test = load_task_data(out, "standard", 16, log=lambda _: None)
+        train, test = load_task_data(out, TaskTransform("standard", 16), log=lambda _: None)
         images = [
             batch for loader in (train, test) for batch, _ in make_loader(loader, 3, False, 0)
         ]
-        cache = build_cache(out, "standard", 16, workers=2, log=lambda _: None)
+        cache = build_cache(out, TaskTransform("standard", 16), workers=2, log=lambda _: None)
     assert summary["large_images"] == [
         {"image": "train/a/wide.jpg", "width": 40, "height": 30},
         {"image": "test/b/large.jpg", "width": 80, "height": 60},

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.data.transforms import TaskTransform
 from piggyback.methods.registry import Hyperparameters, load_method
 from piggyback.methods.run import SpeedOptions, TaskRun
 from piggyback.model.backbones import ArchSpec, build_task_model
@@ -58,7 +59,7 @@ def test_fused_optimizer_takes_the_same_step():
 
 
 def _train_one_epoch(data_root, state_dir, speed):
-    train, test = load_task_data(data_root, "cropped", 32)
+    train, test = load_task_data(data_root, TaskTransform("cropped", 32))
     model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
     hp = Hyperparameters.for_method("piggyback", epochs=1)
     run = TaskRun("resnet18", "piggyback", "digits", train.classes, 0, hp)

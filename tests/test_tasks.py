@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from tiny_packs import ARCH, METHODS, PREPROCESSING, SIZE, TASKS, make_pack, make_released_pack
 
-from piggyback.data.transforms import PreprocessingError, TaskPreprocessing
+from piggyback.data.transforms import PreprocessingError, TaskTransform
 from piggyback.model.backbones import ArchSpec, build_backbone
 from piggyback.packs.packed_file import PackError
 from piggyback.stages.evaluation import open_pack, task_model
@@ -113,7 +113,7 @@ def test_preprocessing_comes_from_the_pack_else_from_the_caller(packs, tmp_path)
     model = MultiTaskModel.load(unrecorded, "random")
     with pytest.raises(PreprocessingError, match="does not record how task 'digits'"):
         model.preprocess("digits", None)
-    given = TaskPreprocessing("standard", 40)
+    given = TaskTransform("standard", 40)
     model = MultiTaskModel.load(unrecorded, "random", preprocessing=given)
     assert model.tasks["digits"].preprocessing == given
     with pytest.raises(PreprocessingError, match="was trained with .* not the"):

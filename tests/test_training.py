@@ -11,7 +11,7 @@ from script_args import digits_task_args
 
 from piggyback.data.datasets import load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
-from piggyback.data.transforms import TaskPreprocessing
+from piggyback.data.transforms import TaskTransform
 from piggyback.methods.registry import METHODS, Hyperparameters
 from piggyback.methods.run import TaskRun, TrainingError
 from piggyback.model.backbones import ArchSpec, build_task_model
@@ -32,7 +32,7 @@ def _train(
     log=lambda _: None,
     **hp,
 ):
-    train, test = load_task_data(data_root, "cropped", 32)
+    train, test = load_task_data(data_root, TaskTransform("cropped", 32))
     model = build_task_model(ArchSpec(arch), len(train.classes), weights="random")
     hp = Hyperparameters.for_method(method, epochs=epochs, batch_size=32, **hp)
     run = TaskRun(arch, method, "digits", train.classes, seed=1, hp=hp)
@@ -70,7 +70,7 @@ FROZEN = [name for name, entry in METHODS.items() if entry.freezes_backbone]
 
 @pytest.mark.parametrize("method", FROZEN)
 def test_frozen_backbone_tensors_stay_bit_identical(digits_target, tmp_path, method):
-    train, _ = load_task_data(digits_target, "cropped", 32)
+    train, _ = load_task_data(digits_target, TaskTransform("cropped", 32))
     reference = build_task_model(ArchSpec("resnet18"), 5, weights="random")
     before = {k: v.clone() for k, v in backbone_state(reference.backbone).items()}
     logged = []
@@ -208,4 +208,4 @@ def test_sigkilled_training_job_resumes_to_the_same_masks(digits_target, tmp_pat
     assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
     assert not (killed / "task.pt.state").exists(), "resume state is removed after success"
     # how the task's test images were transformed, for using the task without the config
-    assert a.preprocessing == TaskPreprocessing("cropped", 32).as_dict()
+    assert a.preprocessing == TaskTransform("cropped", 32).as_dict()

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from piggyback.data.transforms import TaskPreprocessing
+from piggyback.data.transforms import TaskTransform
 from piggyback.methods.registry import Hyperparameters, load_method
 from piggyback.methods.run import SpeedOptions, TaskRun
 from piggyback.model.backbones import ArchSpec, TaskModel, build_backbone, build_task_model
@@ -24,7 +24,7 @@ from piggyback.training.loop import TrainStep, prepare_training
 ARCH = "shufflenet_v2_x0_5"
 SIZE = 32
 CPU = torch.device("cpu")
-PREPROCESSING = TaskPreprocessing("cropped", SIZE)
+PREPROCESSING = TaskTransform("cropped", SIZE)
 TASKS = {"digits": ["digit_5", "digit_6", "digit_7", "digit_8", "digit_9"], "shapes": ["a", "b"]}
 METHODS = ["piggyback", "piggyback_ternary", "packnet", "finetune", "classifier_only"]
 
@@ -49,7 +49,7 @@ def make_pack(
     out: Path,
     weights: Path | str = "random",
     tasks: dict[str, list[str]] | None = None,
-    preprocessing: TaskPreprocessing | None = PREPROCESSING,
+    preprocessing: TaskTransform | None = PREPROCESSING,
     arch: str = ARCH,
     mask_keep: float | None = None,
 ) -> Path:

@@ -16,6 +16,7 @@ from bench.throughput import synchronize
 from piggyback.data.cache.batches import cached_batches
 from piggyback.data.cache.format import load_task_cache
 from piggyback.data.datasets import load_task_data, make_loader
+from piggyback.data.transforms import TaskTransform
 
 
 def write_jpeg_task(
@@ -51,7 +52,9 @@ def cached_feed_rates(
     """Images per second, per epoch, that the ``cached`` pipeline hands to training: the
     train split's uint8 cache placed on ``device`` (if it fits), random crops, flips and
     normalisation there, a background thread preparing batches ahead."""
-    cache = load_task_cache(cache_path, "standard", image_size, None, device, ("train",))
+    cache = load_task_cache(
+        cache_path, TaskTransform("standard", image_size), None, device, ("train",)
+    )
     return [
         _feed_rate(cached_batches(cache, batch_size, True, epoch, device), device)
         for epoch in range(epochs)
@@ -64,7 +67,7 @@ def loader_feed_rates(
     """Images per second, per epoch, that the DataLoader path hands to training: JPEG
     decoding and torchvision's transforms in ``workers`` processes, started afresh each
     epoch as the pipeline does, and the copy to ``device``."""
-    train, _ = load_task_data(root, "standard", image_size, log=lambda _: None)
+    train, _ = load_task_data(root, TaskTransform("standard", image_size), log=lambda _: None)
     rates = []
     for epoch in range(epochs):
         loader = make_loader(train, batch_size, True, epoch, workers)

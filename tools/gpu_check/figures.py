@@ -28,6 +28,7 @@ from bench.throughput import (
 from gpu_check.plan import SWITCHES, Plan
 from gpu_check.runner import need, release
 from piggyback.data.cache.format import write_cache
+from piggyback.data.transforms import TaskTransform
 
 
 def train_figures(
@@ -130,7 +131,13 @@ def prepare_input(plan: Plan, root: Path, cache: Path, workers: int) -> dict:
     started = time.perf_counter()
     write_jpeg_task(root, plan.pipeline_images, 8, plan.source_size, workers)
     written = time.perf_counter()
-    write_cache(root, "standard", plan.settings.image_size, cache, workers, log=lambda _: None)
+    write_cache(
+        root,
+        TaskTransform("standard", plan.settings.image_size),
+        cache,
+        workers,
+        log=lambda _: None,
+    )
     return {
         "images": plan.pipeline_images,
         "source_size": list(plan.source_size),

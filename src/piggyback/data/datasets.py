@@ -32,13 +32,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from piggyback.data.transforms import (
-    PAPER_PREPROCESSING,
-    CropSampler,
-    Preprocessing,
-    TransformStyle,
-    build_transform,
-)
+from piggyback.data.transforms import TaskTransform
 
 SPLITS = ("train", "test")
 
@@ -192,19 +186,15 @@ def image_files(root: Path) -> dict[str, dict[str, int]]:
 def load_split(
     root: Path,
     split: str,
-    style: TransformStyle,
-    image_size: int,
+    transform: TaskTransform,
     train: bool,
     log: Callable[[str], None] = print,
-    preprocessing: Preprocessing = PAPER_PREPROCESSING,
-    crop: CropSampler = "2017",
 ) -> TaskImageFolder:
     """One split; files that are not images are skipped and their count logged."""
     folder = Path(root) / split
     if not folder.is_dir():
         raise DataError(f"{folder} does not exist: expected {root}/<split>/<class>/<image>")
-    transform = build_transform(style, image_size, train, preprocessing, crop=crop)
-    dataset = TaskImageFolder(folder, transform=transform)
+    dataset = TaskImageFolder(folder, transform=transform.build(train))
     if dataset.skipped:
         log(
             f"{folder}: skipped {len(dataset.skipped)} file(s) that are not images or are "
@@ -215,17 +205,13 @@ def load_split(
 
 def load_task_data(
     root: Path,
-    style: TransformStyle,
-    image_size: int,
+    transform: TaskTransform,
     num_classes: int | None = None,
     log: Callable[[str], None] = print,
-    preprocessing: Preprocessing = PAPER_PREPROCESSING,
-    crop: CropSampler = "2017",
 ) -> tuple[TaskImageFolder, TaskImageFolder]:
-    """Train and test splits, checked to share one class list (and its expected size);
-    ``crop`` is the train split's crop sampler (for the ``standard`` style)."""
-    train = load_split(root, "train", style, image_size, True, log, preprocessing, crop)
-    test = load_split(root, "test", style, image_size, False, log, preprocessing)
+    """Train and test splits, checked to share one class list (and its expected size)."""
+    train = load_split(root, "train", transform, True, log)
+    test = load_split(root, "test", transform, False, log)
     if train.classes != test.classes:
         only_train = sorted(set(train.classes) - set(test.classes))
         only_test = sorted(set(test.classes) - set(train.classes))

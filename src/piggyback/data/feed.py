@@ -21,12 +21,7 @@ from piggyback.data.datasets import (
     load_task_data,
     make_loader,
 )
-from piggyback.data.transforms import (
-    PAPER_PREPROCESSING,
-    CropSampler,
-    Preprocessing,
-    TransformStyle,
-)
+from piggyback.data.transforms import TaskTransform
 
 
 @dataclass
@@ -38,14 +33,15 @@ class TaskFeed:
     folders: dict[str, TaskImageFolder]
     device: torch.device
     workers: int
-    crop: CropSampler
+    transform: TaskTransform
 
     def batches(self, split: str, batch_size: int, seed: int) -> Iterable:
         """A pass over ``split``, iterable again and again: the train split shuffled and
         augmented as ``seed`` draws it, the test split in order."""
         train = split == "train"
         if self.cache is not None:
-            return cached_batches(self.cache, batch_size, train, seed, self.device, crop=self.crop)
+            crop = self.transform.crop
+            return cached_batches(self.cache, batch_size, train, seed, self.device, crop=crop)
         return make_loader(self.folders[split], batch_size, train, seed, self.workers)
 
     def paths(self, split: str) -> list[str]:
@@ -60,38 +56,25 @@ class TaskFeed:
 
 def open_task_feed(
     data: Path,
-    style: TransformStyle,
-    image_size: int,
+    transform: TaskTransform,
     cache: Path | None,
     device: torch.device,
     workers: int,
     classes: int | None = None,
     splits: tuple[str, ...] = SPLITS,
     log: Callable[[str], None] = print,
-    preprocessing: Preprocessing = PAPER_PREPROCESSING,
-    crop: CropSampler = "2017",
 ) -> TaskFeed:
     """The task's ``splits`` from ``cache`` if given (on ``device`` if it fits), else
-    from the folder ``data``; ``classes``, if given, is the class count to check;
-    ``preprocessing``, the transforms' (the paper's, or the backbone's weights'), and
-    ``crop`` the train split's random crop (the ``standard`` style's)."""
+    from the folder ``data``, as ``transform`` makes them; ``classes``, if given, is the
+    class count to check."""
     if cache is not None:
-        cached = load_task_cache(
-            cache, style, image_size, classes, device, splits, log, preprocessing
-        )
-        return TaskFeed(cached.classes, cached, {}, device, workers, crop)
+        cached = load_task_cache(cache, transform, classes, device, splits, log)
+        return TaskFeed(cached.classes, cached, {}, device, workers, transform)
     if splits == SPLITS:  # both splits, checked to share their classes
-        train, test = load_task_data(
-            data, style, image_size, classes, log, preprocessing=preprocessing, crop=crop
-        )
+        train, test = load_task_data(data, transform, classes, log)
         folders = {"train": train, "test": test}
-        return TaskFeed(train.classes, None, folders, device, workers, crop)
-    folders = {
-        split: load_split(
-            data, split, style, image_size, split == "train", log, preprocessing, crop
-        )
-        for split in splits
-    }
+        return TaskFeed(train.classes, None, folders, device, workers, transform)
+    folders = {split: load_split(data, split, transform, split == "train", log) for split in splits}
     found = folders[splits[0]].classes
     check_class_count(f"{data}: found", len(found), classes, "the data folder")
-    return TaskFeed(found, None, folders, device, workers, crop)
+    return TaskFeed(found, None, folders, device, workers, transform)

@@ -69,25 +69,57 @@ TRANSFORM_STYLES = ("cropped", "standard")
 
 
 @dataclass(frozen=True)
-class TaskPreprocessing:
-    """How a task's images become the network's input at test time: the transform style
-    at the image size, with the backbone's preprocessing. Training records it in the
-    checkpoint and packing in the packed file, so that a task is used as it was trained
-    (predict, export) without the config at hand."""
+class TaskTransform:
+    """How a task's images become the network's input: the transform style at the image
+    size, with the backbone's preprocessing, and the random crop of the ``standard``
+    style's train split. One value through every loader, cache and feed.
 
-    transform: TransformStyle
+    Training records its test part (``as_dict``: the crop is the train split's only) in
+    the checkpoint and packing in the packed file, so that a task is used as it was
+    trained (predict, export) without the config at hand."""
+
+    style: TransformStyle
     image_size: int
     preprocessing: Preprocessing = PAPER_PREPROCESSING
+    crop: CropSampler = "2017"
+
+    def build(self, train: bool) -> transforms.Compose:
+        """The transform of the train split (augmented) or of the test split."""
+        interpolation = InterpolationMode(self.preprocessing.interpolation)
+        size = self.image_size
+        normalize = [
+            transforms.ToTensor(),
+            transforms.Normalize(self.preprocessing.mean, self.preprocessing.std),
+        ]
+        if self.style == "cropped":
+            steps = [transforms.Resize((size, size), interpolation)]
+            if train:
+                steps.append(transforms.RandomHorizontalFlip())
+        elif self.style == "standard":
+            resize = round(size * self.preprocessing.resize_ratio)
+            if train:
+                steps = [
+                    transforms.Resize(resize, interpolation),
+                    _random_crop(self.crop, size, interpolation),
+                    transforms.RandomHorizontalFlip(),
+                ]
+            else:
+                steps = [transforms.Resize(resize, interpolation), transforms.CenterCrop(size)]
+        else:
+            raise ValueError(
+                f"unknown transform style {self.style!r}: expected 'cropped' or 'standard'"
+            )
+        return transforms.Compose(steps + normalize)
 
     def as_dict(self) -> dict:
         return {
-            "transform": self.transform,
+            "transform": self.style,
             "image_size": self.image_size,
             **self.preprocessing.as_dict(),
         }
 
     @classmethod
-    def from_dict(cls, fields: dict) -> TaskPreprocessing:
+    def from_dict(cls, fields: dict) -> TaskTransform:
         """The record ``as_dict`` wrote (a packed file's, a checkpoint's)."""
         try:
             preprocessing = Preprocessing(
@@ -99,19 +131,15 @@ class TaskPreprocessing:
             record = cls(fields["transform"], int(fields["image_size"]), preprocessing)
         except (KeyError, TypeError, ValueError) as error:
             raise PreprocessingError(f"not a preprocessing record: {fields!r}") from error
-        if record.transform not in TRANSFORM_STYLES:
-            raise PreprocessingError(f"unknown transform style {record.transform!r}")
+        if record.style not in TRANSFORM_STYLES:
+            raise PreprocessingError(f"unknown transform style {record.style!r}")
         return record
-
-    def test_transform(self) -> transforms.Compose:
-        """A PIL image (RGB) to the normalised tensor evaluation feeds the network."""
-        return build_transform(self.transform, self.image_size, False, self.preprocessing)
 
     def steps(self) -> list[dict]:
         """The test transform in plain words, for a reader without this project: the
         resize (and centre crop), then the scaling to [0, 1] and the normalisation."""
         interpolation = self.preprocessing.interpolation
-        if self.transform == "cropped":
+        if self.style == "cropped":
             size = [self.image_size, self.image_size]
             steps = [{"resize": size, "interpolation": interpolation}]
         else:
@@ -197,38 +225,6 @@ class RandomSizedCrop2017:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size})"
-
-
-def build_transform(
-    style: TransformStyle,
-    image_size: int,
-    train: bool,
-    preprocessing: Preprocessing = PAPER_PREPROCESSING,
-    *,
-    crop: CropSampler = "2017",
-) -> transforms.Compose:
-    interpolation = InterpolationMode(preprocessing.interpolation)
-    normalize = [
-        transforms.ToTensor(),
-        transforms.Normalize(preprocessing.mean, preprocessing.std),
-    ]
-    if style == "cropped":
-        steps = [transforms.Resize((image_size, image_size), interpolation)]
-        if train:
-            steps.append(transforms.RandomHorizontalFlip())
-    elif style == "standard":
-        resize = round(image_size * preprocessing.resize_ratio)
-        if train:
-            steps = [
-                transforms.Resize(resize, interpolation),
-                _random_crop(crop, image_size, interpolation),
-                transforms.RandomHorizontalFlip(),
-            ]
-        else:
-            steps = [transforms.Resize(resize, interpolation), transforms.CenterCrop(image_size)]
-    else:
-        raise ValueError(f"unknown transform style {style!r}: expected 'cropped' or 'standard'")
-    return transforms.Compose(steps + normalize)
 
 
 def _random_crop(crop: CropSampler, image_size: int, interpolation: InterpolationMode):

@@ -7,6 +7,7 @@ default here: the workflow passes it from the config, whose schema states the de
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -95,6 +96,16 @@ def add_weights_transforms_argument(parser) -> None:
         help="resize ratio, interpolation and normalisation of these torchvision weights "
         "(e.g. convnext_tiny.IMAGENET1K_V1) instead of the paper's",
     )
+
+
+def task_transform(args: argparse.Namespace, crop: str | None = None):
+    """The transform the flags give: --transform at --image-size with the preprocessing
+    of --weights-transforms, and the train split's ``crop`` (a script that trains
+    takes --crop; the others read test splits, or caches, which no crop changes)."""
+    from piggyback.data.transforms import TaskTransform
+
+    transform = TaskTransform(args.transform, args.image_size, preprocessing(args))
+    return transform if crop is None else dataclasses.replace(transform, crop=crop)
 
 
 def preprocessing(args: argparse.Namespace):
@@ -251,9 +262,9 @@ def add_trained_task_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def given_preprocessing(args: argparse.Namespace):
-    """The preprocessing the flags give, or None if they give none."""
-    from piggyback.data.transforms import PreprocessingError, TaskPreprocessing
+def given_transform(args: argparse.Namespace):
+    """The test transform the flags give, or None if they give none."""
+    from piggyback.data.transforms import PreprocessingError
 
     if args.image_size is None and args.transform is None:
         if args.weights_transforms is not None:
@@ -261,7 +272,7 @@ def given_preprocessing(args: argparse.Namespace):
         return None
     if args.image_size is None or args.transform is None:
         raise PreprocessingError("give both --image-size and --transform, or neither")
-    return TaskPreprocessing(args.transform, args.image_size, preprocessing(args))
+    return task_transform(args)
 
 
 def folder_class_names(folder: Path | None) -> list[str] | None:

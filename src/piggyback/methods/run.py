@@ -100,7 +100,7 @@ class TaskRun:
     starts from (``dataset`` is then the source to retrain on, or None). ``previous`` is a
     sequential task's predecessor: the previous task's checkpoint, or the start's.
     ``preprocessing`` is how its test images are transformed
-    (``TaskPreprocessing.as_dict``), recorded so that the task can be used without the
+    (``TaskTransform.as_dict``), recorded so that the task can be used without the
     config; None where no data is read.
     """
 

@@ -62,7 +62,7 @@ class TaskCheckpoint:
     backbone_sha256: str  # the pretrained backbone's (checkpoints.backbone_sha256)
     head_name: str | None = None
     speed: dict[str, Any] | None = None
-    # the test transform (data.transforms.TaskPreprocessing.as_dict); None: not recorded
+    # the test transform (data.transforms.TaskTransform.as_dict); None: not recorded
     preprocessing: dict[str, Any] | None = None
     previous: dict[str, Any] | None = None  # a sequential task's predecessor: dataset, sha256
     last_in_ordering: bool | None = None

@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from piggyback.data.datasets import DataError
 from piggyback.data.feed import open_task_feed
-from piggyback.data.transforms import PAPER_PREPROCESSING, Preprocessing, TransformStyle
+from piggyback.data.transforms import TaskTransform
 from piggyback.methods.registry import load_method
 from piggyback.methods.run import SpeedOptions
 from piggyback.model.backbones import (
@@ -93,9 +93,8 @@ class TaskData:
     how they are transformed."""
 
     data: Path
-    transform: TransformStyle
+    transform: TaskTransform
     cache: Path | None = None
-    preprocessing: Preprocessing = PAPER_PREPROCESSING
 
 
 def evaluate_pack(
@@ -103,7 +102,6 @@ def evaluate_pack(
     tasks: dict[str, TaskData],
     arch: str,
     spec: ArchSpec,
-    image_size: int,
     batch_size: int,
     weights: str | Path | None = None,
     weights_dir: Path | None = None,
@@ -125,7 +123,7 @@ def evaluate_pack(
     results, images = [], []
     for position, task in enumerate(manifest["ordering"], start=1):
         entry = manifest["tasks"][task]
-        test = _test_batches(tasks[task], image_size, batch_size, device, workers)
+        test = _test_batches(tasks[task], batch_size, device, workers)
         _check_classes(test.classes, entry["classes"], task, tasks[task], pack_path)
         model = task_model(opened, task)
         totals = evaluate(model, test.batches, device, per_image=per_image)
@@ -202,7 +200,6 @@ def evaluate_source(
     data: TaskData,
     arch: str,
     spec: ArchSpec,
-    image_size: int,
     batch_size: int,
     weights: str | Path | None = None,
     weights_dir: Path | None = None,
@@ -229,7 +226,7 @@ def evaluate_source(
             "start": checkpoint.start,
         }
     model.to(device)
-    test = _test_batches(data, image_size, batch_size, device, workers)
+    test = _test_batches(data, batch_size, device, workers)
     named = start or weights or spec.weights
     _check_classes(test.classes, head_classes(model.head), dataset, data, named)
     totals = evaluate(model, test.batches, device, per_image=True)
@@ -297,16 +294,9 @@ class EvaluationSplit:
     paths: list[str]
 
 
-def _test_batches(source: TaskData, image_size, batch_size, device, workers) -> EvaluationSplit:
+def _test_batches(source: TaskData, batch_size, device, workers) -> EvaluationSplit:
     feed = open_task_feed(
-        source.data,
-        source.transform,
-        image_size,
-        source.cache,
-        device,
-        workers,
-        splits=("test",),
-        preprocessing=source.preprocessing,
+        source.data, source.transform, source.cache, device, workers, splits=("test",)
     )
     return EvaluationSplit(feed.classes, feed.batches("test", batch_size, 0), feed.paths("test"))
 

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from piggyback.data.transforms import PreprocessingError, TaskPreprocessing
+from piggyback.data.transforms import PreprocessingError, TaskTransform
 from piggyback.model.backbones import ArchSpec, TaskModel
 from piggyback.packs.packed_file import PackedFile, PackError, read_pack
 from piggyback.stages.evaluation import open_pack, task_model
@@ -41,9 +41,9 @@ class TaskInfo:
 
     name: str
     classes: list[str]
-    preprocessing: TaskPreprocessing | None
+    preprocessing: TaskTransform | None
 
-    def required_preprocessing(self) -> TaskPreprocessing:
+    def required_preprocessing(self) -> TaskTransform:
         if self.preprocessing is None:
             raise PreprocessingError(
                 f"the pack does not record how task {self.name!r} preprocesses its images "
@@ -87,7 +87,7 @@ class MultiTaskModel(nn.Module):
         head: str | None = None,
         weights_dir: Path | None = None,
         device: torch.device | None = None,
-        preprocessing: TaskPreprocessing | None = None,
+        preprocessing: TaskTransform | None = None,
         class_names: Mapping[str, list[str]] | None = None,
     ) -> MultiTaskModel:
         """The pack's tasks (or those named) over the backbone ``weights``, which must be the
@@ -174,7 +174,7 @@ class MultiTaskModel(nn.Module):
         transform = self._transforms.get(task)
         if transform is None:
             preprocessing = self._infos[self._require(task)].required_preprocessing()
-            transform = self._transforms[task] = preprocessing.test_transform()
+            transform = self._transforms[task] = preprocessing.build(train=False)
         return transform(image)
 
     def memory(self) -> dict[str, Any]:
@@ -206,7 +206,7 @@ class MultiTaskModel(nn.Module):
 def task_info(
     packed: PackedFile,
     task: str,
-    given: TaskPreprocessing | None,
+    given: TaskTransform | None,
     names: list[str] | None,
 ) -> TaskInfo:
     """A task's classes and preprocessing, from the pack, else from the caller."""
@@ -220,7 +220,7 @@ def task_info(
             )
         classes = list(names) if names is not None else [str(i) for i in range(classes)]
     recorded = entry.get("preprocessing")
-    preprocessing = TaskPreprocessing.from_dict(recorded) if recorded else given
+    preprocessing = TaskTransform.from_dict(recorded) if recorded else given
     if recorded and given is not None and given != preprocessing:
         raise PreprocessingError(
             f"task {task!r} of {packed.path} was trained with {preprocessing.as_dict()}, "

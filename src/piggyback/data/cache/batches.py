@@ -10,6 +10,7 @@ distribution, not image for image."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import queue
 import threading
@@ -80,8 +81,8 @@ class CachedBatches:
         crop: CropSampler = "2017",
     ):
         self.split = cache.splits["train" if train else "test"]
-        self.plan = plan(cache.style, cache.image_size, train, cache.preprocessing, crop)
-        self.image_size = cache.image_size
+        self.plan = plan(dataclasses.replace(cache.transform, crop=crop), train)
+        self.image_size = cache.transform.image_size
         self.batch_size = batch_size
         self.train = train
         self.seed = seed

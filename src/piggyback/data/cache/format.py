@@ -35,11 +35,9 @@ from piggyback.data.datasets import (
 )
 from piggyback.data.transforms import (
     PAPER_PREPROCESSING,
-    CropSampler,
     Preprocessing,
     RandomSizedCrop2017,
-    TransformStyle,
-    build_transform,
+    TaskTransform,
 )
 from piggyback.files.atomic import atomic_write
 
@@ -62,7 +60,7 @@ class CacheError(DataError):
 
 @dataclass(frozen=True)
 class Plan:
-    """``build_transform(style, size, train)`` split into the cached steps, the random
+    """``TaskTransform.build(train)`` split into the cached steps, the random
     steps for the device, and the tensor conversion (``ToTensor`` + ``Normalize``)."""
 
     cached: transforms.Compose
@@ -77,16 +75,11 @@ class Plan:
         return self.to_tensor(Image.fromarray(ramp, "RGB"))[:, 0, :].contiguous()
 
 
-def plan(
-    style: TransformStyle,
-    image_size: int,
-    train: bool,
-    preprocessing: Preprocessing = PAPER_PREPROCESSING,
-    crop: CropSampler = "2017",
-) -> Plan:
-    """Refuses a ``build_transform`` this module cannot reproduce exactly, so that a
-    change there fails loudly here instead of silently training on other images. The
-    crop sampler changes only the random steps: one cache serves both."""
+def plan(transform: TaskTransform, train: bool) -> Plan:
+    """Refuses a transform this module cannot reproduce exactly, so that a change in
+    ``TaskTransform.build`` fails loudly here instead of silently training on other
+    images. The crop sampler changes only the random steps: one cache serves both."""
+    preprocessing = transform.preprocessing
     if preprocessing.interpolation != InterpolationMode.BILINEAR.value:
         raise CacheError(
             f"the cached pipeline resizes as Pillow's bilinear filter does, but these "
@@ -94,7 +87,7 @@ def plan(
             "own preprocessing, `transforms: weights`): train this arch with "
             "`compute: {data_pipeline: dataloader}`"
         )
-    steps = list(build_transform(style, image_size, train, preprocessing, crop=crop).transforms)
+    steps = list(transform.build(train).transforms)
     cached = []
     while steps and isinstance(steps[0], DETERMINISTIC_STEPS):
         cached.append(steps.pop(0))
@@ -104,13 +97,13 @@ def plan(
         flip = float(steps.pop(0).p)
     if [type(step) for step in steps] != [transforms.ToTensor, transforms.Normalize]:
         raise NotImplementedError(
-            f"build_transform({style!r}, {image_size}, train={train}) has steps the cached "
+            f"{transform}.build(train={train}) has steps the cached "
             f"pipeline does not reproduce: {steps}"
         )
     if isinstance(crop, transforms.RandomResizedCrop) and (
         crop.interpolation != InterpolationMode.BILINEAR
         or crop.antialias is False
-        or tuple(crop.size) != (image_size, image_size)
+        or tuple(crop.size) != (transform.image_size, transform.image_size)
     ):
         raise NotImplementedError(f"the cached pipeline resizes crops bilinearly only: {crop}")
     return Plan(transforms.Compose(cached), crop, flip, transforms.Compose(steps))
@@ -179,10 +172,8 @@ class CachedSplit:
 @dataclass
 class Cache:
     classes: list[str]
-    style: TransformStyle
-    image_size: int
+    transform: TaskTransform  # what it was built for (its crop sampler: the default)
     splits: dict[str, CachedSplit]
-    preprocessing: Preprocessing = PAPER_PREPROCESSING
 
     @property
     def nbytes(self) -> int:
@@ -190,28 +181,24 @@ class Cache:
 
     def to(self, device: torch.device) -> Cache:
         splits = {name: split.to(device) for name, split in self.splits.items()}
-        return Cache(self.classes, self.style, self.image_size, splits, self.preprocessing)
+        return Cache(self.classes, self.transform, splits)
 
 
 def build_cache(
-    root: Path,
-    style: TransformStyle,
-    image_size: int,
-    workers: int = 1,
-    log: Callable[[str], None] = print,
-    preprocessing: Preprocessing = PAPER_PREPROCESSING,
+    root: Path, transform: TaskTransform, workers: int = 1, log: Callable[[str], None] = print
 ) -> Cache:
     """Decode both splits of ``root`` and apply the cached steps of their transforms."""
-    train, test = load_task_data(Path(root), style, image_size, log=log)
+    transform = TaskTransform(transform.style, transform.image_size, transform.preprocessing)
+    train, test = load_task_data(Path(root), transform, log=log)
     splits = {}
     for name, dataset in (("train", train), ("test", test)):
-        steps = plan(style, image_size, name == "train", preprocessing).cached
+        steps = plan(transform, name == "train").cached
         splits[name] = _decode_split(dataset.samples, Path(dataset.root), steps, workers)
         log(
             f"{root}/{name}: {len(dataset)} images cached "
             f"({splits[name].nbytes / 2**20:.1f} MiB after {steps.transforms})"
         )
-    return Cache(list(train.classes), style, image_size, splits, preprocessing)
+    return Cache(list(train.classes), transform, splits)
 
 
 def _decode_split(samples: list[tuple[str, int]], root: Path, steps, workers: int) -> CachedSplit:
@@ -242,21 +229,18 @@ def _metadata(cache: Cache) -> dict:
         "format": FORMAT,
         "version": VERSION,
         "classes": cache.classes,
-        "style": cache.style,
-        "image_size": cache.image_size,
+        "style": cache.transform.style,
+        "image_size": cache.transform.image_size,
         "images": {name: len(split) for name, split in cache.splits.items()},
-        "cached_steps": {
-            name: repr(_cached_steps(cache.style, cache.image_size, name, cache.preprocessing))
-            for name in cache.splits
-        },
+        "cached_steps": {name: repr(_cached_steps(cache.transform, name)) for name in cache.splits},
     }
-    if cache.preprocessing != PAPER_PREPROCESSING:
-        metadata["preprocessing"] = cache.preprocessing.as_dict()
+    if cache.transform.preprocessing != PAPER_PREPROCESSING:
+        metadata["preprocessing"] = cache.transform.preprocessing.as_dict()
     return metadata
 
 
-def _cached_steps(style, image_size, split: str, preprocessing: Preprocessing):
-    return plan(style, image_size, split == "train", preprocessing).cached
+def _cached_steps(transform: TaskTransform, split: str):
+    return plan(transform, split == "train").cached
 
 
 def _preprocessing(metadata: dict) -> Preprocessing:
@@ -289,15 +273,13 @@ def save_cache(cache: Cache, path: Path) -> None:
 
 def write_cache(
     root: Path,
-    style: TransformStyle,
-    image_size: int,
+    transform: TaskTransform,
     out: Path,
     workers: int = 1,
     log: Callable[[str], None] = print,
-    preprocessing: Preprocessing = PAPER_PREPROCESSING,
 ) -> dict:
     """Build and save; returns the JSON description."""
-    cache = build_cache(root, style, image_size, workers, log, preprocessing)
+    cache = build_cache(root, transform, workers, log)
     save_cache(cache, out)
     return _metadata(cache)
 
@@ -330,12 +312,11 @@ def read_metadata(path: Path) -> dict:
 
 def load_cache(path: Path, splits: tuple[str, ...] = SPLITS) -> Cache:
     """The cache in host memory, with ``splits`` only; refuses a cache whose cached steps
-    are not those of today's ``build_transform`` (stale: build it again)."""
+    are not those of today's ``TaskTransform.build`` (stale: build it again)."""
     metadata = read_metadata(path)
-    style, image_size = metadata["style"], metadata["image_size"]
-    preprocessing = _preprocessing(metadata)
+    transform = TaskTransform(metadata["style"], metadata["image_size"], _preprocessing(metadata))
     for name in splits:
-        steps = repr(_cached_steps(style, image_size, name, preprocessing))
+        steps = repr(_cached_steps(transform, name))
         if metadata["cached_steps"].get(name) != steps:
             raise CacheError(
                 f"{path} was built with other {name} transforms than today's "
@@ -352,7 +333,7 @@ def load_cache(path: Path, splits: tuple[str, ...] = SPLITS) -> Cache:
                 )
     except SafetensorError as error:
         raise CacheError(f"{path} is not a readable dataset cache ({error})") from None
-    return Cache(metadata["classes"], style, image_size, loaded, preprocessing)
+    return Cache(metadata["classes"], transform, loaded)
 
 
 def _read_paths(path: Path) -> dict[str, list[str]]:
@@ -386,26 +367,25 @@ def place(
 
 def load_task_cache(
     path: Path,
-    style: TransformStyle,
-    image_size: int,
+    transform: TaskTransform,
     num_classes: int | None,
     device: torch.device,
     splits: tuple[str, ...] = SPLITS,
     log: Callable[[str], None] = print,
-    preprocessing: Preprocessing = PAPER_PREPROCESSING,
 ) -> Cache:
     """A task's cache, checked against the settings of the run, on ``device`` if it fits."""
-    plan(style, image_size, True, preprocessing)  # refuses what the cache cannot reproduce
+    plan(transform, True)  # refuses what the cache cannot reproduce
     metadata = read_metadata(path)
-    if (metadata["style"], metadata["image_size"]) != (style, image_size):
+    if (metadata["style"], metadata["image_size"]) != (transform.style, transform.image_size):
         raise CacheError(
             f"{path} was built for --transform {metadata['style']} --image-size "
-            f"{metadata['image_size']}, not {style} {image_size}; build it for these"
+            f"{metadata['image_size']}, not {transform.style} {transform.image_size}; "
+            "build it for these"
         )
-    if _preprocessing(metadata) != preprocessing:
+    if _preprocessing(metadata) != transform.preprocessing:
         raise CacheError(
             f"{path} was built for the preprocessing {_preprocessing(metadata)}, not "
-            f"{preprocessing}; build it for this arch's (--weights-transforms)"
+            f"{transform.preprocessing}; build it for this arch's (--weights-transforms)"
         )
     found = len(metadata["classes"])
     check_class_count(f"{path}: holds", found, num_classes, "rebuild the cache", CacheError)
