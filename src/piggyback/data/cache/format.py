@@ -2,7 +2,7 @@
 transforms, as uint8 images in one safetensors file (no pickle) with a JSON description
 in its header (docs/data-pipeline.md).
 
-``build_transform`` (piggyback.data.transforms) is split in three by ``plan``: the
+``TaskTransform.build`` (piggyback.data.transforms) is split in three by ``plan``: the
 deterministic steps in front (``Resize``, ``CenterCrop``) run once, with torchvision and
 PIL, when the cache is built; the random steps (the random crop, ``RandomHorizontalFlip``)
 run per batch on the device (:mod:`piggyback.data.cache.batches`);
