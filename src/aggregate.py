@@ -17,7 +17,7 @@ from piggyback.files.atomic import atomic_write, atomic_write_text
 from piggyback.interface import cli
 from piggyback.report.comparisons import PairingError
 from piggyback.report.markdown import to_markdown, verdict
-from piggyback.report.plots.storage import storage_data, storage_totals
+from piggyback.report.storage import storage_data, storage_totals
 from piggyback.report.tables import load_reference, load_results, summarize
 
 

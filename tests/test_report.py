@@ -22,7 +22,7 @@ from piggyback.report import plots
 from piggyback.report.plots.curves import best_epoch
 from piggyback.report.plots.layers import ownership
 from piggyback.report.plots.reference import reference_comparison
-from piggyback.report.plots.storage import BACKBONE, storage_totals
+from piggyback.report.storage import BACKBONE, storage_totals
 from piggyback.stages.per_image import read_per_image
 
 KEYS = ["method", "ordering", "arch", "dataset"]
