@@ -4,7 +4,12 @@ orderings, runs and datasets, where files go, and the stage scripts."""
 import sys
 from pathlib import Path
 
-from piggyback.interface.config import ConfigError, check_config, experiment_datasets, source_task
+from piggyback.interface.config import (
+    ConfigError,
+    check_config,
+    experiment_datasets,
+    source_task,
+)
 
 try:
     check_config(config)
