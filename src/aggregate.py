@@ -17,20 +17,23 @@ from piggyback.files.atomic import atomic_write, atomic_write_text
 from piggyback.interface import cli
 from piggyback.report.comparisons import PairingError
 from piggyback.report.markdown import to_markdown, verdict
-from piggyback.report.plots.storage import storage_data, storage_totals
+from piggyback.report.storage import storage_data, storage_totals
 from piggyback.report.tables import load_reference, load_results, summarize
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("results", type=Path, nargs="+", help="evaluation JSON files")
-    parser.add_argument("--reference", type=Path, help="TSV: method, arch, dataset, error, source")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="TSV: method, arch, dataset, error, source (config: reference.file)",
+    )
     parser.add_argument(
         "--tolerance",
         type=float,
-        default=0.1,
         help="points that widen each cell's 95%% interval for the verdict: hardware and "
-        "library noise (default: 0.1)",
+        "library noise (config: reference.tolerance); given with --reference, and only then",
     )
     parser.add_argument(
         "--classes", required=True, help="JSON {dataset: number of classes}, for chance error"
@@ -50,6 +53,8 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, required=True)
     parser.add_argument("--tsv", type=Path, required=True)
     args = parser.parse_args()
+    if (args.reference is None) != (args.tolerance is None):
+        parser.error("--reference and --tolerance go together: the config's reference block")
     try:
         reference = load_reference(args.reference) if args.reference else None
     except (OSError, ValueError) as error:

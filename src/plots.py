@@ -1,8 +1,9 @@
 """Draw one of the report's figures (a PNG) and write the numbers it shows (a TSV).
 
-The inputs come as records, a JSON list of objects each naming a file (``file``) and
-what it belongs to (``arch``, ``method``, ``ordering``, ``run``, ``dataset``, ``rule``);
-the reference and paired-differences figures read the table instead.
+A figure reads the table (``--table``) or records (``--records``), a JSON list of objects
+each naming a file (``file``) and what it belongs to (``arch``, ``method``, ``ordering``,
+``run``, ``dataset``, ``rule``); its entry in ``FIGURES`` says which, and which config
+values it takes after that.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from piggyback.files.atomic import atomic_write
 from piggyback.interface import cli
-from piggyback.report.plots import FIGURES
+from piggyback.report.plots import FIGURES, TABLE
 
 
 def main() -> None:
@@ -28,24 +30,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the figure (.png)")
     parser.add_argument("--data", type=Path, required=True, help="the numbers it shows (.tsv)")
     args = parser.parse_args()
-    if args.figure in ("reference", "paired_differences"):
-        if args.table is None:
-            cli.fail(f"the {args.figure} figure needs --table")
-        table = pd.read_csv(args.table, sep="\t")
-        if args.figure == "reference":
-            figure, data = FIGURES["reference"](table, args.tolerance)
-        else:
-            figure, data = FIGURES["paired_differences"](table)
-    elif args.figure == "error_curves":
-        figure, data = FIGURES["error_curves"](json.loads(args.records), json.loads(args.classes))
-    else:
-        figure, data = FIGURES[args.figure](json.loads(args.records))
+    figure, data = FIGURES[args.figure].draw(*arguments(args))
     try:
         atomic_write(args.out, lambda tmp: figure.savefig(tmp, format="png"))
         atomic_write(args.data, lambda tmp: data.to_csv(tmp, sep="\t", index=False))
     except OSError as error:
         cli.fail(f"cannot write the figure: {error}")
     print(f"wrote {args.out} and {args.data}")
+
+
+def arguments(args: argparse.Namespace) -> list[Any]:
+    """What the figure reads, then the config values it takes, from the flags."""
+    plot = FIGURES[args.figure]
+    if plot.reads == TABLE:
+        if args.table is None:
+            cli.fail(f"the {args.figure} figure needs --table")
+        read = pd.read_csv(args.table, sep="\t")
+    else:
+        read = json.loads(args.records)
+    values = {"tolerance": args.tolerance, "classes": json.loads(args.classes)}
+    return [read, *(values[name] for name in plot.takes)]
 
 
 if __name__ == "__main__":

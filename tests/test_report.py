@@ -7,20 +7,22 @@ import json
 import math
 import os
 import struct
+from importlib import import_module
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 from browser import Browser, chromium
-from test_workflow import job_counts, snakemake
+from test_workflow import ROOT, job_counts, snakemake
 
 from piggyback.model.checkpoints import load_checkpoint
 from piggyback.packs.packed_file import read_manifest
+from piggyback.report import plots
 from piggyback.report.plots.curves import best_epoch
 from piggyback.report.plots.layers import ownership
 from piggyback.report.plots.reference import reference_comparison
-from piggyback.report.plots.storage import BACKBONE, storage_totals
+from piggyback.report.storage import BACKBONE, storage_totals
 from piggyback.stages.per_image import read_per_image
 
 KEYS = ["method", "ordering", "arch", "dataset"]
@@ -123,6 +125,16 @@ def test_the_reference_figure_tells_cells_that_agree_from_those_outside_and_with
     _, data = reference_comparison(table, tolerance=0.1)
     assert data["shown"].tolist() == ["agrees", "outside", "no reference"]
     assert data[["low", "high"]].equals(table[["low", "high"]]), "each cell's interval drawn"
+
+
+def test_each_figure_is_declared_once_with_a_function_and_a_caption():
+    """The workflow makes a rule of each entry of FIGURES: its function must exist before
+    a job imports it, and its caption must be where the rule says."""
+    assert list(plots.FIGURES) == FIGURES
+    for name, plot in plots.FIGURES.items():
+        module, function = plot.function.rsplit(".", 1)
+        assert callable(getattr(import_module(f"piggyback.report.plots.{module}"), function))
+        assert (ROOT / "workflow" / "report" / f"{name}.rst").is_file(), name
 
 
 def test_a_figure_without_data_says_so():

@@ -208,10 +208,9 @@ def test_evaluations_on_different_test_images_are_refused_naming_both_files(tmp_
         table_of(paths)
 
 
-def test_the_aggregate_script_refuses_a_pairing_in_one_line(tmp_path):
-    paths = evaluations(tmp_path)
-    per_image_path(tmp_path / "piggyback.json").unlink()
-    done = subprocess.run(
+def aggregate(folder: Path, paths: list[Path], *flags: str) -> subprocess.CompletedProcess:
+    """src/aggregate.py on the evaluations, writing the table into ``folder``."""
+    return subprocess.run(
         [
             sys.executable,
             str(ROOT / "src" / "aggregate.py"),
@@ -219,15 +218,41 @@ def test_the_aggregate_script_refuses_a_pairing_in_one_line(tmp_path):
             *("--classes", json.dumps(CLASSES), "--archs", "resnet50"),
             *("--datasets", "digits", "rotated", "--methods", *METHODS),
             *("--orderings", json.dumps(ORDERINGS)),
-            *("--markdown", str(tmp_path / "table.md"), "--tsv", str(tmp_path / "table.tsv")),
+            *("--markdown", str(folder / "table.md"), "--tsv", str(folder / "table.tsv")),
+            *flags,
         ],
         capture_output=True,
         text=True,
     )
+
+
+def test_the_aggregate_script_refuses_a_pairing_in_one_line(tmp_path):
+    paths = evaluations(tmp_path)
+    per_image_path(tmp_path / "piggyback.json").unlink()
+    done = aggregate(tmp_path, paths)
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert "piggyback.images.tsv.gz, which is missing" in done.stderr
     assert not (tmp_path / "table.md").exists()
+
+
+@pytest.mark.parametrize("alone", ["--reference", "--tolerance"])
+def test_the_aggregate_script_takes_the_reference_and_its_tolerance_together(tmp_path, alone):
+    """The tolerance is the config's reference.tolerance, which the workflow passes with
+    the reference file: the script has no default for a command typed by hand to get."""
+    reference = tmp_path / "reference.tsv"
+    reference.write_text(
+        "method\tarch\tdataset\terror\tsource\npiggyback\tresnet50\tdigits\t9\tx\n"
+    )
+    flags = {"--reference": str(reference), "--tolerance": "0.1"}
+    paths = evaluations(tmp_path)
+    done = aggregate(tmp_path, paths, alone, flags[alone])
+    assert done.returncode == 2
+    assert "--reference and --tolerance go together" in done.stderr
+    assert not (tmp_path / "table.md").exists()
+    both = aggregate(tmp_path, paths, "--reference", str(reference), "--tolerance", "0.1")
+    assert both.returncode == 0, both.stderr
+    assert "widened by 0.1 points" in (tmp_path / "table.md").read_text()
 
 
 def test_the_verdict_names_the_cells_that_do_not_agree(tmp_path):

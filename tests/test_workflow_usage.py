@@ -94,23 +94,36 @@ def test_the_slurm_profile_sends_every_gpu_job_and_only_those_to_the_gpu_partiti
     assert wrong == {}, "GPU jobs off the GPU partition, or CPU jobs on it"
 
 
-def rule_blocks() -> dict[str, str]:
-    """Every rule's text (rule and checkpoint), by name, from the workflow's files."""
+def rule_blocks(workdir) -> dict[str, str]:
+    """Every rule's text (rule and checkpoint), by name, from the workflow's files; a rule
+    made in a loop (`rule:` with `name: f"<prefix>{...}"`) under each name that Snakemake
+    lists with that prefix."""
     files = [ROOT / "Snakefile", *sorted((ROOT / "workflow").rglob("*.smk"))]
     files.append(ROOT / "workflow" / "Snakefile")
-    blocks = {}
+    blocks, made = {}, {}
     for path in files:
-        parts = re.split(r"^(?:rule|checkpoint) (\w+):$", path.read_text(), flags=re.MULTILINE)
-        blocks.update(zip(parts[1::2], parts[2::2], strict=True))
+        parts = re.split(
+            r"^ *(?:rule|checkpoint)(?: (\w+))?:$", path.read_text(), flags=re.MULTILINE
+        )
+        for name, text in zip(parts[1::2], parts[2::2], strict=True):
+            if name:
+                blocks[name] = text
+            else:
+                made[re.search(r'^ +name:\s+f"(\w+)\{', text, re.MULTILINE)[1]] = text
+    listed = snakemake("--list-rules", workdir=workdir).stdout
+    for name in re.findall(r"^(\w+)", listed, re.MULTILINE):
+        for prefix, text in made.items():
+            if name.startswith(prefix):
+                blocks[name] = text
     return blocks
 
 
-def test_no_rule_names_a_conda_environment_while_jobs_run_the_host_python():
+def test_no_rule_names_a_conda_environment_while_jobs_run_the_host_python(tmp_path):
     """A rule's `conda:` would tell `--sdm conda` users their job runs in that environment,
     but every job's shell runs `{params.python}`, the Python that runs Snakemake: such a
     directive would silently do nothing. The README and the catalog file say how the
     environment is provided instead."""
-    blocks = rule_blocks()
+    blocks = rule_blocks(tmp_path)
     assert len(blocks) > 20
     host_python = {name for name, text in blocks.items() if "{params.python}" in text}
     with_conda = {name for name, text in blocks.items() if re.search(r"^\s+conda:", text, re.M)}

@@ -90,14 +90,7 @@ rule fetch_weights:
     params:
         python=PYTHON,
         script=SCRIPTS["fetch_weights"],
-        url=lambda wildcards: next(
-            (
-                f"--url {entry['weights_url']}"
-                for entry in config["archs"].values()
-                if entry["builder"] == wildcards.builder and "weights_url" in entry
-            ),
-            "",
-        ),
+        url=weights_url_flag,
     shell:
         "{params.python} {params.script} --builder {wildcards.builder} "
         "--weights {wildcards.weights} --out {output} {params.url} > {log} 2>&1"

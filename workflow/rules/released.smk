@@ -3,12 +3,6 @@ folder by hand, is verified and imported as exactly the packed file that `evalua
 reads, so evaluation and the table follow as for trained tasks and nothing is trained
 (docs/released-masks.md)."""
 
-RELEASED = config["released"]
-RELEASED_SCRIPTS = {
-    name: str(Path(workflow.basedir) / "src" / f"{name}.py")
-    for name in ("verify_released", "import_released")
-}
-
 
 localrules:
     verify_released,

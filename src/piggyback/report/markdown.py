@@ -62,9 +62,9 @@ def to_markdown(
     datasets: list[str],
     methods: list[str],
     orderings: dict[str, list[str]],
-    tolerance: float,
+    tolerance: float | None,
 ) -> str:
-    """The whole of table.md."""
+    """The whole of table.md; ``tolerance`` is None without reference numbers."""
     chosen = columns(table, methods, orderings)
     comparisons = bool(table["paired_p"].notna().any())
     lines = ["# Top-1 test error (%)", "", *_reading(comparisons), ""]
@@ -294,7 +294,7 @@ def _summary_lines(block: pd.DataFrame, datasets: list[str], archs: list[str]) -
     return lines
 
 
-def verdict(table: pd.DataFrame, tolerance: float) -> list[str]:
+def verdict(table: pd.DataFrame, tolerance: float | None) -> list[str]:
     """A line per method (and ordering): its mean error over the new tasks, its source-task
     error apart (an ImageNet row averaged in would say more of the backbone than of the
     method), and how many of its cells agree with their published numbers, naming each

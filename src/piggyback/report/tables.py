@@ -97,14 +97,14 @@ def load_reference(path: Path) -> pd.DataFrame:
 def summarize(
     results: pd.DataFrame,
     reference: pd.DataFrame | None,
-    tolerance: float,
+    tolerance: float | None,
     classes: dict[str, int],
     storage: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per cell: the mean error over runs, its spread, its 95% interval and SE; the
     reference, the difference and the verdict (the reference within the interval
-    widened by ``tolerance`` points); the paired comparison with Piggyback; and the
-    series' storage (``storage_totals``)."""
+    widened by ``tolerance`` points; no tolerance without reference numbers); the paired
+    comparison with Piggyback; and the series' storage (``storage_totals``)."""
     table = _cells(results)
     table["chance_error"] = table["dataset"].map(lambda d: 100.0 * (1 - 1 / classes[d]))
     table = _with_reference(table, reference)

@@ -3,9 +3,11 @@ what it belongs to. A figure's rule has exactly those files as input, so the fig
 redrawn whenever one of them changes."""
 
 import json
+import shlex
 
 from piggyback.interface.config import PRETRAIN_WEIGHTS
 from piggyback.methods.registry import METHODS as METHOD_REGISTRY
+from piggyback.report.plots import TABLE
 
 
 def record_files(records):
@@ -122,3 +124,31 @@ def benchmark_records():
         for path in [f"{bench}/evaluate_source/{arch}/{network}.tsv"]
     ]
     return records
+
+
+# The records a figure reads, by the name its entry in FIGURES gives them (`reads`).
+RECORDS = {
+    "training": training_records,
+    "mask_stats": mask_stats_records,
+    "owner_stats": owner_stats_records,
+    "storage": storage_records,
+    "benchmark": benchmark_records,
+}
+
+
+def plot_inputs(plot):
+    """Input: what a figure reads, the table or its records' files."""
+    return table_tsv() if plot.reads == TABLE else record_files(RECORDS[plot.reads]())
+
+
+def plot_flags(plot):
+    """Param: what a figure reads, then the config values it takes, as src/plots.py's flags."""
+    if plot.reads == TABLE:
+        reads = f"--table {table_tsv()}"
+    else:
+        reads = f"--records {shlex.quote(records_json(RECORDS[plot.reads]()))}"
+    values = {
+        "tolerance": tolerance_flag(),
+        "classes": f"--classes {shlex.quote(classes_json())}",
+    }
+    return " ".join(flag for flag in [reads, *(values[name] for name in plot.takes)] if flag)

@@ -4,6 +4,7 @@ from itertools import product
 
 from piggyback.interface.config import PRETRAIN_WEIGHTS, is_package_weights
 from piggyback.methods.registry import START_DATASET
+from piggyback.report.plots import FIGURES
 
 
 def prepared(dataset):
@@ -166,8 +167,12 @@ def evaluation_outputs(suffix="json"):
     return packed + source
 
 
+def table_tsv():
+    return f"{RESULTS}/table.tsv"
+
+
 def table_outputs():
-    return [f"{RESULTS}/table.md", f"{RESULTS}/table.tsv"]
+    return [f"{RESULTS}/table.md", table_tsv()]
 
 
 def reference_inputs():
@@ -175,16 +180,13 @@ def reference_inputs():
     return [reference["file"]] if reference else []
 
 
-# The report's figures, one `plot_<name>` rule each (report.smk).
-PLOTS = "reference paired_differences error_curves mask_density ownership storage runtimes".split()
-
-
 def plot_file(name, suffix="png"):
     return f"{RESULTS}/plots/{name}.{suffix}"
 
 
 def plot_outputs():
-    return [plot_file(name) for name in PLOTS]
+    """The report's figures (FIGURES), one `plot_<name>` rule each (report.smk)."""
+    return [plot_file(name) for name in FIGURES]
 
 
 def exported(arch, series, run, dataset, name):

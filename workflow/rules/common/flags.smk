@@ -26,6 +26,18 @@ def transforms_flag(arch):
     return f"--weights-transforms {transforms}" if transforms else ""
 
 
+def weights_url_flag(wildcards):
+    """Param: `--url URL` where an arch of the builder gives its weights' `weights_url`."""
+    return next(
+        (
+            f"--url {entry['weights_url']}"
+            for entry in config["archs"].values()
+            if entry["builder"] == wildcards.builder and "weights_url" in entry
+        ),
+        "",
+    )
+
+
 def arch_flags(arch):
     entry = config["archs"][arch]
     flags = f"--arch {arch} --builder {entry['builder']} --weights {weights_file(arch)}"

@@ -1,9 +1,15 @@
-"""The authors' released mask files (config `released:`) as inputs and flags of the rules
-in released.smk, which is included only with `released:`."""
+"""The authors' released mask files (config `released:`), their scripts, and the inputs
+and flags of the rules in released.smk, which is included only with `released:`."""
 
 from pathlib import Path
 
 from piggyback.methods.registry import released_methods
+
+RELEASED = config["released"]
+RELEASED_SCRIPTS = {
+    name: str(Path(workflow.basedir) / "src" / f"{name}.py")
+    for name in ("verify_released", "import_released")
+}
 
 
 def released_file(arch):
