@@ -151,4 +151,6 @@ def plot_flags(plot):
         "tolerance": tolerance_flag(),
         "classes": f"--classes {shlex.quote(classes_json())}",
     }
-    return " ".join(flag for flag in [reads, *(values[name] for name in plot.takes)] if flag)
+    return " ".join(
+        flag for flag in [reads, *(values[name] for name in plot.takes)] if flag
+    )
