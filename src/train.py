@@ -23,7 +23,8 @@ from piggyback.data.feed import open_task_feed
 from piggyback.data.folders import check_folder
 from piggyback.files.atomic import atomic_move, atomic_write
 from piggyback.interface import cli
-from piggyback.methods.registry import METHODS, Hyperparameters, MethodError
+from piggyback.methods.checkpoints import load_task_checkpoint
+from piggyback.methods.registry import METHODS, Hyperparameters, MethodError, load_method
 from piggyback.methods.run import SpeedOptions, TaskRun, TrainingError, epoch_seed
 from piggyback.model.backbones import (
     BackboneError,
@@ -31,7 +32,7 @@ from piggyback.model.backbones import (
     build_task_model,
     torchvision_state,
 )
-from piggyback.model.checkpoints import CheckpointError, atomic_save, load_task_checkpoint
+from piggyback.model.checkpoints import CheckpointError, atomic_save
 from piggyback.training.loop import train_task
 
 # Flags that say where the task's data is and how it is fed: required, but for a start
@@ -242,11 +243,10 @@ def write_outputs(args: argparse.Namespace, result: dict) -> None:
     atomic_write(args.metrics, lambda tmp: write_tsv(result["metrics"], tmp))
     if args.export_backbone:
         best = load_task_checkpoint(result["best_path"])
-        if best.weights is None:
+        backbone = load_method(best.method).trained_backbone(best)
+        if backbone is None:
             cli.fail("--export-backbone needs a method that trains the backbone's weights")
-        atomic_save(
-            torchvision_state(best.weights, best.head, best.head_name), args.export_backbone
-        )
+        atomic_save(torchvision_state(backbone, best.head, best.head_name), args.export_backbone)
     atomic_move(result["best_path"], args.out)
 
 

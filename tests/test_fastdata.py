@@ -25,8 +25,8 @@ from piggyback.data.cache import format as cache_file
 from piggyback.data.cache import resize
 from piggyback.data.datasets import load_task_data
 from piggyback.data.transforms import TaskTransform, sized_crop_2017
+from piggyback.methods.checkpoints import load_task_checkpoint
 from piggyback.model.backbones import ArchSpec
-from piggyback.model.checkpoints import load_task_checkpoint
 from piggyback.stages.evaluation import TaskData, evaluate_pack
 from piggyback.stages.packing import pack
 

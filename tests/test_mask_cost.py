@@ -8,7 +8,11 @@ import torch
 from bench.peer import PeerMask, use_peer_masks
 from torchvision.models import resnet18
 
-from piggyback.model.masks import DEFAULT_THRESHOLD, MaskSpec, WeightMask, add_masks
+from piggyback.methods.piggyback.method import mask_spec
+from piggyback.methods.registry import Hyperparameters
+from piggyback.model.masks import MaskRule, WeightMask, add_masks
+
+PAPER = Hyperparameters.for_method("piggyback")  # the registry's threshold and mask scale
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -18,11 +22,12 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def mask_and_weight(kind: str, shape=(64, 32, 3, 3)) -> tuple[WeightMask, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    mask = WeightMask(torch.Size(shape), kind, init="uniform")
+    rule = MaskRule(kind, PAPER.threshold)
+    mask = WeightMask(torch.Size(shape), rule, "uniform", PAPER.mask_scale)
     with torch.no_grad():
         mask.mask_real.copy_(torch.randn(shape, generator=generator) * 1e-2)
         flat = mask.mask_real.view(-1)
-        flat[:5] = torch.tensor([DEFAULT_THRESHOLD, 0.0, -0.0, -DEFAULT_THRESHOLD, 1.0])
+        flat[:5] = torch.tensor([PAPER.threshold, 0.0, -0.0, -PAPER.threshold, 1.0])
     weight = torch.randn(shape, generator=generator)  # half negative: signed zeros
     return mask, weight
 
@@ -89,7 +94,7 @@ def test_a_masked_backbones_gradients_equal_the_ports_to_the_bit():
     torch.manual_seed(0)
     ours = resnet18(num_classes=10).eval()
     ours.requires_grad_(False)
-    masks = add_masks(ours, MaskSpec(init="uniform"))
+    masks = add_masks(ours, mask_spec(mask_init="uniform"))
     peer = copy.deepcopy(ours)
     assert use_peer_masks(peer) == len(masks)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))

@@ -6,11 +6,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torchvision.models import vision_transformer
 
+from piggyback.methods.piggyback.method import mask_spec
 from piggyback.model.backbones import ArchSpec, build_backbone
 from piggyback.model.masks import (
     MASKED_PARAMETERS,
     MaskError,
-    MaskSpec,
+    MaskRule,
     WeightMask,
     add_masks,
     bake_masks,
@@ -27,7 +28,7 @@ PAPER_ARCHS = ["vgg16", "vgg16_bn", "resnet50", "densenet121"]
 def test_initial_masks_give_the_plain_models_output(arch):
     plain, _ = build_backbone(ArchSpec(arch), weights="random")
     masked, _ = build_backbone(ArchSpec(arch), weights="random")
-    add_masks(masked, MaskSpec())
+    add_masks(masked, mask_spec())
     plain.eval(), masked.eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -36,7 +37,7 @@ def test_initial_masks_give_the_plain_models_output(arch):
 
 def test_every_conv_and_linear_is_masked_and_the_imagenet_head_is_gone():
     backbone, features = build_backbone(ArchSpec("vgg16"), weights="random")
-    masks = add_masks(backbone, MaskSpec())
+    masks = add_masks(backbone, mask_spec())
     assert features == 4096
     assert len(masks) == 13 + 2  # 13 convs, fc6, fc7; fc8 dropped
     assert "classifier.3.weight" in masks and "classifier.6.weight" not in masks
@@ -50,7 +51,7 @@ def test_mask_gradient_is_weight_gradient_times_weight(layer):
     plain = layer
     masked = type(layer)(*_shape_args(layer))
     masked.load_state_dict(plain.state_dict())
-    add_masks(masked, MaskSpec())
+    add_masks(masked, mask_spec())
     x = torch.randn(4, *(_input_shape(layer)))
     plain(x).square().sum().backward()
     masked(x).square().sum().backward()
@@ -60,25 +61,26 @@ def test_mask_gradient_is_weight_gradient_times_weight(layer):
 
 def test_binary_threshold_boundary():
     values = torch.tensor([5e-3, 5.0001e-3, 0.0, -1.0, 1.0])
-    assert threshold_mask(values, "binary", 5e-3).tolist() == [0, 1, 0, 0, 1]
+    assert threshold_mask(values, MaskRule("binary", 5e-3)).tolist() == [0, 1, 0, 0, 1]
 
 
 def test_ternary_threshold_boundaries():
     values = torch.tensor([5e-3, 5.0001e-3, 0.0, -1e-9, 2e-3, -1.0])
-    assert threshold_mask(values, "ternary", 5e-3).tolist() == [0, 1, 0, -1, 0, -1]
+    assert threshold_mask(values, MaskRule("ternary", 5e-3)).tolist() == [0, 1, 0, -1, 0, -1]
 
 
 def test_uniform_init_is_within_scale_and_1s_init_is_constant():
-    uniform = WeightMask(torch.Size([1000]), init="uniform", scale=0.02)
+    paper = mask_spec()
+    uniform = WeightMask(torch.Size([1000]), paper.rule, "uniform", 0.02)
     assert uniform.mask_real.abs().max() <= 0.02 and uniform.mask_real.std() > 0
-    ones = WeightMask(torch.Size([10]))
+    ones = WeightMask(torch.Size([10]), paper.rule, paper.init, paper.scale)
     assert torch.all(ones.mask_real == 1e-2)
 
 
 def test_baking_equals_the_masked_forward():
     torch.manual_seed(0)
     masked, _ = build_backbone(ArchSpec("resnet18"), weights="random")
-    masks = add_masks(masked, MaskSpec(kind="ternary"))
+    masks = add_masks(masked, mask_spec("piggyback_ternary"))
     for mask in masks.values():
         nn.init.uniform_(mask.mask_real, -0.01, 0.02)
     discrete = {name: m.discrete() for name, m in masks.items()}
@@ -127,7 +129,7 @@ def test_attention_projections_are_masked_on_the_fast_path_and_off_it(monkeypatc
     torch.manual_seed(0)
     plain = _tiny_vit()
     masked = deepcopy(plain)
-    masks = add_masks(masked, MaskSpec(init="uniform"))
+    masks = add_masks(masked, mask_spec(mask_init="uniform"))
     assert "encoder.layers.encoder_layer_0.self_attention.in_proj_weight" in masks
     assert "encoder.layers.encoder_layer_1.self_attention.out_proj.weight" in masks
     reference = _hand_masked(plain, masks)
@@ -151,7 +153,7 @@ def test_separate_query_key_value_projections_are_masked():
     torch.manual_seed(0)
     plain = nn.MultiheadAttention(8, 2, kdim=6, vdim=5, batch_first=True)
     masked = deepcopy(plain)
-    masks = add_masks(masked, MaskSpec(init="uniform"))
+    masks = add_masks(masked, mask_spec(mask_init="uniform"))
     assert set(masks) == {"q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"}
     query, key, value = torch.randn(2, 3, 8), torch.randn(2, 4, 6), torch.randn(2, 4, 5)
     reference = _hand_masked(plain, masks)
@@ -165,7 +167,7 @@ def test_separate_query_key_value_projections_are_masked():
 
 def test_a_weight_matrix_outside_the_tables_is_refused_by_name():
     backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Bilinear(4, 4, 2))
-    for call in (mask_coverage, lambda b: add_masks(b, MaskSpec())):
+    for call in (mask_coverage, lambda b: add_masks(b, mask_spec())):
         with pytest.raises(MaskError, match=r"'2' \(torch\.nn\.modules\.linear\.Bilinear\).*"):
             call(backbone)
     with pytest.raises(MaskError, match="MASKED_PARAMETERS in src/piggyback/model/masks.py"):
@@ -177,7 +179,7 @@ def test_a_new_layer_type_is_one_table_entry(monkeypatch):
     torch.manual_seed(0)
     plain = nn.Bilinear(4, 3, 2)
     masked = deepcopy(plain)
-    masks = add_masks(masked, MaskSpec(init="uniform"))
+    masks = add_masks(masked, mask_spec(mask_init="uniform"))
     assert set(masks) == {"weight"} and mask_coverage(masked).left_alone == {"biases": 2}
     x1, x2 = torch.randn(5, 4), torch.randn(5, 3)
     with torch.no_grad():

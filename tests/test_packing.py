@@ -7,16 +7,12 @@ import torch
 
 from piggyback.data.datasets import load_task_data, make_loader
 from piggyback.data.transforms import TaskTransform
-from piggyback.methods.piggyback import discrete_masks, task_masks
+from piggyback.methods.checkpoints import load_task_checkpoint
+from piggyback.methods.piggyback.method import discrete_masks, task_masks
 from piggyback.methods.registry import METHODS, Hyperparameters
 from piggyback.methods.run import TaskRun
 from piggyback.model.backbones import ArchSpec, build_task_model
-from piggyback.model.checkpoints import (
-    CheckpointError,
-    atomic_save,
-    load_checkpoint,
-    load_task_checkpoint,
-)
+from piggyback.model.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from piggyback.packs.packed_file import PackError, pack_bits, read_manifest, read_pack, unpack_bits
 from piggyback.stages.evaluation import TaskData, evaluate_pack
 from piggyback.stages.packing import pack

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from piggyback.methods.piggyback import discrete_masks, task_masks
-from piggyback.model.checkpoints import load_task_checkpoint
+from piggyback.methods.checkpoints import load_task_checkpoint
+from piggyback.methods.piggyback.method import discrete_masks, task_masks
 from piggyback.packs.entropy import (
     ENUM_ONES,
     GOLOMB_ONES,

@@ -13,11 +13,11 @@ import torch
 from piggyback.data.datasets import load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
 from piggyback.data.transforms import TaskTransform
-from piggyback.methods.packnet import FREE, SOURCE
+from piggyback.methods.checkpoints import load_task_checkpoint
+from piggyback.methods.packnet.method import FREE, SOURCE
 from piggyback.methods.registry import METHODS, Hyperparameters
 from piggyback.methods.run import TaskRun, TrainingError
 from piggyback.model.backbones import ArchSpec, build_task_model
-from piggyback.model.checkpoints import load_task_checkpoint
 from piggyback.packs.packed_file import PackError, read_pack
 from piggyback.stages.evaluation import TaskData, evaluate_pack
 from piggyback.stages.packing import pack
@@ -106,10 +106,10 @@ def test_owners_are_the_chain_and_free_weights_are_zero(trained_chain):
     start, paths, _ = trained_chain
     for position, path in enumerate([start, *paths]):
         checkpoint = load_task_checkpoint(path)
-        assert checkpoint.task_id == SOURCE + position
-        for name, owner in checkpoint.owners.items():
-            assert set(owner.unique().tolist()) <= set(range(checkpoint.task_id + 1))
-            assert torch.all(checkpoint.weights[name][owner == FREE] == 0), name
+        assert checkpoint.own["task_id"] == SOURCE + position
+        for name, owner in checkpoint.learned["owners"].items():
+            assert set(owner.unique().tolist()) <= set(range(checkpoint.own["task_id"] + 1))
+            assert torch.all(checkpoint.learned["weights"][name][owner == FREE] == 0), name
 
 
 def test_the_start_frees_the_smaller_half_of_every_layer(trained_chain):
@@ -118,9 +118,9 @@ def test_the_start_frees_the_smaller_half_of_every_layer(trained_chain):
     start = load_task_checkpoint(trained_chain[0])
     pretrained = build_task_model(ArchSpec("resnet18"), 5, weights="random").backbone
     for name, weight in pretrained.state_dict().items():
-        if name not in start.owners:
+        if name not in start.learned["owners"]:
             continue
-        freed = start.owners[name] == FREE
+        freed = start.learned["owners"][name] == FREE
         rank = round(0.5 * weight.numel())
         cutoff = weight.abs().flatten().kthvalue(rank).values
         ties = int((weight.abs() == cutoff).sum())
@@ -180,10 +180,10 @@ def test_each_pruned_task_frees_at_least_its_share(trained_chain):
     before = load_task_checkpoint(start)
     for path, fraction in zip(paths[:-1], FRACTIONS, strict=False):
         after = load_task_checkpoint(path)
-        for name, owner in after.owners.items():
-            handed = before.owners[name] == FREE
+        for name, owner in after.learned["owners"].items():
+            handed = before.learned["owners"][name] == FREE
             freed = handed & (owner == FREE)
-            assert torch.equal(handed, freed | (owner == after.task_id)), name
+            assert torch.equal(handed, freed | (owner == after.own["task_id"])), name
             assert int(freed.sum()) >= round(fraction * int(handed.sum())), name
         before = after
 
@@ -239,7 +239,7 @@ def test_a_fraction_of_zero_or_less_prunes_nothing():
 def test_the_last_task_is_not_pruned(trained_chain):
     _, paths, results = trained_chain
     last = load_task_checkpoint(paths[-1])
-    assert all(not (owner == FREE).any() for owner in last.owners.values())
+    assert all(not (owner == FREE).any() for owner in last.learned["owners"].values())
     assert {row["phase"] for row in results[-1]["metrics"]} == {"finetune"}
     assert {row["phase"] for row in results[0]["metrics"]} == {"finetune", "prune"}
 
@@ -248,13 +248,15 @@ def test_later_tasks_leave_earlier_weights_biases_and_batchnorm_bit_identical(tr
     start, paths, _ = trained_chain
     checkpoints = [load_task_checkpoint(p) for p in [start, *paths]]
     for earlier, later in zip(checkpoints, checkpoints[1:], strict=False):
-        for name, value in earlier.weights.items():
-            if name in earlier.owners:
-                owned = earlier.owners[name] != FREE
-                assert torch.equal(later.weights[name][owned], value[owned]), name
-                assert torch.equal(later.owners[name][owned], earlier.owners[name][owned])
+        for name, value in earlier.learned["weights"].items():
+            if name in earlier.learned["owners"]:
+                owned = earlier.learned["owners"][name] != FREE
+                assert torch.equal(later.learned["weights"][name][owned], value[owned]), name
+                assert torch.equal(
+                    later.learned["owners"][name][owned], earlier.learned["owners"][name][owned]
+                )
             else:  # biases, BatchNorm parameters and running statistics
-                assert torch.equal(later.weights[name], value), name
+                assert torch.equal(later.learned["weights"][name], value), name
 
 
 def evaluate(path_list, task_data, tmp_path, name):
@@ -343,7 +345,7 @@ def test_a_task_that_would_change_earlier_weights_is_stopped(
 ):
     """Without the gradient masking, training moves weights earlier tasks own: the end
     of training check catches it."""
-    from piggyback.methods.packnet import PackNet
+    from piggyback.methods.packnet.method import PackNet
 
     monkeypatch.setattr(PackNet, "after_backward", lambda self, model: None)
     _, paths, _ = trained_chain

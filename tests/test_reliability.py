@@ -33,7 +33,7 @@ from piggyback.data.digits import write_digits_task
 from piggyback.data.transforms import TaskTransform
 from piggyback.files.atomic import WriteError, atomic_write, atomic_write_text
 from piggyback.interface.config import ConfigError, check_config
-from piggyback.methods.piggyback import task_masks
+from piggyback.methods.piggyback.method import task_masks
 from piggyback.methods.registry import METHODS, Hyperparameters, position_settings
 from piggyback.methods.run import TaskRun
 from piggyback.model.backbones import ArchSpec, BackboneError, build_backbone, build_task_model

@@ -7,17 +7,18 @@ import torch
 
 from piggyback.data.datasets import load_task_data, make_loader
 from piggyback.data.transforms import TaskTransform
+from piggyback.methods.piggyback.method import mask_spec
 from piggyback.methods.registry import Hyperparameters, load_method
 from piggyback.methods.run import SpeedOptions, TaskRun
 from piggyback.model.backbones import ArchSpec, build_task_model
 from piggyback.model.checkpoints import load_checkpoint
-from piggyback.model.masks import MaskSpec, add_masks, masked_weights, threshold_mask
+from piggyback.model.masks import MaskRule, add_masks, masked_weights, threshold_mask
 from piggyback.training.loop import TrainStep, make_optimizer, prepare_training, train_task
 
 
 def _masked_model(memory_format=torch.contiguous_format):
     model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
-    add_masks(model.backbone, MaskSpec())
+    add_masks(model.backbone, mask_spec())
     for mask in masked_weights(model.backbone).values():
         torch.nn.init.uniform_(mask.mask_real, 0.0, 0.01)  # a mask with zeros in it
     return model.to(memory_format=memory_format)
@@ -124,7 +125,7 @@ def test_training_runs_in_true_fp32_unless_tf32_is_asked_for():
 
 def test_bf16_autocast_thresholds_in_fp32_and_keeps_the_logits_close():
     model = build_task_model(ArchSpec("resnet18"), 5, weights="random")
-    add_masks(model.backbone, MaskSpec())
+    add_masks(model.backbone, mask_spec())
     model.eval()
     mask = masked_weights(model.backbone)["conv1.weight"]
     torch.nn.init.uniform_(mask.mask_real, 0.0, 0.01)
@@ -136,7 +137,8 @@ def test_bf16_autocast_thresholds_in_fp32_and_keeps_the_logits_close():
             logits = model(x)
     assert effective.dtype == torch.float32
     original = model.backbone.conv1.parametrizations.weight.original
-    assert torch.equal(effective, threshold_mask(mask.mask_real, "binary", 5e-3) * original)
+    discrete = threshold_mask(mask.mask_real, MaskRule("binary", 5e-3))
+    assert torch.equal(effective, discrete * original)
     assert logits.dtype == torch.bfloat16
     torch.testing.assert_close(logits.float(), reference, rtol=0.1, atol=0.1)
 

@@ -12,10 +12,11 @@ from script_args import digits_task_args
 from piggyback.data.datasets import load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
 from piggyback.data.transforms import TaskTransform
+from piggyback.methods.checkpoints import load_task_checkpoint
 from piggyback.methods.registry import METHODS, Hyperparameters
 from piggyback.methods.run import TaskRun, TrainingError
 from piggyback.model.backbones import ArchSpec, build_task_model
-from piggyback.model.checkpoints import backbone_state, load_checkpoint, load_task_checkpoint
+from piggyback.model.checkpoints import backbone_state, load_checkpoint
 from piggyback.training.loop import train_task
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -82,7 +83,7 @@ def test_frozen_backbone_tensors_stay_bit_identical(digits_target, tmp_path, met
     assert all(torch.equal(before[k], after[k]) for k in before)
     if METHODS[method].stores_masks:
         checkpoint = load_task_checkpoint(result["best_path"])
-        masks = checkpoint.masks
+        masks = checkpoint.learned["masks"]
         assert any(not torch.all(m == 1e-2) for m in masks.values()), "masks never moved"
         # what the masks cover is printed before training and kept for the pack
         coverage = checkpoint.coverage
@@ -106,8 +107,8 @@ def test_interrupted_training_resumes_to_the_same_result(small_target, tmp_path)
     _, resumed = _train(small_target, tmp_path / "b", epochs=3, lr=1e-3)
     a, b = (load_task_checkpoint(r["best_path"]) for r in (uninterrupted, resumed))
     assert a.epoch == b.epoch
-    for name in a.masks:
-        assert torch.equal(a.masks[name], b.masks[name]), name
+    for name in a.learned["masks"]:
+        assert torch.equal(a.learned["masks"][name], b.learned["masks"][name]), name
     assert torch.equal(a.head["weight"], b.head["weight"])
     assert [m["test_top1_error"] for m in uninterrupted["metrics"]] == [
         m["test_top1_error"] for m in resumed["metrics"]
@@ -142,8 +143,8 @@ def test_deferred_writes_keep_the_best_epoch_and_resume_to_the_same_result(
     _, deferred = _train(small_target, tmp_path / "b", epochs=3, lr=1e-2, resume_every=3600)
     a, b = (load_task_checkpoint(r["best_path"]) for r in (every_epoch, deferred))
     assert a.epoch == b.epoch == 2
-    for name in a.masks:
-        assert torch.equal(a.masks[name], b.masks[name]), name
+    for name in a.learned["masks"]:
+        assert torch.equal(a.learned["masks"][name], b.learned["masks"][name]), name
     assert torch.equal(a.head["weight"], b.head["weight"])
     assert every_epoch["metrics"] == [
         {**m, "seconds": e["seconds"]}
@@ -205,7 +206,9 @@ def test_sigkilled_training_job_resumes_to_the_same_masks(digits_target, tmp_pat
         load_task_checkpoint(tmp_path / "a" / "task.pt"),
         load_task_checkpoint(killed / "task.pt"),
     )
-    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    assert all(
+        torch.equal(a.learned["masks"][k], b.learned["masks"][k]) for k in a.learned["masks"]
+    )
     assert not (killed / "task.pt.state").exists(), "resume state is removed after success"
     # how the task's test images were transformed, for using the task without the config
     assert a.preprocessing == TaskTransform("cropped", 32).as_dict()

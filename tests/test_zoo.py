@@ -19,6 +19,7 @@ from torchvision.models import convnext, densenet, maxvit, resnet, vision_transf
 from torchvision.models import swin_transformer as swin
 from torchvision.models.convnext import CNBlockConfig
 
+from piggyback.methods.checkpoints import task_checkpoint
 from piggyback.methods.registry import Hyperparameters, load_method
 from piggyback.methods.run import SpeedOptions, TaskRun
 from piggyback.model.backbones import TaskModel, new_head, strip_head
@@ -206,16 +207,20 @@ def _packnet_start(pristine: TaskModel) -> TaskCheckpoint:
 
 def _checkpoint(model: TaskModel, method, arch: str, **fields) -> TaskCheckpoint:
     task = {"role": "task", "dataset": "task", "epoch": 1, "test_top1_error": 0.0}
-    return TaskCheckpoint(
-        arch=arch,
-        method=method.name,
-        classes=["a", "b", "c"],
-        seed=0,
-        hyperparameters=method.hp.as_dict(),  # as training records them (PackNet's fraction)
-        backbone_sha256="zoo",
-        **{**task, **fields},
-        **method.checkpoint_meta(),
-        **{k: _detached(v) for k, v in method.trained_state(model).items()},
+    return task_checkpoint(
+        {
+            "arch": arch,
+            "method": method.name,
+            "classes": ["a", "b", "c"],
+            "seed": 0,
+            # as training records them (PackNet's fraction)
+            "hyperparameters": method.hp.as_dict(),
+            "backbone_sha256": "zoo",
+            **task,
+            **fields,
+            **method.checkpoint_meta(),
+            **{k: _detached(v) for k, v in method.trained_state(model).items()},
+        }
     )
 
 

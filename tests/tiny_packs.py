@@ -13,11 +13,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from piggyback.data.transforms import TaskTransform
+from piggyback.methods.checkpoints import task_checkpoint
 from piggyback.methods.registry import Hyperparameters, load_method
 from piggyback.methods.run import SpeedOptions, TaskRun
 from piggyback.model.backbones import ArchSpec, TaskModel, build_backbone, build_task_model
 from piggyback.model.checkpoints import TaskCheckpoint, backbone_sha256
-from piggyback.model.masks import DEFAULT_MASK_SCALE, masked_weights
+from piggyback.model.masks import masked_weights
 from piggyback.stages.packing import pack_checkpoints
 from piggyback.training.loop import TrainStep, prepare_training
 
@@ -96,7 +97,7 @@ def _one_task(
     if mask_keep is not None:
         for mask in masked_weights(model.backbone).values():
             kept = torch.rand(mask.mask_real.shape, generator=generator) < mask_keep
-            mask.mask_real.data = torch.where(kept, DEFAULT_MASK_SCALE, 0.0)
+            mask.mask_real.data = torch.where(kept, hp.mask_scale, 0.0)
     fields = {"role": "task", "dataset": task, "epoch": 1, "test_top1_error": 0.0}
     if preprocessing is not None:
         fields["preprocessing"] = preprocessing.as_dict()
@@ -118,17 +119,19 @@ def _packnet_start(pristine: TaskModel, weights, identity: str) -> TaskCheckpoin
 
 
 def _checkpoint(model, method, classes, identity, **fields) -> TaskCheckpoint:
-    return TaskCheckpoint(
-        arch=model.arch,
-        method=method.name,
-        classes=classes,
-        seed=0,
-        hyperparameters=method.hp.as_dict(),
-        backbone_sha256=identity,
-        head_name=model.head_name,
-        **fields,
-        **method.checkpoint_meta(),
-        **{k: _detached(v) for k, v in method.trained_state(model).items()},
+    return task_checkpoint(
+        {
+            "arch": model.arch,
+            "method": method.name,
+            "classes": classes,
+            "seed": 0,
+            "hyperparameters": method.hp.as_dict(),
+            "backbone_sha256": identity,
+            "head_name": model.head_name,
+            **fields,
+            **method.checkpoint_meta(),
+            **{k: _detached(v) for k, v in method.trained_state(model).items()},
+        }
     )
 
 

@@ -17,7 +17,7 @@ from bench.throughput import BenchSettings, timed_rates
 from piggyback.methods.registry import Hyperparameters
 from piggyback.methods.run import SpeedOptions
 from piggyback.model.backbones import ArchSpec, build_task_model
-from piggyback.model.masks import DEFAULT_MASK_SCALE, masked_parameters
+from piggyback.model.masks import masked_parameters
 from piggyback.training.loop import make_optimizer
 
 
@@ -32,7 +32,8 @@ def floor_seconds(
     weights = [torch.full(shape, 0.5, device=device) for shape in shapes]
     incoming = [torch.full(shape, 1e-3, device=device) for shape in shapes]
     effective = [torch.empty_like(weight) for weight in weights]
-    masks = [nn.Parameter(torch.full_like(w, DEFAULT_MASK_SCALE)) for w in weights]
+    scale = Hyperparameters.for_method("piggyback").mask_scale
+    masks = [nn.Parameter(torch.full_like(w, scale)) for w in weights]
     for mask in masks:
         mask.grad = torch.empty_like(mask)
     trained = [nn.Parameter(weight) for weight in weights]  # fine-tuning's, in place

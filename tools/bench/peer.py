@@ -40,7 +40,7 @@ class PeerMask(nn.Module):
     def __init__(self, mask: WeightMask):
         super().__init__()
         self.mask_real = mask.mask_real
-        self.kind, self.threshold = mask.kind, mask.threshold
+        self.kind, self.threshold = mask.rule.kind, mask.rule.threshold
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         discrete = _StraightThroughThreshold.apply(self.mask_real, self.kind, self.threshold)

@@ -29,9 +29,10 @@ from torch.nn.utils import parametrize
 from bench.throughput import device_name, synchronize
 from piggyback.files.atomic import atomic_write_json
 from piggyback.interface import cli
+from piggyback.methods.registry import Hyperparameters
 from piggyback.model.backbones import ArchSpec, TaskModel, build_backbone, new_head
 from piggyback.model.checkpoints import backbone_sha256
-from piggyback.model.masks import DEFAULT_THRESHOLD, masked_parameters
+from piggyback.model.masks import masked_parameters
 from piggyback.packs.packed_file import PACK_FORMAT, PACK_VERSION, PackedFile, pack_bits
 from piggyback.tasks.model import MultiTaskModel
 from piggyback.tasks.shared_weights import unpack_planes
@@ -61,7 +62,7 @@ def synthetic_pack(arch: str, tasks: int, classes: int, keep: float) -> PackedFi
         "arch": arch,
         "method": "piggyback",
         "backbone_sha256": backbone_sha256(backbone),
-        "mask": {"kind": "binary", "threshold": DEFAULT_THRESHOLD},
+        "mask": {"kind": "binary", "threshold": Hyperparameters.for_method("piggyback").threshold},
         "ordering": list(entries),
         "tasks": entries,
         "content_sha256": "synthetic",

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from piggyback.methods.checkpoints import task_checkpoint
 from piggyback.methods.registry import Hyperparameters, load_method, method_entry
 from piggyback.methods.run import SpeedOptions, TaskRun
 from piggyback.model.backbones import ArchSpec, build_task_model
 from piggyback.model.checkpoints import TaskCheckpoint, backbone_sha256
-from piggyback.model.masks import bake_masks, masked_parameters, threshold_mask
+from piggyback.model.masks import MaskRule, bake_masks, masked_parameters, threshold_mask
 from piggyback.stages.evaluation import evaluate
 from piggyback.training.loop import TrainStep, prepare_training
 
@@ -79,15 +80,17 @@ def start_state(
     start.prepare(model, run)
     for phase in start.phases(run):
         start.begin_phase(model, phase)
-    return TaskCheckpoint(
-        arch=arch,
-        method=method,
-        role="start",
-        dataset=None,
-        classes=classes,
-        backbone_sha256=backbone_sha256(model.backbone),
-        **start.checkpoint_meta(),
-        **start.trained_state(model),
+    return task_checkpoint(
+        {
+            "arch": arch,
+            "method": method,
+            "role": "start",
+            "dataset": None,
+            "classes": classes,
+            "backbone_sha256": backbone_sha256(model.backbone),
+            **start.checkpoint_meta(),
+            **start.trained_state(model),
+        }
     )
 
 
@@ -100,7 +103,7 @@ def eval_images_per_second(
     model = build_task_model(ArchSpec(arch), settings.classes, weights="random")
     generator = torch.Generator().manual_seed(0)
     masks = {
-        name: threshold_mask(torch.rand(layer.shape, generator=generator), "binary", 0.5)
+        name: threshold_mask(torch.rand(layer.shape, generator=generator), MaskRule("binary", 0.5))
         for name, layer in masked_parameters(model.backbone).items()
     }
     bake_masks(model.backbone, masks)

@@ -14,9 +14,9 @@ import torch
 from bench.throughput import BenchSettings, method_step, synthetic_batch
 
 from gpu_check.plan import SWITCHES
+from piggyback.methods.piggyback.method import mask_spec
 from piggyback.model.backbones import ArchSpec, build_task_model
 from piggyback.model.masks import (
-    MaskSpec,
     add_masks,
     masked_parameters,
     masked_weights,
@@ -82,9 +82,9 @@ def threshold_in_fp32(arch: str, settings: BenchSettings, device: torch.device) 
     above it must give 0 and 1 (in bf16 both round to one value, so would give one)."""
     speed = SWITCHES["on"].resolve(device)
     model = build_task_model(ArchSpec(arch), settings.classes, weights="random")
-    name, mask = next(iter(add_masks(model.backbone, MaskSpec()).items()))
+    name, mask = next(iter(add_masks(model.backbone, mask_spec()).items()))
     model.to(device, memory_format=speed.memory_format).eval()
-    at = torch.tensor(mask.threshold, dtype=torch.float32)
+    at = torch.tensor(mask.rule.threshold, dtype=torch.float32)
     above = torch.nextafter(at, torch.tensor(1.0))
     alternate = torch.arange(mask.mask_real.numel()).reshape(mask.mask_real.shape) % 2 == 0
     mask.mask_real.copy_(torch.where(alternate, above, at))
@@ -95,8 +95,8 @@ def threshold_in_fp32(arch: str, settings: BenchSettings, device: torch.device) 
         model(images)
     hook.remove()
     weight = masked_parameters(model.backbone)[name].parameter
-    discrete = threshold_mask(mask.mask_real, mask.kind, mask.threshold)
-    in_bf16 = threshold_mask(mask.mask_real.bfloat16(), mask.kind, mask.threshold)
+    discrete = threshold_mask(mask.mask_real, mask.rule)
+    in_bf16 = threshold_mask(mask.mask_real.bfloat16(), mask.rule)
     figures = {
         "layer": name,
         "masked_weight_dtype": str(seen[0].dtype),
@@ -120,7 +120,7 @@ def all_ones_mask_is_plain(arch: str, settings: BenchSettings, device: torch.dev
         speed.set_float32_precision()
         plain = build_task_model(ArchSpec(arch), settings.classes, weights="random")
         masked = copy.deepcopy(plain)
-        add_masks(masked.backbone, MaskSpec())  # every entry 1e-2, above 5e-3: all ones
+        add_masks(masked.backbone, mask_spec())  # every entry 1e-2, above 5e-3: all ones
         images, _ = synthetic_batch(settings.batch_size, settings, device, speed.memory_format)
         outputs = []
         for model in (plain, masked):

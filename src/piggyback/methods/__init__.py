@@ -1,3 +1,4 @@
-"""Methods as units: one file per method, each a :class:`piggyback.methods.base.Method`
-that says what it trains, stores and evaluates. :mod:`piggyback.methods.registry` names
-them, with their defaults, and loads them."""
+"""Methods as units: a folder per method, its registry entry in ``__init__.py`` (torch-free:
+what it is, stores and takes) and its behaviour in ``method.py`` (a
+:class:`piggyback.methods.base.Method`: what it trains, stores and evaluates).
+:mod:`piggyback.methods.registry` collects the entries and loads the methods."""

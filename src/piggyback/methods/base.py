@@ -1,6 +1,7 @@
 """What a method is to the rest of the project: the hooks the training loop calls, what its
-checkpoint stores, how its tasks are packed and how a task's evaluation model is built
-from the pack. The loop, the packer and the evaluator know no method by name.
+checkpoint stores, how its tasks are packed, how a task's evaluation model is built
+from the pack and how its start (a sequential method's) is evaluated. The loop, the
+packer and the evaluator know no method by name.
 
 A method instance serves one task's training (``prepare`` is called once), or packing,
 or evaluation; it keeps whatever state it needs between hooks.
@@ -12,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from piggyback.methods.registry import Hyperparameters, MethodEntry
+from piggyback.methods.entry import MethodEntry
+from piggyback.methods.registry import Hyperparameters
 from piggyback.methods.run import Phase, TaskRun, TrainingError
 from piggyback.model.backbones import reset_head
-from piggyback.model.checkpoints import TaskCheckpoint, backbone_sha256
+from piggyback.model.checkpoints import CheckpointError, TaskCheckpoint, Tensors, backbone_sha256
 
 if TYPE_CHECKING:
     from piggyback.model.backbones import TaskModel
@@ -25,8 +27,8 @@ if TYPE_CHECKING:
 
 class Method:
     """The default behaviour: a new head trained on a frozen backbone in eval mode.
-    Subclasses override what differs; what a packed task stores and whether the backbone
-    must end unchanged are facts of the registry entry."""
+    Subclasses override what differs; the names of what its checkpoints and packed files
+    hold, and whether the backbone must end unchanged, are facts of the registry entry."""
 
     coverage: Coverage | None = None  # what the masks cover, for a method that masks
 
@@ -82,15 +84,17 @@ class Method:
         return {}
 
     def trained_state(self, model: TaskModel) -> dict[str, Any]:
-        """What the method learned, as live tensors (the caller copies them)."""
+        """What the method learned, as live tensors (the caller copies them): the head,
+        and what its entry names ``learned``."""
         return {"head": model.head.state_dict()}
 
     def load_trained_state(self, model: TaskModel, state: dict[str, Any]) -> None:
         model.head.load_state_dict(state["head"])
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        """Fields of the task checkpoint that packing needs besides the tensors (and the
-        masks' coverage, which the pack records)."""
+        """Fields of the task checkpoint that packing needs besides the tensors: what its
+        entry names ``checkpoint_fields``, and the masks' coverage, which the pack
+        records."""
         return {"coverage": self.coverage.as_dict()} if self.coverage is not None else {}
 
     def check_trained(self, model: TaskModel) -> None:
@@ -105,7 +109,7 @@ class Method:
         """Put every task of ``checkpoints`` (in file order) into ``contents``: its head,
         what ``pack_task`` adds, and its manifest entry; the masks' coverage, if any."""
         if checkpoints[0].coverage is not None:
-            contents.agree_on("coverage", checkpoints)
+            contents.agree_on("coverage", [checkpoint.coverage for checkpoint in checkpoints])
             contents.manifest["coverage"] = checkpoints[0].coverage
         for checkpoint in checkpoints:
             task = checkpoint.dataset
@@ -120,3 +124,15 @@ class Method:
     def apply(self, backbone: nn.Module, packed: PackedFile, task: str) -> None:
         """Turn the pretrained backbone into ``task``'s, in place (the head is loaded by
         the caller): for classifier-only, nothing changes."""
+
+    # --- using a checkpoint ----------------------------------------------------------
+    def trained_backbone(self, checkpoint: TaskCheckpoint) -> Tensors | None:
+        """The whole backbone a checkpoint holds, for a method that trains it (what
+        ``train.py --export-backbone`` writes); None: the backbone stays the pretrained one."""
+        return None
+
+    def load_start(self, model: TaskModel, checkpoint: TaskCheckpoint) -> dict[str, Any]:
+        """Put a start of this method (``role: start``) in place of the pretrained model,
+        to evaluate the source task as the method's tasks keep it; returns how the start
+        was made, which the evaluation records. A method without a start has none to load."""
+        raise CheckpointError(f"{self.name} has no start: each of its tasks starts afresh")

@@ -1,250 +1,27 @@
-"""The method registry: each method's name, its file, its row label, whether it is
-sequential, what a packed task of it stores, whether it keeps the backbone bit-identical,
-whether the authors released masks for it, and its hyperparameters with the paper's
-defaults.
+"""The method registry: every method's entry (:class:`piggyback.methods.entry.MethodEntry`:
+its name, implementation, row label, whether it is sequential, what it stores, its colour
+in the figures and its hyperparameters with the paper's defaults), each declared beside
+its implementation in ``piggyback/methods/<method>/`` and collected here, in the order of
+the table's columns.
 
 This module imports no torch: the config checks, the workflow's wildcard constraints and
-``train.py --help`` read it in processes that never train. Adding a method is one file in
-``piggyback/methods/`` (its behaviour, see :mod:`piggyback.methods.base`) and
-one entry below.
+``train.py --help`` read it in processes that never train. Adding a method is a folder in
+``piggyback/methods/`` (its entry in ``__init__.py``, its behaviour in ``method.py``, see
+:mod:`piggyback.methods.base`) and one line below.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Knob:
-    """One hyperparameter: its default, what it does, and the values it may take. A
-    sequential method's knob may be ``per_position``: the config then gives one value,
-    or a list of one per position of the ordering, and each task gets its position's."""
-
-    default: Any
-    help: str
-    minimum: float | None = None
-    exclusive_minimum: bool = False
-    maximum: float | None = None
-    choices: tuple[str, ...] | None = None
-    per_position: bool = False
-
-    @property
-    def kind(self) -> type:
-        return type(self.default)
-
-    def admits(self, value: Any) -> bool:
-        """Whether ``value`` (of the knob's kind) is one it takes: within its bounds, or
-        one of its choices; never NaN or infinite."""
-        if self.choices is not None:
-            return value in self.choices
-        if not math.isfinite(value):
-            return False
-        if self.minimum is not None and (
-            value <= self.minimum if self.exclusive_minimum else value < self.minimum
-        ):
-            return False
-        return self.maximum is None or value <= self.maximum
-
-    def bounds(self) -> str:
-        """The values it takes, in words, for a refusal to quote."""
-        if self.choices is not None:
-            return f"one of {', '.join(self.choices)}"
-        limits = []
-        if self.minimum is not None:
-            limits.append(f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}")
-        if self.maximum is not None:
-            limits.append(f"<= {self.maximum:g}")
-        return " and ".join(limits) or "any finite value"
-
-    def json_schema(self) -> dict[str, Any]:
-        if self.choices is not None:
-            return {"enum": list(self.choices)}
-        schema: dict[str, Any] = {"type": {int: "integer", float: "number"}[self.kind]}
-        if self.minimum is not None:
-            schema["exclusiveMinimum" if self.exclusive_minimum else "minimum"] = self.minimum
-        if self.maximum is not None:
-            schema["maximum"] = self.maximum
-        if self.per_position:
-            return {"anyOf": [schema, {"type": "array", "items": schema, "minItems": 1}]}
-        return schema
-
-
-# The training loop's own knobs, shared by every method; entries override the defaults.
-COMMON_KNOBS: dict[str, Knob] = {
-    "epochs": Knob(30, "epochs of training", minimum=1),
-    "batch_size": Knob(32, "images per training step", minimum=1),
-    "optimizer": Knob("adam", "adam or sgd", choices=("adam", "sgd")),
-    "lr": Knob(1e-4, "learning rate of what the method trains inside the backbone", minimum=0),
-    "lr_head": Knob(1e-4, "learning rate of the task head", minimum=0, exclusive_minimum=True),
-    "lr_decay_every": Knob(
-        15, "multiply the learning rates by lr_decay_factor every N epochs", minimum=1
-    ),
-    "lr_decay_factor": Knob(
-        0.1, "see lr_decay_every", minimum=0, exclusive_minimum=True, maximum=1
-    ),
-    "momentum": Knob(0.9, "SGD momentum", minimum=0, maximum=1),
-    "weight_decay": Knob(0.0, "L2 penalty of the optimiser", minimum=0),
-}
-
-MASK_KNOBS: dict[str, Knob] = {
-    "mask_init": Knob(
-        "1s",
-        "'1s': every entry = mask_scale; 'uniform' in [-scale, scale]",
-        choices=("1s", "uniform"),
-    ),
-    "mask_scale": Knob(
-        1e-2, "initial mask value (or range, for 'uniform')", minimum=0, exclusive_minimum=True
-    ),
-    "threshold": Knob(5e-3, "mask entries above it keep their weight", minimum=0),
-}
-
-
-# What a packed task holds besides its head (the manifest's ``storage``): nothing more, a
-# mask per layer (bit planes), a whole network, or each weight's owner in one network
-# for all tasks (format version 3).
-STORAGES = ("head", "mask", "weights", "owners")
-
-
-@dataclass(frozen=True)
-class MethodEntry:
-    """A registered method. ``defaults`` overrides the common knobs' defaults, ``knobs``
-    adds the method's own; ``options`` are fixed settings of a variant of the same
-    implementation (not hyperparameters a config may change)."""
-
-    name: str
-    module: str  # the file in piggyback/methods/ that implements it
-    label: str  # the row name in the paper's table
-    sequential: bool  # True: task k starts from task k-1's result, so orderings matter
-    stores: str  # one of STORAGES
-    freezes_backbone: bool  # True: training must leave every backbone tensor bit-identical
-    released: bool  # the authors published masks trained with it (docs/released-masks.md)
-    summary: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-    knobs: dict[str, Knob] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.stores not in STORAGES:
-            raise ValueError(f"{self.name}.stores is {self.stores!r}; expected one of {STORAGES}")
-
-    @property
-    def stores_masks(self) -> bool:
-        return self.stores == "mask"
-
-    def all_knobs(self) -> dict[str, Knob]:
-        knobs = {**COMMON_KNOBS, **self.knobs}
-        return {
-            name: dataclasses.replace(knob, default=self.defaults.get(name, knob.default))
-            for name, knob in knobs.items()
-        }
-
+from piggyback.methods import classifier_only, finetune, packnet, piggyback
+from piggyback.methods.entry import Knob, MethodEntry
 
 METHODS: dict[str, MethodEntry] = {
     entry.name: entry
-    for entry in (
-        MethodEntry(
-            name="classifier_only",
-            module="classifier_only",
-            label="Classifier Only",
-            sequential=False,
-            stores="head",
-            freezes_backbone=True,
-            released=False,
-            summary="a new head on the frozen backbone",
-            defaults={"optimizer": "sgd", "lr": 0.0, "lr_head": 1e-3, "lr_decay_every": 30},
-        ),
-        MethodEntry(
-            name="finetune",
-            module="finetune",
-            label="Individual Networks",
-            sequential=False,
-            stores="weights",
-            freezes_backbone=False,
-            released=False,
-            summary="the whole network fine-tuned per task, BatchNorm included",
-            defaults={"optimizer": "sgd", "lr": 1e-3, "lr_head": 1e-3},
-        ),
-        MethodEntry(
-            name="packnet",
-            module="packnet",
-            label="PackNet",
-            sequential=True,
-            stores="owners",
-            freezes_backbone=False,
-            released=False,
-            summary="free weights trained per task, then pruned by magnitude for the next",
-            defaults={
-                "epochs": 20,
-                "optimizer": "sgd",
-                "lr": 1e-3,
-                "lr_head": 1e-3,
-                "lr_decay_every": 10,
-            },
-            knobs={
-                "prune_fraction": Knob(
-                    0.75,
-                    "share of a task's weights, per layer, freed for later tasks; 0 or "
-                    "less (the authors' scripts: -1) prunes nothing, and the last task of "
-                    "an ordering is never pruned. In the config, one value or one per "
-                    "position of the ordering (the authors' three tasks: 0.75, 0.75, -1)",
-                    minimum=-1,
-                    maximum=1,
-                    per_position=True,
-                ),
-                "prune_epochs": Knob(
-                    10, "epochs retraining the survivors after pruning", minimum=0
-                ),
-                "prune_lr": Knob(
-                    1e-4, "learning rate of that retraining", minimum=0, exclusive_minimum=True
-                ),
-                "prune_lr_decay_every": Knob(10, "its step decay, in epochs", minimum=1),
-                "start_prune_fraction": Knob(
-                    0.5,
-                    "share of the pretrained backbone's weights, per layer, freed at the start",
-                    minimum=0,
-                    maximum=1,
-                ),
-                "start_epochs": Knob(
-                    10,
-                    "epochs retraining the pruned backbone on its source (with start_dataset)",
-                    minimum=0,
-                ),
-                "start_lr": Knob(
-                    1e-4, "learning rate of that retraining", minimum=0, exclusive_minimum=True
-                ),
-                "start_lr_decay_every": Knob(5, "its step decay, in epochs", minimum=1),
-            },
-        ),
-        MethodEntry(
-            name="piggyback",
-            module="piggyback",
-            label="Piggyback",
-            sequential=False,
-            stores="mask",
-            freezes_backbone=True,
-            released=True,
-            summary="a binary mask over the frozen backbone's weights, and a head, per task",
-            knobs=MASK_KNOBS,
-            options={"mask_kind": "binary"},
-        ),
-        MethodEntry(
-            name="piggyback_ternary",
-            module="piggyback",
-            label="Piggyback (ternary)",
-            sequential=False,
-            stores="mask",
-            freezes_backbone=True,
-            released=True,
-            summary="as piggyback, with masks in {-1, 0, 1} (2 bits per weight)",
-            knobs=MASK_KNOBS,
-            options={"mask_kind": "ternary"},
-        ),
-    )
+    for entry in (classifier_only.ENTRY, finetune.ENTRY, packnet.ENTRY, *piggyback.ENTRIES)
 }
 
 # Config keys a sequential method takes beside its knobs: not hyperparameters of a task's
@@ -345,7 +122,7 @@ def load_method(name: str, hp: Hyperparameters | None = None):
     """The method's implementation (a :class:`piggyback.methods.base.Method`), built
     with ``hp`` (default: the paper's); this imports torch."""
     entry = method_entry(name)
-    module = importlib.import_module(f"piggyback.methods.{entry.module}")
+    module = importlib.import_module(entry.module)
     return module.METHOD(entry, hp if hp is not None else Hyperparameters.for_method(name))
 
 

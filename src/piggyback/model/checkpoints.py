@@ -28,25 +28,22 @@ class CheckpointError(ValueError):
     """A file cannot be read as the checkpoint it should be; the message names it."""
 
 
-@dataclass(frozen=True)
-class MaskRule:
-    """How a task's real-valued masks become discrete ones: binary or ternary, and the
-    threshold (what packing needs to store them as bit planes)."""
-
-    kind: str
-    threshold: float
-
-
 @dataclass(frozen=True, kw_only=True)
 class TaskCheckpoint:
     """One trained task (or a sequential method's start), as training writes it and
     packing reads it; the authors' released masks are imported as such records too.
 
+    Its fields are those every method shares; what a method adds is its own: ``own``, the
+    fields its registry entry names ``checkpoint_fields`` (PackNet's owner id, chain and
+    start; Piggyback's mask rule), and ``learned``, the tensors it names ``learned``
+    besides the head (PackNet's network and owners; Piggyback's real-valued masks).
+
     On disk it is a plain dict of tensors, lists and scalars (``to_dict``), so that
-    ``load_checkpoint`` reads it with ``weights_only=True``. The fields are in the order
-    of the file's keys. A field that is None and not in ``_NONE_IS_WRITTEN`` is not part
-    of this checkpoint (another method's, or a task without a predecessor) and is left
-    out; those of ``_NONE_IS_WRITTEN`` say "none" or "not measured" with None.
+    ``load_checkpoint`` reads it with ``weights_only=True``: the fields in the order of
+    the file's keys, with the method's own in their place, flat. A field that is None and
+    not in ``_NONE_IS_WRITTEN`` is not part of this checkpoint (a task without a
+    predecessor, masks whose coverage was not measured) and is left out; those of
+    ``_NONE_IS_WRITTEN`` say "none" or "not measured" with None.
     """
 
     format: str = CHECKPOINT_FORMAT
@@ -66,59 +63,61 @@ class TaskCheckpoint:
     preprocessing: dict[str, Any] | None = None
     previous: dict[str, Any] | None = None  # a sequential task's predecessor: dataset, sha256
     last_in_ordering: bool | None = None
-    # what the method adds (PackNet: its owner id, chain and start; Piggyback: the rule;
-    # both: the masked set's coverage)
-    task_id: int | None = None
-    chain: list[str] | None = None
-    start: dict[str, Any] | None = None
-    mask: MaskRule | None = None
-    coverage: dict[str, Any] | None = None  # what the masks cover (masks.Coverage.as_dict)
+    own: dict[str, Any] = dataclasses.field(default_factory=dict)  # the method's fields
+    coverage: dict[str, Any] | None = None  # what masks cover (masks.Coverage.as_dict)
     # the kept epoch (global, from 1; 0 for the state before any) and its test errors
     epoch: int | None = None
     phase: str | None = None
     test_top1_error: float | None = None
     test_top5_error: float | None = None
     test_images: int | None = None
-    # what the method learned
+    # what the method learned: the head, and the tensors of its own
     head: Tensors
-    weights: Tensors | None = None  # the whole backbone (fine-tuning, PackNet)
-    owners: Tensors | None = None  # PackNet's owner of every weight
-    masks: Tensors | None = None  # Piggyback's real-valued masks
+    learned: dict[str, Tensors] = dataclasses.field(default_factory=dict)
 
     _NONE_IS_WRITTEN = frozenset(
         {"dataset", "seed", "epoch", "test_top1_error", "test_top5_error", "test_images"}
     )
+    _FLAT = frozenset({"own", "learned"})  # written as their keys, in the file's key order
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict that ``torch.save`` writes."""
         fields = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value is None and field.name not in self._NONE_IS_WRITTEN:
-                continue
-            fields[field.name] = dataclasses.asdict(value) if isinstance(value, MaskRule) else value
+            if field.name in self._FLAT:
+                fields.update(value)
+            elif value is not None or field.name in self._NONE_IS_WRITTEN:
+                fields[field.name] = value
         return fields
 
     @classmethod
-    def from_dict(cls, fields: dict[str, Any], source: Path | str = "checkpoint") -> TaskCheckpoint:
-        """The record of a dict ``to_dict`` wrote (``source`` names it in errors)."""
-        known = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - set(known))
-        required = [name for name, f in known.items() if f.default is dataclasses.MISSING]
-        missing = [name for name in required if name not in fields]
+    def from_dict(
+        cls,
+        fields: dict[str, Any],
+        own: tuple[str, ...],
+        learned: tuple[str, ...],
+        source: Path | str = "checkpoint",
+    ) -> TaskCheckpoint:
+        """The record of a dict ``to_dict`` wrote, whose method's fields are ``own`` and
+        whose method's tensors are ``learned`` (its registry entry says; ``source`` names
+        the dict in errors)."""
+        shared = {f.name: f for f in dataclasses.fields(cls) if f.name not in cls._FLAT}
+        unknown = sorted(set(fields) - set(shared) - set(own) - set(learned))
+        required = [name for name, f in shared.items() if f.default is dataclasses.MISSING]
+        missing = [name for name in [*required, *own, *learned] if name not in fields]
         if unknown or missing:
             found = f"unknown keys {unknown}" if unknown else f"no {', '.join(missing)}"
             raise CheckpointError(f"{source} is not a task checkpoint: it has {found}")
-        mask = fields.get("mask")
-        if mask is not None and not (isinstance(mask, dict) and set(mask) == {"kind", "threshold"}):
-            raise CheckpointError(f"{source} is not a task checkpoint: its mask is {mask!r}")
-        return cls(**{**fields, "mask": MaskRule(**mask) if mask is not None else None})
+        return cls(
+            **{name: value for name, value in fields.items() if name in shared},
+            own={name: fields[name] for name in own},
+            learned={name: fields[name] for name in learned},
+        )
 
     def trained_state(self) -> dict[str, Tensors]:
         """What the method learned, as ``Method.trained_state`` gives it."""
-        learned = {"head": self.head, "weights": self.weights, "owners": self.owners}
-        learned["masks"] = self.masks
-        return {key: value for key, value in learned.items() if value is not None}
+        return {"head": self.head, **self.learned}
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -149,11 +148,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a dict")
     return obj
-
-
-def load_task_checkpoint(path: Path) -> TaskCheckpoint:
-    """A task checkpoint from ``path`` (:func:`load_checkpoint`, then its record)."""
-    return TaskCheckpoint.from_dict(load_checkpoint(path), path)
 
 
 def refusal_reason(error: pickle.UnpicklingError) -> str:

@@ -29,8 +29,16 @@ from torchvision.models import convnext, maxvit, swin_transformer, vision_transf
 ThresholdKind = Literal["binary", "ternary"]
 MaskInit = Literal["1s", "uniform"]
 
-DEFAULT_THRESHOLD = 5e-3
-DEFAULT_MASK_SCALE = 1e-2
+
+@dataclass(frozen=True)
+class MaskRule:
+    """How a real-valued mask becomes a discrete one: binary {0, 1} (1 where above the
+    threshold) or ternary {-1, 0, 1}. Training thresholds with it, a task's checkpoint
+    records it (as a dict) and packing stores the discrete masks it gives. Its values
+    come from the method registry, which states the defaults."""
+
+    kind: ThresholdKind
+    threshold: float
 
 
 def _weight(module: nn.Module) -> tuple[str, ...]:
@@ -227,36 +235,34 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def threshold_mask(mask_real: torch.Tensor, kind: ThresholdKind, threshold: float) -> torch.Tensor:
+def threshold_mask(mask_real: torch.Tensor, rule: MaskRule) -> torch.Tensor:
     """The discrete mask: binary {0, 1} (1 where > threshold) or ternary {-1, 0, 1}."""
-    return discrete_factor(mask_real, kind, threshold).to(mask_real.dtype)
+    return discrete_factor(mask_real, rule).to(mask_real.dtype)
 
 
-def discrete_factor(mask_real: torch.Tensor, kind: ThresholdKind, threshold: float) -> torch.Tensor:
+def discrete_factor(mask_real: torch.Tensor, rule: MaskRule) -> torch.Tensor:
     """The discrete mask in the narrowest type a weight multiplies by exactly: bool for
     binary, int8 for ternary. ``weight * factor`` equals ``weight * threshold_mask(...)``
     to the bit (signed zeros included); where the backward keeps it (a weight that
     trains), it takes a quarter of a float mask's memory."""
-    above = mask_real > threshold
-    if kind == "binary":
+    above = mask_real > rule.threshold
+    if rule.kind == "binary":
         return above
-    if kind == "ternary":
+    if rule.kind == "ternary":
         return above.to(torch.int8) - (mask_real < 0).to(torch.int8)
-    raise ValueError(f"unknown threshold kind {kind!r}: expected 'binary' or 'ternary'")
+    raise ValueError(f"unknown threshold kind {rule.kind!r}: expected 'binary' or 'ternary'")
 
 
-def masked_product(
-    mask_real: torch.Tensor, weight: torch.Tensor, kind: ThresholdKind, threshold: float
-) -> torch.Tensor:
+def masked_product(mask_real: torch.Tensor, weight: torch.Tensor, rule: MaskRule) -> torch.Tensor:
     """``weight * threshold_mask(mask_real, ...)`` to the bit (signed zeros included). A
     binary mask is thresholded straight into the output, as 0.0 and 1.0, and multiplied
     by the weight there in place: a product of a float and a bool tensor takes PyTorch's
     unvectorised mixed-type loop on the CPU (2.5x slower on VGG-16's fc6). A ternary one
     multiplies by its int8 factor."""
-    if kind == "binary":
-        product = torch.gt(mask_real, threshold, out=torch.empty_like(weight))
+    if rule.kind == "binary":
+        product = torch.gt(mask_real, rule.threshold, out=torch.empty_like(weight))
         return product.mul_(weight)
-    return weight * discrete_factor(mask_real, kind, threshold)
+    return weight * discrete_factor(mask_real, rule)
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -268,18 +274,18 @@ class _MaskedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mask_real, weight, kind, threshold):
+    def forward(ctx, mask_real, weight, rule):
         train_mask, train_weight = ctx.needs_input_grad[:2]
-        factor = discrete_factor(mask_real, kind, threshold) if train_weight else None
+        factor = discrete_factor(mask_real, rule) if train_weight else None
         ctx.save_for_backward(weight if train_mask else None, factor)
-        return masked_product(mask_real, weight, kind, threshold)
+        return masked_product(mask_real, weight, rule)
 
     @staticmethod
     def backward(ctx, grad_effective):
         weight, factor = ctx.saved_tensors
         grad_mask = grad_effective * weight if weight is not None else None
         grad_weight = grad_effective * factor if factor is not None else None
-        return grad_mask, grad_weight, None, None
+        return grad_mask, grad_weight, None
 
 
 class WeightMask(nn.Module):
@@ -289,10 +295,9 @@ class WeightMask(nn.Module):
     def __init__(
         self,
         shape: torch.Size,
-        kind: ThresholdKind = "binary",
-        threshold: float = DEFAULT_THRESHOLD,
-        init: MaskInit = "1s",
-        scale: float = DEFAULT_MASK_SCALE,
+        rule: MaskRule,
+        init: MaskInit,
+        scale: float,
         device: torch.device | None = None,
     ):
         super().__init__()
@@ -303,29 +308,28 @@ class WeightMask(nn.Module):
         else:
             raise ValueError(f"unknown mask init {init!r}: expected '1s' or 'uniform'")
         self.mask_real = nn.Parameter(mask_real)
-        self.kind = kind
-        self.threshold = threshold
+        self.rule = rule
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         mask_real = self.mask_real
         if mask_real.dtype != torch.float32:
             mask_real = mask_real.float()
         if not torch.is_grad_enabled():  # evaluation, and parametrize.cached's one pass
-            return masked_product(mask_real, weight, self.kind, self.threshold)
-        return _MaskedWeight.apply(mask_real, weight, self.kind, self.threshold)
+            return masked_product(mask_real, weight, self.rule)
+        return _MaskedWeight.apply(mask_real, weight, self.rule)
 
     def discrete(self) -> torch.Tensor:
-        return threshold_mask(self.mask_real.detach(), self.kind, self.threshold)
+        return threshold_mask(self.mask_real.detach(), self.rule)
 
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """How masks are thresholded and initialised (the paper's defaults)."""
+    """How masks are thresholded and initialised: the values of a masking method's knobs
+    (the registry states their defaults)."""
 
-    kind: ThresholdKind = "binary"
-    threshold: float = DEFAULT_THRESHOLD
-    init: MaskInit = "1s"
-    scale: float = DEFAULT_MASK_SCALE
+    rule: MaskRule
+    init: MaskInit
+    scale: float
 
 
 def add_masks(backbone: nn.Module, spec: MaskSpec) -> dict[str, WeightMask]:
@@ -333,9 +337,7 @@ def add_masks(backbone: nn.Module, spec: MaskSpec) -> dict[str, WeightMask]:
     masks: dict[str, WeightMask] = {}
     for name, entry in masked_parameters(backbone).items():
         weight = entry.parameter
-        mask = WeightMask(
-            weight.shape, spec.kind, spec.threshold, spec.init, spec.scale, device=weight.device
-        )
+        mask = WeightMask(weight.shape, spec.rule, spec.init, spec.scale, device=weight.device)
         parametrize.register_parametrization(entry.module, entry.attribute, mask, unsafe=True)
         masks[name] = mask
     if not masks:

@@ -8,7 +8,7 @@ gives the layout. This module is the container: the manifest, its checksums, and
 planes. A plane is one bit per weight (``bits`` encoding, format version 1), or
 entropy-coded (:mod:`piggyback.packs.entropy`; version 2), close to its empirical entropy: far
 below 1 bit per weight when most bits agree. Piggyback stores its masks as planes,
-PackNet the bits of each weight's owner (version 3).
+PackNet the bits of each weight's owner (version 3, which its method asks for).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from piggyback.packs.entropy import PlaneError, decode_plane, encode_plane
 PACK_FORMAT = "piggyback-pack"
 PACK_VERSION = 1  # what the default ``bits`` encoding writes
 ENTROPY_VERSION = 2  # files with entropy-coded planes: a version 1 reader would misread them
-OWNERS_VERSION = 3  # files with weight owners (PackNet), which older readers do not know
+OWNERS_VERSION = 3  # files with weight owners (PackNet's), which older readers do not know
 READ_VERSIONS = (PACK_VERSION, ENTROPY_VERSION, OWNERS_VERSION)
 PLAIN_BITS = "bits"  # one bit per weight: what a plane is unless the manifest says otherwise
 ENCODINGS = (PLAIN_BITS, "entropy")
@@ -58,12 +58,14 @@ def unpack_bits(packed: torch.Tensor, shape: Iterable[int]) -> torch.Tensor:
 
 class PackContents:
     """What one packed file will hold; the method fills it in (``Method.pack``). ``stores``
-    is what each of its tasks holds besides the head (the method's registry entry says)."""
+    is what each of its tasks holds besides the head (the method's registry entry says);
+    ``minimum_version`` the oldest format version that knows what the method stores."""
 
     def __init__(self, encoding: str, paths: list[Path | str], stores: str):
         self.encoding = encoding
         self.paths = paths
         self.stores = stores
+        self.minimum_version = PACK_VERSION
         self.tensors: dict[str, torch.Tensor] = {}
         self.encodings: dict[str, str] = {}  # planes not stored as plain bits
         self.tasks: dict[str, Any] = {}
@@ -104,11 +106,11 @@ class PackContents:
         if checkpoint.preprocessing is not None:
             self.tasks[task]["preprocessing"] = checkpoint.preprocessing
 
-    def agree_on(self, field: str, checkpoints: list[TaskCheckpoint]) -> None:
-        """Every checkpoint has the first one's value of ``field`` (an attribute)."""
-        first = getattr(checkpoints[0], field)
-        for path, checkpoint in zip(self.paths, checkpoints, strict=True):
-            value = getattr(checkpoint, field)
+    def agree_on(self, field: str, values: list[Any]) -> None:
+        """Every checkpoint has the first one's value of ``field`` (``values``: each
+        checkpoint's, in order)."""
+        first = values[0]
+        for path, value in zip(self.paths, values, strict=True):
             if value != first:
                 self.fail(
                     f"{path} has {field} = {value!r}, but {self.paths[0]} has {first!r}: one "
@@ -234,11 +236,10 @@ def write_pack(
 
 
 def format_version(contents: PackContents) -> int:
-    """The oldest version whose readers read the file: owners need version 3, entropy-coded
-    planes version 2, plain bit planes and whole networks version 1."""
-    if contents.stores == "owners":
-        return OWNERS_VERSION
-    return ENTROPY_VERSION if contents.encodings else PACK_VERSION
+    """The oldest version whose readers read the file: the one the method asks for (owners
+    need version 3), and version 2 for entropy-coded planes; plain bit planes and whole
+    networks are version 1."""
+    return max(contents.minimum_version, ENTROPY_VERSION if contents.encodings else PACK_VERSION)
 
 
 def write_stats(rows: list[dict[str, Any]], out: Path, with_entropy: bool) -> None:

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from piggyback.data.download import file_digests, hash_prefix_in_name
-from piggyback.methods.registry import METHODS, Hyperparameters, released_methods
+from piggyback.methods.checkpoints import task_checkpoint
+from piggyback.methods.registry import METHODS, load_method, released_methods
 from piggyback.model.backbones import ArchSpec, BackboneError, build_backbone, weights_file_name
-from piggyback.model.checkpoints import MaskRule, TaskCheckpoint, atomic_save, backbone_sha256
+from piggyback.model.checkpoints import TaskCheckpoint, atomic_save, backbone_sha256
 from piggyback.packs.packed_file import PLAIN_BITS
 from piggyback.released.files import (
     ReleasedError,
@@ -159,13 +160,12 @@ def _task_checkpoints(
     features: int,
 ) -> list[TaskCheckpoint]:
     """Each released task as the checkpoint packing reads: its masks under torchvision
-    weight names, its head and class count; no seed, epoch or error (the authors' files
-    say nothing of their training runs)."""
+    weight names, its head and class count, and the mask rule of ``method`` with its
+    default threshold; no seed, epoch or error (the authors' files say nothing of their
+    training runs)."""
     index_map = module_index_map(arch_kind, backbone)
     identity = backbone_sha256(backbone)
-    rule = MaskRule(
-        METHODS[method].options["mask_kind"], Hyperparameters.for_method(method).threshold
-    )
+    own = load_method(method).checkpoint_meta()  # the mask rule, with the default threshold
     checkpoints = []
     for dataset, task in tasks.items():
         masks = released_task_masks(task.masks, index_map, backbone)
@@ -175,20 +175,19 @@ def _task_checkpoints(
                 f"{path}: the classifier of {dataset} takes {inputs} features, but the "
                 f"{arch_kind} backbone gives {features}: is the file for another arch?"
             )
-        checkpoints.append(
-            TaskCheckpoint(
-                arch=arch,
-                method=method,
-                dataset=dataset,
-                classes=task.head["weight"].shape[0],  # their files name no classes
-                backbone_sha256=identity,
-                mask=rule,
-                # copies: heads the file pickled as one object must not share memory
-                head={key: value.clone() for key, value in task.head.items()},
-                # {-1, 0, 1} in one byte a weight: five VGG-16 tasks as floats take 2.7 GB
-                masks={name: mask.to(torch.int8) for name, mask in masks.items()},
-            )
-        )
+        fields = {
+            "arch": arch,
+            "method": method,
+            "dataset": dataset,
+            "classes": task.head["weight"].shape[0],  # their files name no classes
+            "backbone_sha256": identity,
+            **own,
+            # copies: heads the file pickled as one object must not share memory
+            "head": {key: value.clone() for key, value in task.head.items()},
+            # {-1, 0, 1} in one byte a weight: five VGG-16 tasks as floats take 2.7 GB
+            "masks": {name: mask.to(torch.int8) for name, mask in masks.items()},
+        }
+        checkpoints.append(task_checkpoint(fields, f"{path}:{dataset}"))
     return checkpoints
 
 

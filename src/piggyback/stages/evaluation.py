@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 from piggyback.data.datasets import DataError
 from piggyback.data.feed import open_task_feed
 from piggyback.data.transforms import TaskTransform
+from piggyback.methods.checkpoints import load_task_checkpoint
 from piggyback.methods.registry import load_method
 from piggyback.methods.run import SpeedOptions
 from piggyback.model.backbones import (
@@ -29,12 +30,7 @@ from piggyback.model.backbones import (
     head_classes,
     new_head,
 )
-from piggyback.model.checkpoints import (
-    CheckpointError,
-    TaskCheckpoint,
-    backbone_sha256,
-    load_task_checkpoint,
-)
+from piggyback.model.checkpoints import CheckpointError, TaskCheckpoint, backbone_sha256
 from piggyback.packs.packed_file import PackedFile, PackError, read_pack
 from piggyback.stages.per_image import TaskImages
 
@@ -210,20 +206,21 @@ def evaluate_source(
     """The source task (ImageNet; the demo's pretraining set) on its test split, with the
     head the weights were trained with, and its per-image results (``per_image``).
     Without ``start``: the backbone as the methods that keep it hold it. With a
-    sequential method's start checkpoint (PackNet's): the pruned backbone, and its head
-    if the start retrained the source task; what that method's source task stays after
-    any number of later tasks, which never change the weights it owns."""
+    sequential method's start checkpoint: the network its method loads from it
+    (PackNet's: the pruned backbone, and its head if the start retrained the source
+    task); what that method's source task stays after any number of later tasks, which
+    never change the weights it owns."""
     device = device or torch.device("cpu")
     model = build_source_model(spec, weights, weights_dir, arch)
     network = {"method": None, "network": "backbone", "seed": None}
     if start is not None:
         checkpoint = load_task_checkpoint(start)
-        _load_start(model, checkpoint, start, weights or spec.weights)
+        made = _load_start(model, checkpoint, start, weights or spec.weights)
         network = {
             "method": checkpoint.method,
             "network": "start",
             "seed": checkpoint.seed,
-            "start": checkpoint.start,
+            "start": made,
         }
     model.to(device)
     test = _test_batches(data, batch_size, device, workers)
@@ -241,12 +238,13 @@ def evaluate_source(
     }
 
 
-def _load_start(model: TaskModel, checkpoint: TaskCheckpoint, path: Path, weights) -> None:
-    """A start's network in place of the backbone's: refused unless it is a start made
-    from these very backbone weights (whose head it keeps unless it retrained it)."""
-    if checkpoint.role != "start" or checkpoint.weights is None:
+def _load_start(model: TaskModel, checkpoint: TaskCheckpoint, path: Path, weights) -> dict:
+    """A start's network in place of the backbone's, as its method loads it: refused
+    unless it is a start made from these very backbone weights. Returns how the start
+    was made (its method says)."""
+    if checkpoint.role != "start":
         raise CheckpointError(
-            f"{path} is not the start of a sequential method that holds a network "
+            f"{path} is not the start of a sequential method "
             f"(role {checkpoint.role!r}, method {checkpoint.method!r})"
         )
     identity = backbone_sha256(model.backbone)
@@ -255,9 +253,7 @@ def _load_start(model: TaskModel, checkpoint: TaskCheckpoint, path: Path, weight
             f"{path} started from backbone weights with sha256 "
             f"{checkpoint.backbone_sha256[:16]}..., not from {weights} ({identity[:16]}...)"
         )
-    model.backbone.load_state_dict(checkpoint.weights)
-    if checkpoint.start.get("source") is not None:
-        model.head.load_state_dict(checkpoint.head)
+    return load_method(checkpoint.method).load_start(model, checkpoint)
 
 
 def _task_images(task: str, paths: list[str], totals: dict[str, Any]) -> TaskImages:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from piggyback.methods.checkpoints import load_task_checkpoint
 from piggyback.methods.registry import load_method, method_entry
-from piggyback.model.checkpoints import TaskCheckpoint, load_task_checkpoint
+from piggyback.model.checkpoints import TaskCheckpoint
 from piggyback.packs.packed_file import ENCODINGS, PLAIN_BITS, PackContents, PackError, write_pack
 
 
@@ -72,7 +73,7 @@ def pack_checkpoints(
     first = checkpoints[0]
     contents = PackContents(encoding, names, method_entry(first.method).stores)
     for field in ("arch", "method", "backbone_sha256"):
-        contents.agree_on(field, checkpoints)
+        contents.agree_on(field, [getattr(checkpoint, field) for checkpoint in checkpoints])
     load_method(first.method).pack(checkpoints, contents)
     base = {"arch": first.arch, "method": first.method, "backbone_sha256": first.backbone_sha256}
     manifest = write_pack(contents, out, {**base, "ordering_name": ordering}, stats_out, provenance)

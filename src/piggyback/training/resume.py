@@ -18,13 +18,9 @@ from typing import Any
 import torch
 
 from piggyback.methods.base import Method
+from piggyback.methods.checkpoints import load_task_checkpoint, task_checkpoint
 from piggyback.methods.run import Phase, TrainingError
-from piggyback.model.checkpoints import (
-    TaskCheckpoint,
-    atomic_save,
-    load_checkpoint,
-    load_task_checkpoint,
-)
+from piggyback.model.checkpoints import TaskCheckpoint, atomic_save, load_checkpoint
 
 
 class TrainingState:
@@ -145,7 +141,7 @@ class TrainingState:
             **self.best,
             **self.method.trained_state(self.model),
         }
-        self._best_checkpoint = TaskCheckpoint(**_copied(fields))
+        self._best_checkpoint = task_checkpoint(_copied(fields))
 
     def _write(self, optimizer, trained: bool = True) -> None:
         """best.pt if a newer best is unwritten, then resume.pt, with the model's state

@@ -1,10 +1,11 @@
 """What every figure of the report shares: a record (one input file and what it belongs
-to), colours per method, ordering, task and rule, labels, and figure grids outside pyplot."""
+to), colours per method (its registry entry's), ordering, task and rule, labels, what each
+part of a packed file is, and figure grids outside pyplot."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,6 @@ from piggyback.methods.registry import METHODS
 
 Record = dict[str, Any]
 
-METHOD_COLORS = {
-    "piggyback": "tab:blue",
-    "piggyback_ternary": "tab:purple",
-    "classifier_only": "tab:gray",
-    "finetune": "tab:green",
-}
 ORDERING_COLORS = ["tab:orange", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 ARCH_STYLES = ["-", "--", ":", "-."]
 TASK_COLORS = matplotlib.colormaps["tab10"].colors
@@ -34,17 +29,33 @@ RULE_COLORS = {
     "evaluate_source": "tab:olive",
 }
 WITHIN, OUTSIDE, NO_REFERENCE = "tab:green", "tab:red", "0.45"
-# What each part of a packed file is, by the first component of a key under a task (or
-# of a key shared by all tasks), and its colour in the storage figure.
-PARTS = {
-    "head": ("task head", "tab:gray"),
-    "mask": ("mask", "tab:blue"),
-    "sign": ("mask", "tab:blue"),
-    "weights": ("whole network", "tab:green"),
-    "network": ("PackNet's one network, ÷ tasks", "tab:orange"),
-    "owners": ("PackNet's owner map, ÷ tasks", "tab:red"),
-}
 DPI = 110
+
+
+class _RegisteredParts(Mapping):
+    """Key prefix -> (label, colour): what each part of a packed file is, by the first
+    component of a key under a task (or of a key shared by all tasks), and its colour in
+    the storage figure. Read from the registered methods' entries when asked, in the
+    registry's order, so that a method registered later is known too."""
+
+    def _parts(self) -> dict[str, tuple[str, str]]:
+        parts: dict[str, tuple[str, str]] = {}
+        for entry in METHODS.values():
+            for prefix, part in entry.all_parts().items():
+                parts.setdefault(prefix, (part.label, part.color))
+        return parts
+
+    def __getitem__(self, prefix: str) -> tuple[str, str]:
+        return self._parts()[prefix]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts())
+
+    def __len__(self) -> int:
+        return len(self._parts())
+
+
+PARTS = _RegisteredParts()
 
 
 def series_label(method: str, ordering: str | None = None) -> str:
@@ -55,11 +66,13 @@ def series_label(method: str, ordering: str | None = None) -> str:
 
 
 def series_colors(series: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """A colour per (method, ordering), the same in every figure of a run: fixed per
-    independent method, one per ordering of a sequential method in the order given."""
+    """A colour per (method, ordering), the same in every figure of a run: the entry's
+    for an independent method, one per ordering of a sequential method in the order
+    given."""
     colors, spare = {}, iter(ORDERING_COLORS)
     for key in dict.fromkeys(series):
-        colors[key] = METHOD_COLORS.get(key[0]) or next(spare, "black")
+        entry = METHODS.get(key[0])
+        colors[key] = (entry.color if entry else None) or next(spare, "black")
     return colors
 
 

@@ -35,12 +35,15 @@ class Finetune(Method):
 
     def pack_task(self, checkpoint, contents) -> dict[str, Any]:
         task = checkpoint.dataset
-        for name, value in checkpoint.weights.items():
+        for name, value in checkpoint.learned["weights"].items():
             contents.put(f"{task}/weights/{name}", value)
         return {}
 
     def apply(self, backbone: nn.Module, packed, task: str) -> None:
         load_backbone_state(backbone, packed.tensors_under(f"{task}/weights/"))
+
+    def trained_backbone(self, checkpoint) -> dict[str, Any]:
+        return checkpoint.learned["weights"]
 
 
 METHOD = Finetune

@@ -31,6 +31,7 @@ from piggyback.methods.run import Phase, TrainingError
 from piggyback.model.backbones import reset_head
 from piggyback.model.checkpoints import TaskCheckpoint, backbone_state, load_backbone_state
 from piggyback.model.masks import mask_coverage, masked_parameters
+from piggyback.packs.packed_file import OWNERS_VERSION
 
 FREE, SOURCE = 0, 1
 MAX_OWNER = 255  # owners are uint8
@@ -78,18 +79,18 @@ class PackNet(Method):
             raise TrainingError("a packnet task starts from the previous task's result")
         if previous.method != self.name:
             raise TrainingError(f"the previous result is {previous.method!r}, not packnet")
-        if previous.owners.keys() != self.layers.keys():
+        if previous.learned["owners"].keys() != self.layers.keys():
             raise TrainingError("the previous result's owner maps do not fit this backbone")
-        self.task_id = previous.task_id + 1
+        self.task_id = previous.own["task_id"] + 1
         if self.task_id > MAX_OWNER:
             raise TrainingError(f"packnet holds at most {MAX_OWNER - 1} tasks")
         reset_head(model.head)
-        load_backbone_state(model.backbone, previous.weights)
-        self.owners = {name: owner.clone() for name, owner in previous.owners.items()}
+        load_backbone_state(model.backbone, previous.learned["weights"])
+        self.owners = {name: owner.clone() for name, owner in previous.learned["owners"].items()}
         for owner in self.owners.values():
             owner[owner == FREE] = self.task_id
-        self.chain = [*previous.chain, run.dataset]
-        self.start = previous.start
+        self.chain = [*previous.own["chain"], run.dataset]
+        self.start = previous.own["start"]
         self.previous = previous
 
     def phases(self, run) -> list[Phase]:
@@ -190,7 +191,7 @@ class PackNet(Method):
         bit-identical to the previous task's: earlier tasks cannot change."""
         if self.previous is None:
             return
-        before, before_owners = self.previous.weights, self.previous.owners
+        before, before_owners = self.previous.learned["weights"], self.previous.learned["owners"]
         for name, value in backbone_state(model.backbone).items():
             value = value.detach().cpu()
             if name in before_owners:
@@ -208,34 +209,37 @@ class PackNet(Method):
     # --- packing and evaluation -------------------------------------------------------
     def pack(self, checkpoints, contents) -> None:
         """The network after the last task, every weight's owner at ceil(log2(T + 2))
-        bits (free, source and T tasks), and each task's head."""
+        bits (free, source and T tasks), and each task's head, in a file of the format
+        version that knows owners."""
         _check_chain(checkpoints, contents)
         last = checkpoints[-1]
         bits = max(1, math.ceil(math.log2(len(checkpoints) + 2)))
-        for name, value in last.weights.items():
+        for name, value in last.learned["weights"].items():
             contents.put(f"network/{name}", value)
-        for name, owner in last.owners.items():
+        owners = last.learned["owners"]
+        for name, owner in owners.items():
             for bit in range(bits):
                 contents.put_plane(f"owners/{bit}/{name}", (owner >> bit) & 1 == 1)
         contents.layers += _ownership_stats(checkpoints, bits)
         contents.manifest.update(
             owner_bits=bits,
-            layers={name: list(owner.shape) for name, owner in last.owners.items()},
-            start=last.start,
+            layers={name: list(owner.shape) for name, owner in owners.items()},
+            start=last.own["start"],
         )
+        contents.minimum_version = OWNERS_VERSION
         super().pack(checkpoints, contents)
 
     def pack_task(self, checkpoint, contents) -> dict[str, Any]:
         """The task's owner id; its summary, the share of the backbone it owns and the
         share of its weights it freed for later tasks (0: not pruned)."""
-        owners = checkpoint.owners.values()
-        owned = sum(int((owner == checkpoint.task_id).sum()) for owner in owners)
+        owners, task_id = checkpoint.learned["owners"].values(), checkpoint.own["task_id"]
+        owned = sum(int((owner == task_id).sum()) for owner in owners)
         share = owned / sum(owner.numel() for owner in owners)
         freed = freed_fraction(
             checkpoint.hyperparameters["prune_fraction"], bool(checkpoint.last_in_ordering)
         )
         summary = {"owned_share": share, "prune_fraction": freed}
-        return {"owner": checkpoint.task_id, "summary": summary}
+        return {"owner": task_id, "summary": summary}
 
     def apply(self, backbone: nn.Module, packed, task: str) -> None:
         manifest = packed.manifest
@@ -249,6 +253,19 @@ class PackNet(Method):
                     owner |= packed.plane(f"owners/{bit}/{name}", shape).to(torch.int16) << bit
                 weight = layers[name].parameter
                 weight.mul_(((owner != FREE) & (owner <= task_id)).to(weight))
+
+    # --- using a checkpoint ----------------------------------------------------------
+    def trained_backbone(self, checkpoint) -> dict[str, torch.Tensor]:
+        return checkpoint.learned["weights"]
+
+    def load_start(self, model, checkpoint) -> dict[str, Any]:
+        """The pruned network, and the source task's head if the start retrained it
+        (else the pretrained one stays); returns the start's pruning and source."""
+        model.backbone.load_state_dict(checkpoint.learned["weights"])
+        start = checkpoint.own["start"]
+        if start.get("source") is not None:
+            model.head.load_state_dict(checkpoint.head)
+        return start
 
 
 def freed_fraction(prune_fraction: float, last_in_ordering: bool) -> float:
@@ -264,14 +281,15 @@ def _check_chain(checkpoints: list[TaskCheckpoint], contents) -> None:
     last = checkpoints[-1]
     for position, checkpoint in enumerate(checkpoints):
         expected = [c.dataset for c in checkpoints[: position + 1]]
-        if checkpoint.chain != expected or checkpoint.task_id != position + 2:
+        chain, weights = checkpoint.own["chain"], checkpoint.learned["weights"]
+        if chain != expected or checkpoint.own["task_id"] != position + 2:
             contents.fail(
-                f"task {checkpoint.dataset!r} continues the chain {checkpoint.chain}, "
+                f"task {checkpoint.dataset!r} continues the chain {chain}, "
                 f"not {expected}: give the ordering's checkpoints in order"
             )
-        for name, owner in checkpoint.owners.items():
+        for name, owner in checkpoint.learned["owners"].items():
             kept = owner != FREE
-            if not torch.equal(last.weights[name][kept], checkpoint.weights[name][kept]):
+            if not torch.equal(last.learned["weights"][name][kept], weights[name][kept]):
                 task = checkpoint.dataset
                 contents.fail(f"a weight of {name} that {task!r} owns changed in a later task")
 
@@ -279,9 +297,9 @@ def _check_chain(checkpoints: list[TaskCheckpoint], contents) -> None:
 def _ownership_stats(checkpoints: list[TaskCheckpoint], bits: int) -> list[dict[str, Any]]:
     """Per layer, the share of weights each owner holds (free, source, every task)."""
     owners_by_id = {FREE: "free", SOURCE: "source"}
-    owners_by_id.update({c.task_id: c.dataset for c in checkpoints})
+    owners_by_id.update({c.own["task_id"]: c.dataset for c in checkpoints})
     rows = []
-    for name, owner in checkpoints[-1].owners.items():
+    for name, owner in checkpoints[-1].learned["owners"].items():
         counts = torch.bincount(owner.flatten().long(), minlength=len(owners_by_id))
         for task_id, task in owners_by_id.items():
             rows.append(

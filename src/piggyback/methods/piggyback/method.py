@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from piggyback.methods.base import Method
-from piggyback.model.checkpoints import MaskRule, TaskCheckpoint
+from piggyback.methods.registry import Hyperparameters, load_method
+from piggyback.model.checkpoints import CheckpointError, TaskCheckpoint
 from piggyback.model.masks import (
+    MaskRule,
     MaskSpec,
     add_masks,
     bake_masks,
@@ -31,12 +33,12 @@ class Piggyback(Method):
     def __init__(self, entry, hp):
         super().__init__(entry, hp)
         self.kind = entry.options["mask_kind"]
+        self.spec = MaskSpec(MaskRule(self.kind, hp.threshold), hp.mask_init, hp.mask_scale)
 
     def prepare(self, model, run) -> None:
         super().prepare(model, run)
-        hp = self.hp
         self.coverage = mask_coverage(model.backbone)
-        add_masks(model.backbone, MaskSpec(self.kind, hp.threshold, hp.mask_init, hp.mask_scale))
+        add_masks(model.backbone, self.spec)
 
     def param_groups(self, model, phase) -> list[dict[str, Any]]:
         masks = [mask.mask_real for mask in masked_weights(model.backbone).values()]
@@ -60,11 +62,11 @@ class Piggyback(Method):
                 masks[name].mask_real.copy_(value)
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {**super().checkpoint_meta(), "mask": MaskRule(self.kind, self.hp.threshold)}
+        return {**super().checkpoint_meta(), "mask": dataclasses.asdict(self.spec.rule)}
 
     def pack(self, checkpoints, contents) -> None:
-        contents.agree_on("mask", checkpoints)
-        contents.manifest["mask"] = dataclasses.asdict(checkpoints[0].mask)
+        contents.agree_on("mask", [checkpoint.own["mask"] for checkpoint in checkpoints])
+        contents.manifest["mask"] = dataclasses.asdict(mask_rule(checkpoints[0]))
         super().pack(checkpoints, contents)
 
     def pack_task(self, checkpoint, contents) -> dict[str, Any]:
@@ -104,13 +106,27 @@ class Piggyback(Method):
         }
 
 
+def mask_spec(method: str = "piggyback", **knobs: Any) -> MaskSpec:
+    """The masks ``method`` trains with: its kind, and its knobs (the registry's
+    defaults, unless ``knobs`` give others); for attaching masks outside training."""
+    return load_method(method, Hyperparameters.for_method(method, **knobs)).spec
+
+
+def mask_rule(checkpoint: TaskCheckpoint) -> MaskRule:
+    """The rule a task's checkpoint records for its masks (a plain dict on disk)."""
+    recorded = checkpoint.own["mask"]
+    if not (isinstance(recorded, dict) and set(recorded) == {"kind", "threshold"}):
+        raise CheckpointError(
+            f"the {checkpoint.method} checkpoint of {checkpoint.dataset!r} is not a task "
+            f"checkpoint: its mask is {recorded!r}"
+        )
+    return MaskRule(**recorded)
+
+
 def discrete_masks(checkpoint: TaskCheckpoint) -> dict[str, torch.Tensor]:
     """The thresholded masks of a trained-task checkpoint, as float {-1, 0, 1}."""
-    rule = checkpoint.mask
-    return {
-        name: threshold_mask(real.float(), rule.kind, rule.threshold)
-        for name, real in checkpoint.masks.items()
-    }
+    rule, masks = mask_rule(checkpoint), checkpoint.learned["masks"]
+    return {name: threshold_mask(real.float(), rule) for name, real in masks.items()}
 
 
 def task_masks(packed, task: str) -> dict[str, torch.Tensor]:
