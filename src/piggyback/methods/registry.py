@@ -7,13 +7,15 @@ the table's columns.
 This module imports no torch: the config checks, the workflow's wildcard constraints and
 ``train.py --help`` read it in processes that never train. Adding a method is a folder in
 ``piggyback/methods/`` (its entry in ``__init__.py``, its behaviour in ``method.py``, see
-:mod:`piggyback.methods.base`) and one line below.
+:mod:`piggyback.methods.base`) and one line below; a method defined elsewhere (a test's)
+joins for a while with :func:`registered`.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from piggyback.methods import classifier_only, finetune, packnet, piggyback
@@ -40,6 +42,20 @@ def method_entry(name: str) -> MethodEntry:
         raise MethodError(
             f"unknown method {name!r}: expected one of {', '.join(METHODS)}"
         ) from None
+
+
+@contextmanager
+def registered(entry: MethodEntry) -> Iterator[MethodEntry]:
+    """``entry`` in the registry while the block runs, and out of it after: a method
+    defined outside the project (a test's) trained, packed, evaluated and tabled as the
+    registered ones are."""
+    if entry.name in METHODS:
+        raise MethodError(f"a method named {entry.name!r} is registered already")
+    METHODS[entry.name] = entry
+    try:
+        yield entry
+    finally:
+        del METHODS[entry.name]
 
 
 def released_methods() -> list[str]:
