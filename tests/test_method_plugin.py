@@ -36,8 +36,8 @@ from piggyback.model.checkpoints import load_checkpoint
 from piggyback.model.masks import masked_parameters
 from piggyback.packs.packed_file import PACK_VERSION, read_pack
 from piggyback.report.markdown import to_markdown
-from piggyback.report.plots.style import PARTS, series_colors
-from piggyback.report.storage import storage_data, storage_totals
+from piggyback.report.plots.style import series_colors
+from piggyback.report.storage import storage_data, storage_totals, stored_parts
 from piggyback.report.tables import load_results, summarize
 from piggyback.stages.evaluation import TaskData, evaluate_pack
 from piggyback.stages.packing import pack
@@ -206,8 +206,10 @@ def test_train_pack_evaluate_and_table(trained, digits_target, tmp_path):
 
 def test_the_entry_gives_its_colour_and_parts_to_the_report(toy):
     assert series_colors([(NAME, "")]) == {(NAME, ""): "tab:cyan"}
-    assert PARTS["scale"] == ("per-channel scales", "tab:cyan")
-    assert PARTS["head"] == ("task head", "tab:gray")
+    parts = stored_parts()
+    assert (parts["scale"].label, parts["scale"].color) == ("per-channel scales", "tab:cyan")
+    assert (parts["head"].label, parts["head"].color) == ("task head", "tab:gray")
+    assert not parts["scale"].whole_network and parts["network"].whole_network
 
 
 def test_registration_lasts_the_block_and_refuses_a_taken_name():

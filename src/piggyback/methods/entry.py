@@ -91,10 +91,12 @@ COMMON_KNOBS: dict[str, Knob] = {
 class StoredPart:
     """What the tensors under one key prefix of a packed file are (``<task>/<prefix>/...``
     for a task's own, ``<prefix>/...`` for one all tasks share), as the storage figure
-    names and colours them."""
+    names and colours them. ``whole_network``: the part is a network of its own (a
+    fine-tuned one, PackNet's one for all tasks), which the table's storage row counts."""
 
     label: str
     color: str
+    whole_network: bool = False
 
 
 # Every method's packed task has a head (``Method.pack`` stores it).

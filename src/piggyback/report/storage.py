@@ -15,9 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+from piggyback.methods.entry import StoredPart
 from piggyback.methods.registry import METHODS
 from piggyback.packs.entropy import entropy_bits
-from piggyback.report.plots.style import PARTS, Record, read_tsv
 
 
 def safetensors_layout(
@@ -38,7 +38,23 @@ def safetensors_layout(
 
 
 BACKBONE = "pretrained backbone, kept as it is"
-NETWORK_PARTS = {"weights", "network"}  # a whole network (÷ tasks, if shared)
+
+
+def stored_parts() -> dict[str, StoredPart]:
+    """Key prefix -> what each part of a packed file is (the first component of a key
+    under a task, or of a key shared by all tasks): read from the registered methods'
+    entries when asked, in the registry's order, so that a method registered later is
+    known too."""
+    parts: dict[str, StoredPart] = {}
+    for entry in METHODS.values():
+        for prefix, part in entry.all_parts().items():
+            parts.setdefault(prefix, part)
+    return parts
+
+
+def _part(prefix: str) -> StoredPart:
+    """A prefix no registered method declares is named by itself and no network."""
+    return stored_parts().get(prefix) or StoredPart(prefix, "black")
 
 
 def keeps_backbone(method: str) -> bool:
@@ -99,7 +115,7 @@ def mask_entropy_bits(stats: pd.DataFrame) -> dict[str, float]:
     return bits
 
 
-def storage_data(records: list[Record]) -> pd.DataFrame:
+def storage_data(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Per packed file and task, the megabytes each part costs (a shared part divided
     among the file's tasks), the networks it counts as (a whole network 1, PackNet's
     1 / tasks) and the bits per backbone weight (heads aside); and, for a method that
@@ -109,7 +125,9 @@ def storage_data(records: list[Record]) -> pd.DataFrame:
     for record in records:
         manifest, tensors = safetensors_layout(record["file"])
         tasks = list(manifest["tasks"])
-        entropy = mask_entropy_bits(read_tsv(record["stats"])) if record.get("stats") else {}
+        entropy = (
+            mask_entropy_bits(pd.read_csv(record["stats"], sep="\t")) if record.get("stats") else {}
+        )
         series = {
             "arch": record["arch"],
             "method": record["method"],
@@ -131,14 +149,14 @@ def _task_rows(series, manifest, tensors, tasks, task, entropy) -> list[dict[str
     networks: dict[str, float] = {}
     for part, tensor, share in used:
         parts[part] = parts.get(part, 0.0) + tensor["bytes"] * share
-        networks[part] = share if part in NETWORK_PARTS else 0.0
+        networks[part] = share if _part(part).whole_network else 0.0
     weights = _backbone_weights(manifest, task, used)
     backbone_bytes = sum(b for p, b in parts.items() if p != "head")
     return [
         {
             **series,
             "dataset": task,
-            "part": PARTS.get(part, (part,))[0],
+            "part": _part(part).label,
             "megabytes": size / 1e6,
             "networks": networks[part],
             "bits_per_weight": 8 * backbone_bytes / weights if weights else 0.0,

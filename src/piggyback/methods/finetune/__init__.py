@@ -13,6 +13,6 @@ ENTRY = MethodEntry(
     stores="weights",
     color="tab:green",
     learned=("weights",),  # the whole backbone
-    parts={"weights": StoredPart("whole network", "tab:green")},
+    parts={"weights": StoredPart("whole network", "tab:green", whole_network=True)},
     defaults={"optimizer": "sgd", "lr": 1e-3, "lr_head": 1e-3},
 )

@@ -17,7 +17,7 @@ ENTRY = MethodEntry(
     # the whole backbone, and each masked weight's owner
     learned=("weights", "owners"),
     parts={
-        "network": StoredPart("PackNet's one network, ÷ tasks", "tab:orange"),
+        "network": StoredPart("PackNet's one network, ÷ tasks", "tab:orange", whole_network=True),
         "owners": StoredPart("PackNet's owner map, ÷ tasks", "tab:red"),
     },
     defaults={

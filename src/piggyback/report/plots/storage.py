@@ -8,15 +8,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from piggyback.report.plots.style import (
-    PARTS,
-    Record,
-    new_figure,
-    no_data,
-    series_colors,
-    series_label,
-)
-from piggyback.report.storage import BACKBONE, storage_data, storage_totals
+from piggyback.report.plots.style import Record, new_figure, no_data, series_colors, series_label
+from piggyback.report.storage import BACKBONE, storage_data, storage_totals, stored_parts
 
 
 def storage(records: list[Record]) -> tuple[Figure, pd.DataFrame]:
@@ -33,7 +26,7 @@ def storage(records: list[Record]) -> tuple[Figure, pd.DataFrame]:
     per_task = tasks.groupby([*keys, "run", "dataset", "part"], sort=False)["megabytes"].sum()
     bits = tasks.groupby(keys, sort=False)[["bits_per_weight", "entropy_bits_per_weight"]].mean()
     megabytes = per_task.groupby([*keys, "part"]).mean().unstack("part", fill_value=0)
-    order = [label for label, _ in dict.fromkeys(PARTS.values())]
+    order = list(dict.fromkeys(part.label for part in stored_parts().values()))
     columns = sorted(megabytes.columns, key=lambda p: order.index(p) if p in order else len(order))
     megabytes = megabytes.reindex(index=bits.index, columns=columns)  # the records' order
     rows = list(megabytes.index)
@@ -53,7 +46,7 @@ def storage(records: list[Record]) -> tuple[Figure, pd.DataFrame]:
 
 def _parts_panel(axes, megabytes: pd.DataFrame) -> None:
     edge = np.zeros(len(megabytes))
-    part_colors = dict(PARTS.values())
+    part_colors = {part.label: part.color for part in stored_parts().values()}
     y = np.arange(len(megabytes))
     for part in megabytes.columns:
         values = megabytes[part].to_numpy()

@@ -5,7 +5,7 @@ part of a packed file is, and figure grids outside pyplot."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,32 +30,6 @@ RULE_COLORS = {
 }
 WITHIN, OUTSIDE, NO_REFERENCE = "tab:green", "tab:red", "0.45"
 DPI = 110
-
-
-class _RegisteredParts(Mapping):
-    """Key prefix -> (label, colour): what each part of a packed file is, by the first
-    component of a key under a task (or of a key shared by all tasks), and its colour in
-    the storage figure. Read from the registered methods' entries when asked, in the
-    registry's order, so that a method registered later is known too."""
-
-    def _parts(self) -> dict[str, tuple[str, str]]:
-        parts: dict[str, tuple[str, str]] = {}
-        for entry in METHODS.values():
-            for prefix, part in entry.all_parts().items():
-                parts.setdefault(prefix, (part.label, part.color))
-        return parts
-
-    def __getitem__(self, prefix: str) -> tuple[str, str]:
-        return self._parts()[prefix]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._parts())
-
-    def __len__(self) -> int:
-        return len(self._parts())
-
-
-PARTS = _RegisteredParts()
 
 
 def series_label(method: str, ordering: str | None = None) -> str:
