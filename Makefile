@@ -34,11 +34,11 @@ demo: $(STAMP) apt-lists
 # Two pytest workers (pytest-xdist): the suite's end-to-end runs spend much of their time
 # starting processes and waiting on SLURM's polling, so two overlap on two cores. Each
 # test module stays on one worker, the digits run's readers share one, and the longest
-# units start first (tests/conftest.py).
+# units start first (tests/conftest.py; xdist's own reordering would undo that).
 TEST_WORKERS ?= 2
 
 test: $(STAMP) apt-lists lint
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests tools

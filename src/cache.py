@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from piggyback.data.cache.format import write_cache
-from piggyback.data.datasets import DataError, error_message
 from piggyback.data.folders import check_folder
+from piggyback.data.images import DataError, error_message
 from piggyback.interface import cli
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from piggyback.data.datasets import DataError, error_message
 from piggyback.data.folders import check_folder
+from piggyback.data.images import DataError, error_message
 from piggyback.data.transforms import (
     PAPER_PREPROCESSING,
     Preprocessing,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from piggyback.data.datasets import DataError, error_message
+from piggyback.data.images import DataError, error_message
 from piggyback.data.transforms import PreprocessingError
 from piggyback.interface import cli
 from piggyback.methods.run import SpeedOptions

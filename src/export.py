@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from piggyback.data.datasets import DataError, error_message
+from piggyback.data.images import DataError, error_message
 from piggyback.data.transforms import PreprocessingError
 from piggyback.interface import cli
 from piggyback.model.backbones import ArchSpec, BackboneError

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from piggyback.data.datasets import error_message
+from piggyback.data.images import error_message
 from piggyback.interface import cli
 from piggyback.methods.registry import released_methods
 from piggyback.model.backbones import BackboneError

@@ -20,7 +20,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from piggyback.data.datasets import DataError, error_message
+from piggyback.data.images import DataError, error_message
 from piggyback.data.transforms import PreprocessingError
 from piggyback.interface import cli
 from piggyback.model.backbones import BackboneError

@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 
 from piggyback.data.archives import ArchiveError
-from piggyback.data.datasets import DataError
+from piggyback.data.images import DataError
 from piggyback.data.prepare import prepare_dataset
 from piggyback.data.sources import SourceError, source_from_json
 from piggyback.interface import cli

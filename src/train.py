@@ -18,9 +18,9 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from piggyback.data.datasets import DataError, error_message
 from piggyback.data.feed import open_task_feed
 from piggyback.data.folders import check_folder
+from piggyback.data.images import DataError, error_message
 from piggyback.files.atomic import atomic_move, atomic_write
 from piggyback.interface import cli
 from piggyback.methods.checkpoints import load_task_checkpoint

@@ -54,30 +54,42 @@ def digits_run(tmp_path_factory):
     )
 
 
-# With `pytest -n 2 --dist loadscope` (make test), a module's tests run on one worker, so
-# that its module-scoped fixtures are built once; the modules that read the digits run
-# share one worker, so that it runs once and no reader's edit (put back afterwards)
-# is seen by another. The longest units first (serial seconds on 2 cores, 2026-12-02:
-# SLURM 141, the digits run and its readers 150, then 56 down to 11; the trained tasks'
-# use, export, predict and tasks, about 35, 30 and 25 on a loaded machine, and the
-# learning tests on the real backbone, about 60, 2026-12-06), so that no long one starts
-# last and ends the run alone.
+# With `pytest -n 2 --dist loadscope --no-loadscope-reorder` (make test), a module's tests
+# run on one worker, so that its module-scoped fixtures are built once; the modules that
+# read the digits run share one worker, so that it runs once and no reader's edit (put
+# back afterwards) is seen by another. The units are handed out in this order, longest
+# first, so that no long one starts last and ends the run alone: serial seconds on 2
+# cores, 2026-12-06: the digits run and its readers 198, SLURM 127, then 69 down to 5.
+# (xdist's own reordering, by number of tests, would start the one-test SLURM module
+# last; --no-loadscope-reorder keeps this order.)
 DIGITS_READERS = ("tests/test_report.py", "tests/test_workflow.py")
 LONGEST = (
-    "test_slurm.py",
     "digits_run",
+    "test_slurm.py",
     "test_learning.py",
     "test_workflow_released.py",
     "test_reliability.py",
     "test_packnet.py",
     "test_training.py",
-    "test_fastdata.py",
-    "test_export.py",
-    "test_gpu_check.py",
-    "test_predict.py",
-    "test_tasks.py",
     "test_workflow_data.py",
+    "test_released.py",
+    "test_gpu_check.py",
     "test_folders.py",
+    "test_packing_entropy.py",
+    "test_export.py",
+    "test_fastdata.py",
+    "test_modern.py",
+    "test_zoo.py",
+    "test_predict.py",
+    "test_bench.py",
+    "test_workflow_usage.py",
+    "test_fashion_mnist.py",
+    "test_masks.py",
+    "test_packing.py",
+    "test_crops.py",
+    "test_tables.py",
+    "test_package_weights.py",
+    "test_speed.py",
 )
 
 

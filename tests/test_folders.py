@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from piggyback.data.datasets import DataError
 from piggyback.data.folders import check_folder
+from piggyback.data.images import DataError
 from piggyback.data.prepare import PREPARED_MARKER, prepare_dataset
 from piggyback.data.sources import SourceError, fetch_source
 

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from tiny_packs import ARCH, SIZE, TASKS, make_pack, tiny_weights
 
-from piggyback.data.datasets import load_task_data, read_image
+from piggyback.data.datasets import load_task_data
+from piggyback.data.images import read_image
 from piggyback.data.transforms import TaskTransform
 from piggyback.model.backbones import ArchSpec
 from piggyback.stages.evaluation import TaskData, evaluate_pack

@@ -28,8 +28,9 @@ import torch
 import yaml
 from script_args import digits_evaluate_args, digits_task_args
 
-from piggyback.data.datasets import DataError, error_message, load_task_data, make_loader
+from piggyback.data.datasets import load_task_data, make_loader
 from piggyback.data.digits import write_digits_task
+from piggyback.data.images import DataError, error_message
 from piggyback.data.transforms import TaskTransform
 from piggyback.files.atomic import WriteError, atomic_write, atomic_write_text
 from piggyback.interface.config import ConfigError, check_config

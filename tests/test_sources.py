@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import runpy
+import subprocess
 import sys
 import tarfile
 import warnings
@@ -562,3 +563,48 @@ def test_images_above_pillows_limit_stop_neither_prepare_nor_training(tmp_path, 
     assert "above Pillow's limit" in logged[1] and "decoded whole" in logged[1]
     assert sum(len(batch) for batch in images) == 6 and len(cache.splits["test"]) == 3
     assert Image.MAX_IMAGE_PIXELS == 1000  # lifted only while opening
+
+
+def test_the_prepare_and_download_stages_import_no_torch():
+    """Listing and writing image files needs no torch: a prepare or download job starts
+    in a fraction of a second, not the 3.5 s torch's import costs."""
+    code = (
+        "import sys, runpy\n"
+        "for script in ('prepare', 'download'):\n"
+        "    sys.argv = [script, '--help']\n"
+        "    try: runpy.run_path(f'src/{script}.py', run_name='__main__')\n"
+        "    except SystemExit: pass\n"
+        "print('torch' in sys.modules, 'torchvision' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "False False"
+
+
+def test_a_split_is_listed_in_image_folders_order_with_its_skipped_files(tmp_path):
+    """scan_split lists what torchvision's ImageFolder would, in its order (so the loaders'
+    batches are those of the authors' code), and what it skips."""
+    from torchvision.datasets import ImageFolder
+
+    from piggyback.data.images import scan_split
+
+    pixels = Image.new("RGB", (4, 4))
+    for relative in ["b/2.png", "b/10.JPG", "a/z/1.png", "a/0.jpeg", "a/.hidden/3.png"]:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        pixels.save(tmp_path / relative, format="PNG")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "b" / ".DS_Store").write_text("")
+
+    def visible_image(path: str) -> bool:
+        parts = Path(path).relative_to(tmp_path).parts
+        return not any(p.startswith(".") for p in parts) and path.lower().endswith(
+            (".jpg", ".jpeg", ".png")
+        )
+
+    reference = ImageFolder(str(tmp_path), is_valid_file=visible_image)
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # a hidden folder is no class (ImageFolder's is)
+    split = scan_split(tmp_path)
+    assert split.classes == reference.classes == ["a", "b"]
+    assert split.samples == reference.samples
+    assert sorted(split.skipped) == ["a/.hidden/3.png", "a/notes.txt", "b/.DS_Store"]

@@ -13,14 +13,8 @@ import torch
 
 from piggyback.data.cache.batches import cached_batches
 from piggyback.data.cache.format import Cache, load_task_cache
-from piggyback.data.datasets import (
-    SPLITS,
-    TaskImageFolder,
-    check_class_count,
-    load_split,
-    load_task_data,
-    make_loader,
-)
+from piggyback.data.datasets import TaskImageFolder, load_split, load_task_data, make_loader
+from piggyback.data.images import SPLITS, check_class_count
 from piggyback.data.transforms import TaskTransform
 
 

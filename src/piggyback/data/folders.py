@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from piggyback.data.datasets import SPLITS, DataError, check_class_count, image_files
+from piggyback.data.images import SPLITS, DataError, check_class_count, image_files
 from piggyback.data.sources import SourceError
 
 SHOWN = 3  # files named per kind of change

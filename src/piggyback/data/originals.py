@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from piggyback.data.archives import extract_archive, is_content_dir
-from piggyback.data.datasets import pillow_limit_lifted
+from piggyback.data.images import pillow_limit_lifted
 from piggyback.data.sources import SourceError
 
 SKETCH_TEST_EVERY = 5  # in each class, sorted by number, every 5th sketch is a test one

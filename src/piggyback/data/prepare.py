@@ -26,10 +26,10 @@ from pathlib import Path
 from PIL import Image
 
 from piggyback.data.archives import extract_archive, is_content_dir, replace_folder
-from piggyback.data.datasets import SPLITS, DataError, check_class_count, image_files, image_size
 from piggyback.data.digits import write_digits_task
 from piggyback.data.fashion_mnist import write_fashion_mnist
 from piggyback.data.folders import prepare_folder
+from piggyback.data.images import SPLITS, DataError, check_class_count, image_files, image_size
 from piggyback.data.originals import ORIGINAL_ROUTES
 from piggyback.data.sources import (
     SourceError,

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from piggyback.data.datasets import DataError
 from piggyback.data.feed import open_task_feed
+from piggyback.data.images import DataError
 from piggyback.data.transforms import TaskTransform
 from piggyback.methods.checkpoints import load_task_checkpoint
 from piggyback.methods.registry import load_method

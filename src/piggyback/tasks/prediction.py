@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from tqdm import tqdm
 
-from piggyback.data.datasets import open_rgb
+from piggyback.data.images import IMAGE_EXTENSIONS, open_rgb
 from piggyback.files.atomic import atomic_write
 from piggyback.tasks.model import MultiTaskModel
 
@@ -52,7 +51,7 @@ def image_files(inputs: Iterable[Path]) -> list[Path]:
                 files += [
                     Path(folder) / name
                     for name in sorted(names)
-                    if not name.startswith(".") and has_file_allowed_extension(name, IMG_EXTENSIONS)
+                    if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
                 ]
         elif path.exists():
             files.append(path)

@@ -26,13 +26,8 @@ from safetensors.torch import save_file
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from piggyback.data.datasets import (
-    SPLITS,
-    DataError,
-    check_class_count,
-    load_task_data,
-    read_image,
-)
+from piggyback.data.datasets import load_task_data
+from piggyback.data.images import SPLITS, DataError, check_class_count, read_image
 from piggyback.data.transforms import (
     PAPER_PREPROCESSING,
     Preprocessing,
