@@ -20,11 +20,8 @@ from safetensors import SafetensorError
 from piggyback.data.folders import check_folder
 from piggyback.data.images import DataError, error_message
 from piggyback.data.transforms import (
-    PAPER_PREPROCESSING,
-    Preprocessing,
     PreprocessingError,
     TaskTransform,
-    weights_preprocessing,
 )
 from piggyback.interface import cli
 from piggyback.methods.run import SpeedOptions
@@ -95,7 +92,7 @@ def read_tasks(tasks_json: str, image_size: int) -> dict[str, TaskData]:
                 TaskTransform(
                     entry["transform"],
                     image_size,
-                    _preprocessing(entry.get("weights_transforms")),
+                    cli.preprocessing(entry.get("weights_transforms")),
                 ),
                 _path(entry.get("cache")),
             )
@@ -117,10 +114,6 @@ def read_tasks(tasks_json: str, image_size: int) -> dict[str, TaskData]:
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
-
-
-def _preprocessing(weights: str | None) -> Preprocessing:
-    return weights_preprocessing(weights) if weights else PAPER_PREPROCESSING
 
 
 if __name__ == "__main__":

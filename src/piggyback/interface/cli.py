@@ -104,18 +104,21 @@ def task_transform(args: argparse.Namespace, crop: str | None = None):
     takes --crop; the others read test splits, or caches, which no crop changes)."""
     from piggyback.data.transforms import TaskTransform
 
-    transform = TaskTransform(args.transform, args.image_size, preprocessing(args))
+    transform = TaskTransform(
+        args.transform, args.image_size, preprocessing(args.weights_transforms)
+    )
     return transform if crop is None else dataclasses.replace(transform, crop=crop)
 
 
-def preprocessing(args: argparse.Namespace):
-    """The transforms' preprocessing: the weights' named by --weights-transforms, else
-    the paper's."""
+def preprocessing(weights_transforms: str | None):
+    """The transforms' preprocessing: that of the torchvision weights named (the value of
+    --weights-transforms, or a task's `weights_transforms` in --tasks-json), else the
+    paper's."""
     from piggyback.data.transforms import PAPER_PREPROCESSING, weights_preprocessing
 
-    if args.weights_transforms is None:
+    if weights_transforms is None:
         return PAPER_PREPROCESSING
-    return weights_preprocessing(args.weights_transforms)
+    return weights_preprocessing(weights_transforms)
 
 
 def add_cache_argument(parser) -> None:
